@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { App } from './app.js'
+import { DEFAULT_CONFIG_PATH, loadConfig } from './config/load.js'
+import { CanarydError } from './errors.js'
+
+const HELP = `canaryd — a reverse proxy for canary releases
+
+Usage:
+  canaryd serve [--config FILE]         run the proxy (FILE also from CANARYD_CONFIG;
+                                        default ${DEFAULT_CONFIG_PATH}); JSON or YAML
+  canaryd demo [--once]                 demo: stable + canary on loopback, proxy at 90/10,
+                                        1,000 simulated users; --once exits after the report
+  canaryd --help | -h                   this help
+  canaryd --version | -v                the version
+
+Environment:
+  CANARYD_CONFIG        config file path
+  LOG_LEVEL             log level (fatal, error, warn, info, debug, trace, silent)
+  CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see README "Configuration"
+`
+
+/** The package version, read from package.json next to dist/. */
+export function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function fail (message: string, code = 2): never {
+  process.stderr.write(`canaryd: ${message}\n`)
+  process.exit(code)
+}
+
+async function serve (argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true })
+  const path = values.config ?? process.env.CANARYD_CONFIG ?? DEFAULT_CONFIG_PATH
+  let config
+  try {
+    config = loadConfig(path)
+  } catch (err) {
+    if (err instanceof CanarydError) fail(`invalid config ${path}: ${err.message}`, 1)
+    throw err
+  }
+  const app = new App(config)
+  try {
+    await app.start()
+  } catch (err) {
+    fail((err as Error).message, 1)
+  }
+  let signals = 0
+  const onSignal = (sig: NodeJS.Signals): void => {
+    signals++
+    if (signals > 1) {
+      app.logger.warn({ signal: sig }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    app.logger.info({ signal: sig, inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainMs }, 'draining')
+    app.close().then((clean) => {
+      app.logger.info({ clean }, 'stopped')
+      process.exit(0)
+    }, (err: unknown) => {
+      app.logger.error({ err }, 'error while stopping')
+      process.exit(1)
+    })
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+}
+
+async function main (argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv
+  switch (cmd) {
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(HELP)
+      return
+    case '--version':
+    case '-v':
+    case 'version':
+      process.stdout.write(`${version()}\n`)
+      return
+    case 'serve':
+      return await serve(rest)
+    case 'demo': {
+      const { runDemo } = await import('./demo.js')
+      const { values } = parseArgs({ args: rest, options: { once: { type: 'boolean' } }, strict: true })
+      return await runDemo({ once: values.once ?? false })
+    }
+    default:
+      fail(`unknown command "${cmd}"; see canaryd --help`)
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true) fail(err.message)
+  process.stderr.write(`canaryd: ${(err as Error).stack ?? String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,66 @@
+/**
+ * One registry of canaryd's errors. Every error the proxy or the admin API can
+ * answer with has a stable `code` (`CANARYD_ERR_…`) and the HTTP status it maps
+ * to, so clients, logs and the README all speak of the same thing. A test keeps
+ * this table and the README's error table in step.
+ */
+
+/** The registry: code → HTTP status and a one-line meaning (documented in README). */
+export const ERROR_CODES = {
+  CANARYD_ERR_CONFIG_INVALID: { status: 500, doc: 'The configuration file or environment failed validation; canaryd refuses to start.' },
+  CANARYD_ERR_NO_ROUTE: { status: 404, doc: 'No route matches the request Host and path.' },
+  CANARYD_ERR_BAD_REQUEST: { status: 400, doc: 'The client request is malformed or ambiguous and was not forwarded.' },
+  CANARYD_ERR_UPSTREAM_CONNECT: { status: 502, doc: 'The chosen upstream refused or failed the TCP connection.' },
+  CANARYD_ERR_UPSTREAM_RESET: { status: 502, doc: 'The upstream closed or reset the connection before sending response headers.' },
+  CANARYD_ERR_UPSTREAM_PROTOCOL: { status: 502, doc: 'The upstream sent an invalid HTTP response (bad status line, ambiguous framing).' },
+  CANARYD_ERR_UPSTREAM_TIMEOUT: { status: 504, doc: 'The upstream sent no response headers within timeouts.upstreamResponseMs.' },
+  CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (all ejected or over their concurrency cap).' },
+  CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.' },
+  CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
+  CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },
+  CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.' },
+  CANARYD_ERR_METHOD_NOT_ALLOWED: { status: 405, doc: 'Admin API: the path exists but not for this method (see the Allow header).' },
+  CANARYD_ERR_INVALID_JSON: { status: 400, doc: 'Admin API: the request body is not valid JSON.' },
+  CANARYD_ERR_INVALID_WEIGHTS: { status: 400, doc: 'Admin API: the weights are incomplete, out of range, too precise or do not sum to 100.' },
+  CANARYD_ERR_INVALID_BODY: { status: 400, doc: 'Admin API: the JSON body does not have the expected shape.' },
+  CANARYD_ERR_PAYLOAD_TOO_LARGE: { status: 413, doc: 'Admin API: the request body is over 64 KiB.' },
+  CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, doc: 'Admin API: the request body is not `application/json`.' },
+  CANARYD_ERR_STATE_PERSIST: { status: 500, doc: 'Admin API: the new state could not be written to state.file; nothing was changed.' },
+  CANARYD_ERR_INTERNAL: { status: 500, doc: 'An unexpected error; the cause is logged.' },
+} as const satisfies Record<string, { status: number; doc: string }>
+
+/** A stable error code from the registry. */
+export type ErrorCode = keyof typeof ERROR_CODES
+
+/** Base class of every error canaryd raises on purpose: a code, its status, the cause. */
+export class CanarydError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+
+  constructor (code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'CanarydError'
+    this.code = code
+    this.status = ERROR_CODES[code].status
+  }
+
+  /** The JSON body sent to clients: `{"error":{"code":"…","message":"…"}}`. */
+  toJSON (): { error: { code: ErrorCode; message: string } } {
+    return { error: { code: this.code, message: this.message } }
+  }
+}
+
+/** A configuration error: `key` is the dotted path of the offending key (e.g. `routes[0].versions`). */
+export class ConfigError extends CanarydError {
+  readonly key: string
+  constructor (key: string, reason: string) {
+    super('CANARYD_ERR_CONFIG_INVALID', key === '' ? reason : `${key}: ${reason}`)
+    this.name = 'ConfigError'
+    this.key = key
+  }
+}
+
+/** Serialises an error body once; used for proxy-made responses. */
+export function errorBody (code: ErrorCode, message: string): string {
+  return JSON.stringify({ error: { code, message } })
+}

@@ -1,0 +1,37 @@
+import type { UpstreamErrorKind } from '../upstream/classify.js'
+
+/**
+ * What the hot path reports about one (route, version): bound once per table
+ * change, so a request makes plain method calls on pre-resolved children.
+ */
+export interface VersionObserver {
+  /** A request was routed to this version (in-flight + 1). */
+  start (): void
+  /**
+   * A response was finished (or the client went away) with `status`, `seconds`
+   * after it was received; `upstreamFailed` when the upstream failed the
+   * request (also after headers were sent, when the status alone looks fine).
+   */
+  finish (status: number, seconds: number, upstreamFailed: boolean): void
+  /** The upstream failed in a way of `kind`. */
+  upstreamError (kind: UpstreamErrorKind): void
+}
+
+/** Binds observers; implemented by the Prometheus metrics and by the no-op below. */
+export interface ObserverFactory {
+  bind (route: string, version: string): VersionObserver
+  /** Publishes the weights of the table in force (canaryd_route_weight). */
+  setWeights (weights: ReadonlyArray<{ route: string; version: string; weight: number }>): void
+}
+
+const NOOP_OBSERVER: VersionObserver = Object.freeze({
+  start () {},
+  finish () {},
+  upstreamError () {}
+})
+
+/** Metrics off: every call is a no-op function instead of a branch per request (pino's trick). */
+export const NOOP_OBSERVERS: ObserverFactory = Object.freeze({
+  bind: () => NOOP_OBSERVER,
+  setWeights () {}
+})

@@ -1,0 +1,104 @@
+import type { IncomingMessage } from 'node:http'
+
+/**
+ * Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy Proxy-Connection:
+ * never forwarded in either direction. Upgrade is handled by the WebSocket
+ * path, never by plain forwarding. Expect is answered by Node itself (100
+ * Continue) and undici refuses to send it.
+ */
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
+])
+
+/** Headers canaryd sets itself on the upstream request; a client's copy is replaced. */
+const SET_BY_PROXY = new Set(['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
+
+/** Names listed in a Connection header value, lower-cased ('' when none). */
+function connectionListed (value: string | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined
+  let out: Set<string> | undefined
+  for (const part of value.split(',')) {
+    const n = part.trim().toLowerCase()
+    if (n.length === 0 || n === 'close' || n === 'keep-alive') continue
+    ;(out ??= new Set()).add(n)
+  }
+  return out
+}
+
+/** Options applied while copying request headers. */
+export interface RequestHeaderOptions {
+  /** Drop header names containing `_` (default, as Envoy) instead of passing them on. */
+  dropUnderscoreHeaders: boolean
+}
+
+/**
+ * Builds the upstream request's headers as a flat [name, value, …] array from
+ * the client's raw headers: hop-by-hop headers and those named in Connection
+ * removed, X-Forwarded-For appended to, X-Forwarded-Proto and -Host kept when
+ * an outer proxy set them (else set), `x-canaryd-version` set, Host preserved.
+ * Returns whether the client asked for https (for the sticky cookie's Secure).
+ */
+export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions): string[] {
+  const raw = req.rawHeaders
+  const listed = connectionListed(req.headers.connection)
+  const out: string[] = []
+  let xff = ''
+  let proto = ''
+  let fhost = ''
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    const lower = name.toLowerCase()
+    if (HOP_BY_HOP.has(lower)) continue
+    if (SET_BY_PROXY.has(lower)) {
+      const v = raw[i + 1]!
+      if (lower === 'x-forwarded-for') xff = xff.length === 0 ? v : `${xff}, ${v}`
+      else if (lower === 'x-forwarded-proto' && proto.length === 0) proto = v
+      else if (lower === 'x-forwarded-host' && fhost.length === 0) fhost = v
+      continue
+    }
+    if (listed !== undefined && listed.has(lower)) continue
+    if (opts.dropUnderscoreHeaders && name.includes('_')) continue
+    out.push(name, raw[i + 1]!)
+  }
+  out.push(
+    'x-forwarded-for', xff.length === 0 ? clientIp : `${xff}, ${clientIp}`,
+    'x-forwarded-proto', proto.length === 0 ? 'http' : proto,
+    'x-forwarded-host', fhost.length === 0 ? (req.headers.host ?? '') : fhost,
+    'x-canaryd-version', version
+  )
+  return out
+}
+
+/** True when the client reached the edge over https, as told by X-Forwarded-Proto. */
+export function isSecure (req: IncomingMessage): boolean {
+  const p = req.headers['x-forwarded-proto']
+  if (typeof p !== 'string' || p.length < 5) return false
+  const comma = p.indexOf(',')
+  const first = (comma === -1 ? p : p.slice(0, comma)).trim().toLowerCase()
+  return first === 'https'
+}
+
+/**
+ * Copies upstream response headers (undici raw Buffers, names as sent) into a
+ * flat string array for `res.writeHead`, minus hop-by-hop headers and those the
+ * upstream named in Connection. Node then frames the body itself.
+ */
+export function filterResponseHeaders (raw: Buffer[], version: string, setCookie: string): string[] {
+  const out: string[] = []
+  let listed: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1')
+    const lower = name.toLowerCase()
+    if (lower === 'connection') listed = connectionListed(raw[i + 1]!.toString('latin1'))
+    if (HOP_BY_HOP.has(lower) || lower === 'x-canaryd-version') continue
+    out.push(name, raw[i + 1]!.toString('latin1'))
+  }
+  if (listed !== undefined) {
+    for (let i = out.length - 2; i >= 0; i -= 2) {
+      if (listed.has(out[i]!.toLowerCase())) out.splice(i, 2)
+    }
+  }
+  out.push('x-canaryd-version', version)
+  if (setCookie.length !== 0) out.push('set-cookie', setCookie)
+  return out
+}

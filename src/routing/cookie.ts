@@ -1,0 +1,48 @@
+/**
+ * Finds one cookie's value in a `Cookie` header without building a map of all
+ * cookies: the hot path asks for at most two names, so a scan is cheaper than
+ * parsing. Returns '' when the cookie is absent or empty. Values are returned
+ * raw (no percent-decoding), so the same bytes always give the same key.
+ */
+export function findCookie (header: string | undefined, name: string): string {
+  if (header === undefined || header.length === 0) return ''
+  const n = name.length
+  let i = 0
+  const len = header.length
+  while (i < len) {
+    // skip spaces before the name
+    while (i < len && (header.charCodeAt(i) === 32 || header.charCodeAt(i) === 9)) i++
+    const end = header.indexOf(';', i)
+    const stop = end === -1 ? len : end
+    if (header.startsWith(name, i) && header.charCodeAt(i + n) === 61 /* = */ && i + n < stop) {
+      let vs = i + n + 1
+      let ve = stop
+      while (ve > vs && (header.charCodeAt(ve - 1) === 32 || header.charCodeAt(ve - 1) === 9)) ve--
+      if (ve - vs >= 2 && header.charCodeAt(vs) === 34 && header.charCodeAt(ve - 1) === 34) { vs++; ve-- }
+      return header.slice(vs, ve)
+    }
+    i = stop + 1
+  }
+  return ''
+}
+
+/** Finds one query parameter's raw value in a request target; '' when absent. */
+export function findQuery (url: string, name: string): string {
+  const q = url.indexOf('?')
+  if (q === -1) return ''
+  const n = name.length
+  let i = q + 1
+  const len = url.length
+  while (i < len) {
+    let stop = url.indexOf('&', i)
+    if (stop === -1) stop = len
+    const hash = url.indexOf('#', i)
+    if (hash !== -1 && hash < stop) stop = hash
+    if (url.startsWith(name, i) && url.charCodeAt(i + n) === 61 /* = */ && i + n < stop) {
+      return url.slice(i + n + 1, stop)
+    }
+    if (stop === hash) return ''
+    i = stop + 1
+  }
+  return ''
+}

@@ -1,0 +1,76 @@
+/**
+ * The routing table: immutable data built by `buildRoutingTable` whenever the
+ * configuration or the weights change, and read by the hot path. Everything a
+ * request needs that does not depend on the request is precomputed here.
+ */
+
+/** Where a sticky key is read from. */
+export enum KeyKind { Header = 0, Cookie = 1, Query = 2, Ip = 3 }
+
+/** One sticky-key source, parsed from `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`. */
+export interface KeySource {
+  readonly kind: KeyKind
+  /** Lower-cased header name, cookie name or query parameter name; '' for ip. */
+  readonly name: string
+}
+
+/** One version of a route, as the hot path sees it. */
+export interface Version {
+  readonly name: string
+  /** Position in the route's `versions` array (stable across weight changes). */
+  readonly index: number
+  /** Weight in percent, as configured (0–100, at most 4 decimals). */
+  readonly weight: number
+  /** Weight in parts per million: `weight * 10_000`, an exact integer. */
+  readonly ppm: number
+  /** `1 / ppm`, precomputed for the pick (Infinity for a 0% version, never used). */
+  readonly invPpm: number
+  /** Seed of this version in the rendezvous hash (hash of its name). */
+  readonly seed: number
+  /** Upstream origin, e.g. `http://10.0.0.1:8080`. */
+  readonly upstream: string
+}
+
+/** Sticky cookie settings, with the Set-Cookie strings precomputed. */
+export interface StickyCookie {
+  readonly name: string
+  readonly maxAge: number
+  /** `name=` prefix of the Set-Cookie header. */
+  readonly prefix: string
+  /** Attributes after the value, without and with `; Secure`. */
+  readonly attributes: string
+  readonly attributesSecure: string
+}
+
+/** One route of the table. */
+export interface Route {
+  readonly name: string
+  readonly index: number
+  /** Lower-cased host to match, `*.example.com` for a suffix match, or undefined for any. */
+  readonly host: string | undefined
+  readonly pathPrefix: string
+  /** FNV state after the salt; see `hash.ts`. */
+  readonly salt: number
+  readonly saltText: string
+  readonly versions: readonly Version[]
+  /** Versions with weight > 0, in config order: the candidates of the pick. */
+  readonly active: readonly Version[]
+  readonly versionByName: ReadonlyMap<string, Version>
+  /** Configured key sources, then the sticky cookie (always the last source). */
+  readonly keys: readonly KeySource[]
+  readonly cookie: StickyCookie
+  /** Lower-cased override header name, or '' when none. */
+  readonly overrideHeader: string
+  /** Override cookie name, or '' when none. */
+  readonly overrideCookie: string
+}
+
+/** An immutable routing table; a new one is built for every change and swapped in whole. */
+export interface RoutingTable {
+  readonly routes: readonly Route[]
+  readonly routeByName: ReadonlyMap<string, Route>
+  /** Routes in match order: exact host, then wildcard host, then any host; longer pathPrefix first. */
+  readonly matchOrder: readonly Route[]
+  /** A monotonically increasing number, bumped on every swap (for logs and tests). */
+  readonly generation: number
+}

@@ -1,0 +1,56 @@
+import type { ErrorCode } from '../errors.js'
+
+/** Kinds of upstream failure, the `kind` label of canaryd_upstream_errors_total. */
+export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'protocol' | 'other'
+
+/** All kinds, in label order (so every series can be created at zero). */
+export const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect', 'timeout', 'reset', 'protocol', 'other']
+
+/** What an upstream failure means for the client and the metrics. */
+export interface UpstreamFailure {
+  readonly kind: UpstreamErrorKind
+  readonly code: ErrorCode
+  /** True when the request bytes cannot have been processed by the upstream (safe to retry). */
+  readonly notSent: boolean
+  /** True when the failure was caused by the client's own request (→ 400, not an upstream error). */
+  readonly clientFault: boolean
+}
+
+const CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'ECONNABORTED'])
+const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'])
+
+function f (kind: UpstreamErrorKind, code: ErrorCode, notSent = false, clientFault = false): UpstreamFailure {
+  return Object.freeze({ kind, code, notSent, clientFault })
+}
+
+const CONNECT = f('connect', 'CANARYD_ERR_UPSTREAM_CONNECT', true)
+const CONNECT_TIMEOUT = f('connect', 'CANARYD_ERR_UPSTREAM_TIMEOUT', true)
+const TIMEOUT = f('timeout', 'CANARYD_ERR_UPSTREAM_TIMEOUT')
+const RESET = f('reset', 'CANARYD_ERR_UPSTREAM_RESET')
+const PROTOCOL = f('protocol', 'CANARYD_ERR_UPSTREAM_PROTOCOL')
+const CLIENT = f('other', 'CANARYD_ERR_BAD_REQUEST', false, true)
+const OTHER = f('other', 'CANARYD_ERR_UPSTREAM_OTHER')
+
+/**
+ * Maps an undici / socket error to a failure kind and the error code sent to
+ * the client: refused → 502 connect, connect timeout → 504, no headers in
+ * time → 504, reset/closed → 502, unparsable response (llhttp HPE_* errors,
+ * length mismatch) → 502 protocol; a request undici refuses to send (invalid
+ * header, body shorter than its Content-Length) is the client's fault → 400.
+ */
+export function classifyUpstreamError (err: unknown): UpstreamFailure {
+  const e = err as { code?: string; cause?: { code?: string } }
+  const code = e?.code ?? ''
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return CONNECT_TIMEOUT
+  if (CONNECT_CODES.has(code)) return CONNECT
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return TIMEOUT
+  if (code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' || code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE' || code === 'UND_ERR_INFO') return PROTOCOL
+  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED' || code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') return CLIENT
+  if (RESET_CODES.has(code)) {
+    const cause = e.cause?.code ?? ''
+    if (cause.startsWith('HPE_')) return PROTOCOL
+    return RESET
+  }
+  if (e?.cause !== undefined && e.cause !== err) return classifyUpstreamError(e.cause)
+  return OTHER
+}

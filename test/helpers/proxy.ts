@@ -1,0 +1,55 @@
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { App } from '../../src/app.js'
+import { configFromObject, type Config } from '../../src/config/load.js'
+
+/** A silent logger for tests (LOG_LEVEL=debug to see it). */
+export function testLogger (): ReturnType<typeof pino> {
+  return pino({ level: process.env.LOG_LEVEL ?? 'silent' })
+}
+
+/** A route with two versions over the given origins, for tests. */
+export function twoVersionRoute (stable: string, canary: string, weights: [number, number] = [90, 10], extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    name: 'web',
+    sticky: { keys: ['header:x-user-id', 'cookie:session'], cookie: { name: 'canaryd_id', maxAge: 86400 } },
+    override: { header: 'x-canary', cookie: 'canary' },
+    versions: [
+      { name: 'stable', upstream: stable, weight: weights[0] },
+      { name: 'canary', upstream: canary, weight: weights[1] }
+    ],
+    ...extra
+  }
+}
+
+/** A config object on loopback, port 0 for proxy and admin, a temp state file. */
+export function testConfig (routes: unknown[], extra: Record<string, unknown> = {}): Config {
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-test-'))
+  return configFromObject({
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0, token: '' },
+    state: { file: join(dir, 'state.json') },
+    routes,
+    ...extra
+  }, '(test)', {})
+}
+
+/** A started proxy and its base URL. */
+export interface TestProxy {
+  app: App
+  url: string
+  close: () => Promise<void>
+}
+
+/** Starts canaryd from a config object; close it in t.teardown. */
+export async function startProxy (config: Config, opts: { metrics?: boolean } = {}): Promise<TestProxy> {
+  const app = new App(config, { logger: testLogger(), metrics: opts.metrics ?? true })
+  await app.start()
+  return {
+    app,
+    url: `http://127.0.0.1:${app.proxyAddress!.port}`,
+    close: async () => { await app.close(1000) }
+  }
+}

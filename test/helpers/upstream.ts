@@ -1,0 +1,65 @@
+import { createHash } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+/** What a test upstream saw of one request. */
+export interface SeenRequest {
+  method: string
+  url: string
+  headers: IncomingMessage['headers']
+  rawHeaders: string[]
+  bodyBytes: number
+  bodySha256: string
+}
+
+/** A real HTTP upstream on 127.0.0.1, port 0, that echoes what it received. */
+export interface TestUpstream {
+  server: Server
+  origin: string
+  name: string
+  seen: SeenRequest[]
+  close: () => Promise<void>
+}
+
+/**
+ * Starts an upstream that records every request and answers JSON
+ * `{version, method, url, headers, bodyBytes, bodySha256}` with status 200
+ * (or `handler`'s own answer when given).
+ */
+export async function startUpstream (name: string, handler?: (req: IncomingMessage, res: import('node:http').ServerResponse, body: Buffer) => void): Promise<TestUpstream> {
+  const seen: SeenRequest[] = []
+  const server = createServer((req, res) => {
+    const hash = createHash('sha256')
+    const chunks: Buffer[] = []
+    let bytes = 0
+    req.on('data', (c: Buffer) => {
+      hash.update(c)
+      bytes += c.length
+      if (chunks.length < 64) chunks.push(c)
+    })
+    req.on('end', () => {
+      const s: SeenRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, bodyBytes: bytes, bodySha256: hash.digest('hex') }
+      seen.push(s)
+      if (handler !== undefined) {
+        handler(req, res, Buffer.concat(chunks))
+        return
+      }
+      const body = JSON.stringify({ version: name, ...s })
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-upstream': name })
+      res.end(body)
+    })
+  })
+  server.keepAliveTimeout = 10_000
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  return {
+    server,
+    origin: `http://127.0.0.1:${port}`,
+    name,
+    seen,
+    close: async () => {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}
