@@ -28,6 +28,8 @@ export class App {
   readonly metrics: PrometheusMetrics | undefined
   readonly proxy: ProxyServer
   proxyAddress: AddressInfo | undefined
+  /** True from the moment a drain starts (readiness turns 503). */
+  draining = false
   #closing: Promise<boolean> | undefined
 
   constructor (config: Config, opts: AppOptions = {}) {
@@ -72,6 +74,7 @@ export class App {
   /** Drains and stops everything; resolves true when no request was cut. Idempotent. */
   async close (drainMs: number = this.config.timeouts.drainMs): Promise<boolean> {
     this.#closing ??= (async () => {
+      this.draining = true
       const clean = await this.proxy.drain(drainMs)
       await this.upstreams.close()
       return clean

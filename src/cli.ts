@@ -84,6 +84,19 @@ async function main (argv: string[]): Promise<void> {
       return
     case 'serve':
       return await serve(rest)
+    case 'weights':
+    case 'status': {
+      const { runClient } = await import('./commands/client.js')
+      return await runClient(cmd, rest)
+    }
+    case 'top': {
+      const { runTop } = await import('./commands/top.js')
+      return await runTop(rest)
+    }
+    case 'rollout': {
+      const { runRollout } = await import('./commands/rollout.js')
+      return await runRollout(rest)
+    }
     case 'demo': {
       const { runDemo } = await import('./demo.js')
       const { values } = parseArgs({ args: rest, options: { once: { type: 'boolean' } }, strict: true })
