@@ -1,6 +1,6 @@
 /** Placeholder until this command lands; replaced by its own issue's work. */
 export async function runClient (cmd: string, argv: string[]): Promise<void> {
-  void [cmd: string, argv: string[]]
+  void [cmd, argv]
   process.stderr.write('canaryd: this command is not implemented yet\n')
   process.exitCode = 2
 }
