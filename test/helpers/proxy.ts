@@ -1,13 +1,13 @@
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { pino } from 'pino'
+import { createLogger, type Logger } from '../../src/logger.js'
 import { App } from '../../src/app.js'
 import { configFromObject, type Config } from '../../src/config/load.js'
 
 /** A silent logger for tests (LOG_LEVEL=debug to see it). */
-export function testLogger (): ReturnType<typeof pino> {
-  return pino({ level: process.env.LOG_LEVEL ?? 'silent' })
+export function testLogger (): Logger {
+  return createLogger(process.env.LOG_LEVEL ?? 'silent')
 }
 
 /** A route with two versions over the given origins, for tests. */
