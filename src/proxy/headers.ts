@@ -27,28 +27,52 @@ function connectionListed (value: string | undefined): Set<string> | undefined {
 
 /** Options applied while copying request headers. */
 export interface RequestHeaderOptions {
-  /** Drop header names containing `_` (default, as Envoy) instead of passing them on. */
-  dropUnderscoreHeaders: boolean
+  /** Header names containing `_`: drop them (default, as Envoy), refuse the request, or pass them on. */
+  underscoreHeaders: 'drop' | 'reject' | 'allow'
 }
+
+/** Why a request is refused before forwarding: the error code it is answered with. */
+export type RequestProblem = 'CANARYD_ERR_BAD_REQUEST' | 'CANARYD_ERR_NOT_IMPLEMENTED'
 
 /**
  * Builds the upstream request's headers as a flat [name, value, …] array from
  * the client's raw headers: hop-by-hop headers and those named in Connection
  * removed, X-Forwarded-For appended to, X-Forwarded-Proto and -Host kept when
  * an outer proxy set them (else set), `x-canaryd-version` set, Host preserved.
- * Returns whether the client asked for https (for the sticky cookie's Secure).
+ *
+ * The same single pass refuses what llhttp lets through but an upstream could
+ * read differently (request smuggling, desync): more than one Host,
+ * Content-Length or Transfer-Encoding field; Transfer-Encoding with
+ * Content-Length; a Transfer-Encoding other than exactly `chunked` (501 for a
+ * coding we do not implement, 400 when `chunked` appears obfuscated or
+ * repeated); a `Trailer` field (request trailers are not forwarded, so a
+ * request announcing them is refused rather than silently altered); an
+ * underscore name under the `reject` policy. Returns the problem's error code
+ * instead of the array in that case.
  */
-export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions): string[] {
+export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions): string[] | RequestProblem {
   const raw = req.rawHeaders
   const listed = connectionListed(req.headers.connection)
   const out: string[] = []
   let xff = ''
   let proto = ''
   let fhost = ''
+  let hosts = 0
+  let lengths = 0
+  let codings = 0
+  let te = ''
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const lower = name.toLowerCase()
-    if (HOP_BY_HOP.has(lower)) continue
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'transfer-encoding') {
+        codings++
+        te = raw[i + 1]!
+      } else if (lower === 'trailer') {
+        return 'CANARYD_ERR_BAD_REQUEST'
+      }
+      continue
+    }
     if (SET_BY_PROXY.has(lower)) {
       const v = raw[i + 1]!
       if (lower === 'x-forwarded-for') xff = xff.length === 0 ? v : `${xff}, ${v}`
@@ -56,9 +80,20 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
       else if (lower === 'x-forwarded-host' && fhost.length === 0) fhost = v
       continue
     }
+    if (lower === 'host') hosts++
+    else if (lower === 'content-length') lengths++
     if (listed !== undefined && listed.has(lower)) continue
-    if (opts.dropUnderscoreHeaders && name.includes('_')) continue
+    if (opts.underscoreHeaders !== 'allow' && name.includes('_')) {
+      if (opts.underscoreHeaders === 'reject') return 'CANARYD_ERR_BAD_REQUEST'
+      continue
+    }
     out.push(name, raw[i + 1]!)
+  }
+  if (hosts > 1 || lengths > 1 || codings > 1) return 'CANARYD_ERR_BAD_REQUEST'
+  if (codings === 1) {
+    if (lengths !== 0 || req.httpVersionMinor === 0) return 'CANARYD_ERR_BAD_REQUEST'
+    if (te.toLowerCase() !== 'chunked') return te.toLowerCase().includes('chunked') || te.includes(',') ? 'CANARYD_ERR_BAD_REQUEST' : 'CANARYD_ERR_NOT_IMPLEMENTED'
+    // undici frames the stream body itself (chunked when no length is known)
   }
   out.push(
     'x-forwarded-for', xff.length === 0 ? clientIp : `${xff}, ${clientIp}`,

@@ -39,8 +39,10 @@ const OTHER = f('other', 'CANARYD_ERR_UPSTREAM_OTHER')
  * header, body shorter than its Content-Length) is the client's fault → 400.
  */
 export function classifyUpstreamError (err: unknown): UpstreamFailure {
-  const e = err as { code?: string; cause?: { code?: string } }
+  const e = err as { code?: string; name?: string; cause?: { code?: string } }
   const code = e?.code ?? ''
+  // undici's parser errors carry no code for some failures (an invalid status line)
+  if (e?.name === 'HTTPParserError') return PROTOCOL
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return CONNECT_TIMEOUT
   if (CONNECT_CODES.has(code)) return CONNECT
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return TIMEOUT

@@ -7,6 +7,21 @@ export interface UpstreamOptions {
   bodyTimeoutMs: number
   connections: number
   keepAliveMs: number
+  /** Most requests in flight per origin (0 = no cap); past it the proxy answers 503 at once. */
+  maxInFlight?: number
+}
+
+/**
+ * One upstream origin as the hot path sees it: its pool and the count of
+ * requests in flight, checked against the cap before dispatch. undici would
+ * otherwise queue without bound once every connection is busy.
+ */
+export interface UpstreamSlot {
+  readonly origin: string
+  readonly pool: Pool
+  /** 0 = no cap. */
+  readonly cap: number
+  inFlight: number
 }
 
 /**
@@ -17,6 +32,7 @@ export interface UpstreamOptions {
  */
 export class Upstreams {
   readonly #pools = new Map<string, Pool>()
+  readonly #slots = new Map<string, UpstreamSlot>()
   readonly #opts: UpstreamOptions
 
   constructor (opts: UpstreamOptions) {
@@ -45,12 +61,23 @@ export class Upstreams {
     return p
   }
 
+  /** The pool and in-flight counter of an origin, created on first use (kept across table swaps). */
+  slot (origin: string): UpstreamSlot {
+    let s = this.#slots.get(origin)
+    if (s === undefined) {
+      s = { origin, pool: this.get(origin), cap: this.#opts.maxInFlight ?? 0, inFlight: 0 }
+      this.#slots.set(origin, s)
+    }
+    return s
+  }
+
   /** Closes pools no longer used by any of `origins` (after a config change). */
   async retain (origins: ReadonlySet<string>): Promise<void> {
     const closing: Promise<void>[] = []
     for (const [origin, pool] of this.#pools) {
       if (!origins.has(origin)) {
         this.#pools.delete(origin)
+        this.#slots.delete(origin)
         closing.push(pool.close())
       }
     }
@@ -61,11 +88,13 @@ export class Upstreams {
   async close (): Promise<void> {
     await Promise.all([...this.#pools.values()].map((p) => p.close()))
     this.#pools.clear()
+    this.#slots.clear()
   }
 
   /** Destroys every pool at once (second signal). */
   async destroy (): Promise<void> {
     await Promise.all([...this.#pools.values()].map((p) => p.destroy()))
     this.#pools.clear()
+    this.#slots.clear()
   }
 }

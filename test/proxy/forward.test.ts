@@ -1,0 +1,40 @@
+/**
+ * White-box: what undici refuses to send (here a header value with a line
+ * feed, which Node's parser never lets through, so only a direct call can
+ * produce it) becomes a 400 answer, never an exception. undici 7 reports this
+ * one through onError (UND_ERR_INVALID_ARG); `dispatch` also catches a
+ * synchronous throw, the form older undici versions used.
+ */
+import { createServer } from 'node:http'
+import t from 'tap'
+import { Pool } from 'undici'
+import { createLogger } from '../../src/logger.js'
+import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
+import { ForwardHandler, type VersionRuntime } from '../../src/proxy/forward.js'
+import { RouteHealth, VersionHealth } from '../../src/upstream/health.js'
+import { send } from '../helpers/http.js'
+import { startUpstream } from '../helpers/upstream.js'
+
+t.test('undici refusing a header → 400, no exception, upstream untouched', async (t) => {
+  const up = await startUpstream('stable')
+  const pool = new Pool(up.origin)
+  const health = new RouteHealth([new VersionHealth('web', 'stable')], [0], { consecutiveFailures: 5, ejectionMs: 1000 }, Date.now)
+  const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
+  let threw: unknown
+  const server = createServer((req, res) => {
+    const handler = new ForwardHandler(req, res, rt, '', { path: '/', method: 'GET', headers: ['x-bad', 'a\nb'], body: null }, createLogger('silent'), 1)
+    try {
+      handler.dispatch()
+    } catch (err) {
+      threw = err
+      res.end()
+    }
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { server.close(); await pool.close(); await up.close() })
+  const r = await send(`http://127.0.0.1:${(server.address() as { port: number }).port}/`)
+  t.equal(threw, undefined, 'dispatch did not throw')
+  t.equal(r.status, 400)
+  t.equal(r.json<{ error: { code: string } }>().error.code, 'CANARYD_ERR_BAD_REQUEST')
+  t.equal(up.seen.length, 0, 'nothing reached the upstream')
+})
