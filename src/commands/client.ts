@@ -1,6 +1,161 @@
-/** Placeholder until this command lands; replaced by its own issue's work. */
+import { parseArgs } from 'node:util'
+
+/** Default admin URL of the CLI client (the admin server's default address). */
+export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:9901'
+
+const USAGE = `Usage:
+  canaryd weights ROUTE VERSION=PERCENT... [--reason TEXT] [--admin URL] [--token TOKEN] [--json]
+  canaryd status [ROUTE] [--admin URL] [--token TOKEN] [--json]
+
+  --admin URL    admin server (CANARYD_ADMIN_URL; default ${DEFAULT_ADMIN_URL})
+  --token TOKEN  bearer token (CANARYD_ADMIN_TOKEN)
+  --json         print the server's JSON answer instead of a table
+`
+
+/** A route as the admin API returns it. */
+interface RouteJson {
+  name: string
+  versions: Array<{ name: string; upstream: string; weight: number }>
+  rollout: unknown
+}
+
+class ClientError extends Error {
+  constructor (message: string, readonly exitCode: number) {
+    super(message)
+  }
+}
+
+/** Parses `stable=80 canary=20` into a weights object; throws a usage error naming the bad argument. */
+export function parseWeightArgs (args: readonly string[]): Record<string, number> {
+  if (args.length === 0) throw new ClientError('no weights given, e.g. stable=80 canary=20', 2)
+  const out: Record<string, number> = {}
+  for (const a of args) {
+    const m = /^([^=]+)=(.*)$/.exec(a)
+    if (m === null) throw new ClientError(`"${a}" is not VERSION=PERCENT`, 2)
+    const [, name, value] = m as unknown as [string, string, string]
+    if (!/^-?(\d+(\.\d*)?|\.\d+)$/.test(value)) throw new ClientError(`weight of ${name} is not a number: "${value}"`, 2)
+    if (Object.hasOwn(out, name)) throw new ClientError(`version ${name} is given twice`, 2)
+    out[name] = Number(value)
+  }
+  return out
+}
+
+/** Formats a rollout summary for one table cell: its `state` (or `phase`) when it has one, compact JSON otherwise. */
+function rolloutCell (r: unknown): string {
+  if (r === null || r === undefined) return '-'
+  if (typeof r === 'string') return r
+  if (typeof r === 'object') {
+    const o = r as Record<string, unknown>
+    const state = typeof o.state === 'string' ? o.state : typeof o.phase === 'string' ? o.phase : undefined
+    if (state !== undefined) return typeof o.step === 'number' ? `${state} (step ${o.step})` : state
+  }
+  const s = JSON.stringify(r)
+  return s.length > 40 ? `${s.slice(0, 39)}…` : s
+}
+
+/** Renders routes as an aligned text table: route, version, weight, upstream, rollout. */
+export function formatRoutes (routes: readonly RouteJson[]): string {
+  const rows: string[][] = [['ROUTE', 'VERSION', 'WEIGHT', 'UPSTREAM', 'ROLLOUT']]
+  for (const r of routes) {
+    r.versions.forEach((v, i) => {
+      rows.push([i === 0 ? r.name : '', v.name, `${v.weight}%`, v.upstream, i === 0 ? rolloutCell(r.rollout) : ''])
+    })
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
+  return rows.map((row) => row.map((cell, c) => c === row.length - 1 ? cell : cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n') + '\n'
+}
+
+async function call (base: string, token: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let url: URL
+  try {
+    url = new URL(path, base.endsWith('/') ? base : `${base}/`)
+  } catch {
+    throw new ClientError(`--admin ${JSON.stringify(base)} is not a URL`, 2)
+  }
+  const headers: Record<string, string> = { accept: 'application/json' }
+  if (token !== '') headers.authorization = `Bearer ${token}`
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  let res: Response
+  try {
+    res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(15_000) })
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause
+    throw new ClientError(`cannot reach the admin API at ${url.origin}: ${cause?.code ?? cause?.message ?? (err as Error).message}`, 1)
+  }
+  const text = await res.text()
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new ClientError(`admin API answered ${res.status} with non-JSON: ${text.slice(0, 200)}`, 1)
+  }
+  if (!res.ok) {
+    const e = (json as { error?: { code?: string; message?: string } }).error
+    throw new ClientError(e?.message !== undefined ? `${e.message} (${e.code ?? res.status})` : `admin API answered ${res.status}`, 1)
+  }
+  return json
+}
+
+/**
+ * `canaryd weights` and `canaryd status`: a thin client of the admin API.
+ * The server does all validation, so the CLI prints its message verbatim
+ * and exits 1 on an API error, 2 on a usage error.
+ */
 export async function runClient (cmd: string, argv: string[]): Promise<void> {
-  void [cmd, argv]
-  process.stderr.write('canaryd: this command is not implemented yet\n')
-  process.exitCode = 2
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        admin: { type: 'string' },
+        token: { type: 'string' },
+        reason: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    })
+    if (values.help === true) {
+      process.stdout.write(USAGE)
+      return
+    }
+    const base = values.admin ?? process.env.CANARYD_ADMIN_URL ?? DEFAULT_ADMIN_URL
+    const token = values.token ?? process.env.CANARYD_ADMIN_TOKEN ?? ''
+    const out = (s: string): void => { process.stdout.write(s) }
+    if (cmd === 'weights') {
+      const [route, ...rest] = positionals
+      if (route === undefined) throw new ClientError('weights needs a ROUTE and VERSION=PERCENT pairs', 2)
+      const weights = parseWeightArgs(rest)
+      const body: Record<string, unknown> = { weights }
+      if (values.reason !== undefined) body.reason = values.reason
+      const res = await call(base, token, 'PUT', `api/v1/routes/${encodeURIComponent(route)}/weights`, body) as { route: RouteJson; previous: Record<string, number> }
+      if (values.json === true) {
+        out(`${JSON.stringify(res, null, 2)}\n`)
+        return
+      }
+      const changes = res.route.versions.map((v) => `${v.name} ${res.previous[v.name] ?? '?'}% → ${v.weight}%`).join(', ')
+      out(`${res.route.name}: ${changes}\n`)
+      out(formatRoutes([res.route]))
+      return
+    }
+    if (positionals.length > 1) throw new ClientError('status takes at most one ROUTE', 2)
+    const route = positionals[0]
+    const res = route === undefined
+      ? await call(base, token, 'GET', 'api/v1/routes') as { routes: RouteJson[] }
+      : { routes: [await call(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as RouteJson] }
+    out(values.json === true ? `${JSON.stringify(route === undefined ? res : res.routes[0], null, 2)}\n` : formatRoutes(res.routes))
+  } catch (err) {
+    if (err instanceof ClientError) {
+      process.stderr.write(`canaryd ${cmd}: ${err.message}\n`)
+      if (err.exitCode === 2) process.stderr.write(USAGE)
+      process.exitCode = err.exitCode
+      return
+    }
+    if ((err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true) {
+      process.stderr.write(`canaryd ${cmd}: ${(err as Error).message}\n${USAGE}`)
+      process.exitCode = 2
+      return
+    }
+    throw err
+  }
 }

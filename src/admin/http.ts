@@ -1,0 +1,96 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
+import { isIP } from 'node:net'
+import { CanarydError } from '../errors.js'
+
+/** Largest admin request body, bytes; past it 413 and reading stops. */
+export const MAX_BODY_BYTES = 64 * 1024
+
+/**
+ * True when `host` can only be reached from this machine: `localhost`, any
+ * address in 127.0.0.0/8, `::1` (and 127.x mapped into IPv6). Any other name
+ * is treated as reachable from outside, since its resolution can change.
+ */
+export function isLoopbackHost (host: string): boolean {
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
+  if (h.toLowerCase() === 'localhost') return true
+  const kind = isIP(h)
+  if (kind === 4) return h.startsWith('127.')
+  if (kind === 6) {
+    const l = h.toLowerCase()
+    if (l === '::1' || l === '0:0:0:0:0:0:0:1') return true
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(l)
+    return mapped !== null && mapped[1]!.startsWith('127.')
+  }
+  return false
+}
+
+function digest (s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest()
+}
+
+/**
+ * Checks `Authorization: Bearer <token>` in constant time: both sides are
+ * hashed first so the comparison has equal lengths and leaks neither the
+ * token's length nor the position of the first differing byte.
+ * Throws CANARYD_ERR_UNAUTHORIZED.
+ */
+export function checkBearer (header: string | undefined, tokenDigest: Buffer): void {
+  const m = header === undefined ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header)
+  if (m === null) throw new CanarydError('CANARYD_ERR_UNAUTHORIZED', 'this admin API needs "Authorization: Bearer <token>" (admin.token / CANARYD_ADMIN_TOKEN)')
+  if (!timingSafeEqual(digest(m[1]!), tokenDigest)) throw new CanarydError('CANARYD_ERR_UNAUTHORIZED', 'wrong admin token')
+}
+
+/** The digest `checkBearer` compares against. */
+export function tokenDigest (token: string): Buffer {
+  return digest(token)
+}
+
+/** True for `application/json` and `application/*+json`, with any parameters. */
+export function isJsonContentType (ct: string | undefined): boolean {
+  if (ct === undefined) return false
+  const type = ct.split(';', 1)[0]!.trim().toLowerCase()
+  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'))
+}
+
+/**
+ * Reads a JSON request body with the admin API's limits. A declared
+ * Content-Length over the limit is refused before reading a byte; a chunked
+ * body is counted and reading stops at the limit (the server then closes the
+ * connection instead of draining the rest).
+ */
+export async function readJsonBody (req: IncomingMessage, max: number = MAX_BODY_BYTES): Promise<unknown> {
+  if (!isJsonContentType(req.headers['content-type'])) {
+    throw new CanarydError('CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON with "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? '(none)')}`)
+  }
+  const declared = req.headers['content-length']
+  if (declared !== undefined && Number(declared) > max) throw tooLarge(max)
+  const chunks: Buffer[] = []
+  let size = 0
+  await new Promise<void>((resolve, reject) => {
+    const onData = (c: Buffer): void => {
+      size += c.length
+      if (size > max) {
+        req.off('data', onData)
+        req.pause()
+        reject(tooLarge(max))
+        return
+      }
+      chunks.push(c)
+    }
+    req.on('data', onData)
+    req.once('end', resolve)
+    req.once('error', reject)
+  })
+  const text = Buffer.concat(chunks).toString('utf8')
+  if (text.trim().length === 0) throw new CanarydError('CANARYD_ERR_INVALID_JSON', 'the request body is empty; a JSON object is required')
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    throw new CanarydError('CANARYD_ERR_INVALID_JSON', `the request body is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+function tooLarge (max: number): CanarydError {
+  return new CanarydError('CANARYD_ERR_PAYLOAD_TOO_LARGE', `the request body is over ${max / 1024} KiB`)
+}

@@ -1,0 +1,240 @@
+import { readFileSync } from 'node:fs'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { CanarydError, ConfigError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import type { RuntimeStore } from '../state/store.js'
+import { checkBearer, isLoopbackHost, readJsonBody, tokenDigest } from './http.js'
+import { AdminRouter, type AdminHandler, type AdminMethod, type AdminReply, type AdminRequest } from './router.js'
+
+// Type-only reference: it makes tsc copy openapi.json to dist/admin/, where
+// the server reads it at run time (a JSON import would print Node 20's
+// experimental-feature warning on every start).
+export type OpenApiDocument = typeof import('./openapi.json')
+
+/** What the admin server needs of the metrics: the exposition text and its content type. */
+export interface MetricsSource {
+  expose: () => Promise<string>
+  registry: { contentType: string }
+}
+
+/** Options of the admin server. */
+export interface AdminServerOptions {
+  store: RuntimeStore
+  logger: Logger
+  host: string
+  port: number
+  /** Bearer token for `/api/`; '' = no token (only allowed on a loopback host). */
+  token: string
+  /** Prometheus metrics, or undefined when metrics are off (/metrics → 404). */
+  metrics?: MetricsSource | undefined
+  /** True while the instance serves traffic; false before the proxy listens and while draining. */
+  isReady: () => boolean
+}
+
+/** Longest `reason` accepted with a weight change, characters. */
+export const MAX_REASON_LENGTH = 1000
+
+/** Largest `limit` of GET /api/v1/audit. */
+export const MAX_AUDIT_LIMIT = 1000
+
+function isObj (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+let openApiText: string | undefined
+
+/** The OpenAPI 3 document of the admin API, as kept in src/admin/openapi.json. */
+export function openApiDocument (): OpenApiDocument {
+  openApiText ??= readFileSync(new URL('./openapi.json', import.meta.url), 'utf8')
+  return JSON.parse(openApiText) as OpenApiDocument
+}
+
+/**
+ * The admin server: its own node:http listener (default 127.0.0.1:9901),
+ * apart from the proxy so admin traffic never competes with or leaks into
+ * proxied traffic. `/healthz`, `/readyz` and `/metrics` are open (probes and
+ * scrapers carry no token); everything under `/api/` needs the bearer token
+ * when one is set. Without a token it refuses to listen on a non-loopback
+ * address: closed by default.
+ *
+ * Other modules add endpoints with `addRoute` (see AdminRouter.add).
+ */
+export class AdminServer {
+  readonly server: Server
+  readonly router = new AdminRouter()
+  readonly #opts: AdminServerOptions
+  readonly #log: Logger
+  readonly #token: Buffer | undefined
+  #listening = false
+
+  constructor (opts: AdminServerOptions) {
+    this.#opts = opts
+    this.#log = opts.logger.child({ component: 'admin' })
+    this.#token = opts.token === '' ? undefined : tokenDigest(opts.token)
+    this.server = createServer({
+      // the admin API is small and local: slow or idle clients get little time
+      headersTimeout: 10_000,
+      requestTimeout: 30_000,
+      keepAliveTimeout: 5_000
+    }, (req, res) => { void this.#handle(req, res) })
+    this.#addBuiltins()
+  }
+
+  /**
+   * Registers an extra endpoint, e.g. the rollout controller's
+   * `POST /api/v1/routes/{route}/rollout`. Paths under `/api/` are behind the
+   * token; handlers throw CanarydError for JSON errors. Add the path to
+   * src/admin/openapi.json too (a test compares the two).
+   */
+  addRoute (method: AdminMethod, pattern: string, handler: AdminHandler): void {
+    this.router.add(method, pattern, handler)
+  }
+
+  /**
+   * Starts listening. Throws a ConfigError (CANARYD_ERR_CONFIG_INVALID)
+   * without opening a socket when the host is not loopback and no token is set.
+   */
+  async listen (): Promise<AddressInfo> {
+    const { host, port } = this.#opts
+    if (this.#token === undefined && !isLoopbackHost(host)) {
+      throw new ConfigError('admin.host', `${host} is not a loopback address and no admin token is set; refusing to expose the admin API unauthenticated. Set admin.token (or CANARYD_ADMIN_TOKEN), or bind admin.host to 127.0.0.1`)
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject)
+        resolve()
+      })
+    })
+    this.#listening = true
+    const addr = this.server.address() as AddressInfo
+    if (this.#token === undefined) this.#log.info({ admin: `${addr.address}:${addr.port}` }, 'admin API has no token: open to local clients only')
+    return addr
+  }
+
+  /** Stops listening and closes every admin connection. Idempotent. */
+  async close (): Promise<void> {
+    if (!this.#listening) return
+    this.#listening = false
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
+    this.server.closeAllConnections()
+    await closed
+  }
+
+  #addBuiltins (): void {
+    const { store } = this.#opts
+    const r = this.router
+    r.add('GET', '/healthz', () => ({ json: { status: 'ok' } }))
+    r.add('GET', '/readyz', () => this.#opts.isReady()
+      ? { json: { status: 'ready' } }
+      : { status: 503, json: { status: 'not ready' } })
+    r.add('GET', '/metrics', async () => {
+      const m = this.#opts.metrics
+      if (m === undefined) throw new CanarydError('CANARYD_ERR_NOT_FOUND', 'metrics are disabled in this instance')
+      return { text: await m.expose(), contentType: m.registry.contentType }
+    })
+    r.add('GET', '/api/v1/routes', () => ({ json: { routes: store.routeViews() } }))
+    r.add('GET', '/api/v1/routes/{route}', (q) => ({ json: this.#route(q.params.route!) }))
+    r.add('PUT', '/api/v1/routes/{route}/weights', async (q) => await this.#putWeights(q))
+    r.add('GET', '/api/v1/audit', (q) => {
+      const limit = parseLimit(q.query.get('limit'))
+      const route = q.query.get('route') ?? undefined
+      if (route !== undefined) this.#route(route)
+      return { json: { entries: store.audit(limit, route) } }
+    })
+    r.add('GET', '/api/v1/openapi.json', () => ({ json: openApiDocument() }))
+  }
+
+  #route (name: string): NonNullable<ReturnType<RuntimeStore['routeView']>> {
+    const v = this.#opts.store.routeView(name)
+    if (v === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)} (routes: ${this.#opts.store.routeNames.join(', ')})`)
+    return v
+  }
+
+  async #putWeights (q: AdminRequest): Promise<AdminReply> {
+    const name = q.params.route!
+    this.#route(name)
+    const body = await q.json()
+    if (!isObj(body)) throw new CanarydError('CANARYD_ERR_INVALID_BODY', 'the body must be a JSON object like {"weights":{"stable":80,"canary":20},"reason":"…"}')
+    for (const k of Object.keys(body)) {
+      if (k !== 'weights' && k !== 'reason') throw new CanarydError('CANARYD_ERR_INVALID_BODY', `unknown key ${JSON.stringify(k)} (allowed: weights, reason)`)
+    }
+    if (body.weights === undefined) throw new CanarydError('CANARYD_ERR_INVALID_BODY', '"weights" is required, e.g. {"weights":{"stable":80,"canary":20}}')
+    const reason = body.reason
+    if (reason !== undefined && reason !== null && (typeof reason !== 'string' || reason.length > MAX_REASON_LENGTH)) {
+      throw new CanarydError('CANARYD_ERR_INVALID_BODY', `"reason" must be a string of at most ${MAX_REASON_LENGTH} characters`)
+    }
+    const change = await this.#opts.store.setWeights(name, body.weights, {
+      reason: typeof reason === 'string' ? reason : null,
+      source: 'api',
+      address: q.address
+    })
+    return { json: { route: change.route, previous: change.previous } }
+  }
+
+  async #handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = req.url ?? '/'
+    const qi = url.indexOf('?')
+    const path = qi === -1 ? url : url.slice(0, qi)
+    const method = req.method ?? 'GET'
+    try {
+      if (this.#token !== undefined && (path === '/api' || path.startsWith('/api/'))) {
+        try {
+          checkBearer(req.headers.authorization, this.#token)
+        } catch (err) {
+          this.#log.warn({ address: req.socket.remoteAddress, method, path }, 'admin request refused: missing or wrong token')
+          throw err
+        }
+      }
+      const m = this.router.match(method, path)
+      if (m.kind === 'none') throw new CanarydError('CANARYD_ERR_NOT_FOUND', `no admin endpoint ${path}; see GET /api/v1/openapi.json`)
+      if (m.kind === 'method') {
+        res.setHeader('allow', m.allow.join(', '))
+        throw new CanarydError('CANARYD_ERR_METHOD_NOT_ALLOWED', `${method} is not allowed on ${path} (allowed: ${m.allow.join(', ')})`)
+      }
+      const reply = await m.handler({
+        req,
+        params: m.params,
+        query: new URLSearchParams(qi === -1 ? '' : url.slice(qi + 1)),
+        address: req.socket.remoteAddress ?? null,
+        json: async () => await readJsonBody(req)
+      })
+      this.#send(res, reply)
+    } catch (err) {
+      let e: CanarydError
+      if (err instanceof CanarydError) {
+        e = err
+      } else {
+        this.#log.error({ err, method, path }, 'admin request failed')
+        e = new CanarydError('CANARYD_ERR_INTERNAL', 'internal error; see the canaryd log', { cause: err })
+      }
+      const headers: Record<string, string> = {}
+      if (e.code === 'CANARYD_ERR_UNAUTHORIZED') headers['www-authenticate'] = 'Bearer realm="canaryd-admin"'
+      // the rest of an oversized body is not read: close instead of draining it
+      if (e.code === 'CANARYD_ERR_PAYLOAD_TOO_LARGE') headers.connection = 'close'
+      this.#send(res, { status: e.status, json: e.toJSON(), headers })
+      this.#log.debug({ method, path, status: e.status, code: e.code }, 'admin request rejected')
+    }
+  }
+
+  #send (res: ServerResponse, reply: AdminReply): void {
+    if (res.headersSent) return
+    const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
+    res.writeHead(reply.status ?? 200, {
+      ...reply.headers,
+      'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
+      'content-length': Buffer.byteLength(body),
+      'cache-control': 'no-store'
+    })
+    res.end(body)
+  }
+}
+
+function parseLimit (raw: string | null): number {
+  if (raw === null) return 100
+  if (!/^\d{1,7}$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_AUDIT_LIMIT) {
+    throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `limit must be a whole number from 1 to ${MAX_AUDIT_LIMIT}, got ${JSON.stringify(raw)}`)
+  }
+  return Number(raw)
+}

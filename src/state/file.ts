@@ -1,0 +1,175 @@
+import { mkdirSync, renameSync, readFileSync } from 'node:fs'
+import { mkdir, open, rename, rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { checkWeight, checkWeightSum } from '../routing/weights.js'
+
+/**
+ * The state file: canaryd's runtime state (weights changed through the admin
+ * API or by rollouts, rollout progress, recent audit entries), kept apart
+ * from the startup config (STYLE.md 7). Format version 1:
+ *
+ * ```json
+ * { "version": 1, "savedAt": "2025-01-01T00:00:00.000Z",
+ *   "routes": { "web": { "versions": [{ "name": "stable", "upstream": "http://…" }, …],
+ *                        "weights": { "stable": 80, "canary": 20 },
+ *                        "rollout": null } },
+ *   "audit": [ …newest last… ] }
+ * ```
+ *
+ * Each route records the version set (names and upstreams) its weights were
+ * saved for, so a config that changed the versions is detected on start.
+ */
+
+/** The state file format version this build writes and reads. */
+export const STATE_FORMAT_VERSION = 1
+
+/** One version of a route as recorded in the state file (weights are kept apart). */
+export interface StateVersion {
+  name: string
+  upstream: string
+}
+
+/** One route's runtime state. */
+export interface RouteState {
+  /** The version set the weights were saved for. */
+  versions: StateVersion[]
+  /** Weight per version name, percent. */
+  weights: Record<string, number>
+  /** Opaque rollout state owned by the rollout controller, or null. */
+  rollout: unknown
+}
+
+/** The whole state file. */
+export interface StateDoc {
+  version: number
+  savedAt: string
+  routes: Record<string, RouteState>
+  /** Recent audit entries, oldest first (bounded). */
+  audit: unknown[]
+}
+
+/** Result of reading the state file at start. */
+export type StateRead =
+  | { kind: 'absent' }
+  | { kind: 'ok'; doc: StateDoc }
+  | { kind: 'corrupt'; reason: string; movedTo: string | undefined; moveError: string | undefined }
+
+function isObj (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/**
+ * Checks a parsed state document and returns why it is unusable, or
+ * undefined. Any problem makes the whole file corrupt: a half-valid file is
+ * not trusted route by route, because the next write would silently drop the
+ * parts that were skipped; moving it aside keeps them for a human.
+ */
+export function checkStateDoc (raw: unknown): string | undefined {
+  if (!isObj(raw)) return 'not a JSON object'
+  if (raw.version !== STATE_FORMAT_VERSION) return `unsupported format version ${JSON.stringify(raw.version) ?? 'undefined'} (this build reads ${STATE_FORMAT_VERSION})`
+  if (!isObj(raw.routes)) return '"routes" must be an object'
+  if (raw.audit !== undefined && !Array.isArray(raw.audit)) return '"audit" must be an array'
+  for (const [name, r] of Object.entries(raw.routes)) {
+    const at = `routes.${name}`
+    if (!isObj(r)) return `${at} must be an object`
+    if (!Array.isArray(r.versions) || r.versions.length === 0) return `${at}.versions must be a non-empty array`
+    const names = new Set<string>()
+    for (const v of r.versions as unknown[]) {
+      if (!isObj(v) || typeof v.name !== 'string' || typeof v.upstream !== 'string') return `${at}.versions entries need string name and upstream`
+      names.add(v.name)
+    }
+    if (!isObj(r.weights)) return `${at}.weights must be an object`
+    const ws: number[] = []
+    for (const n of names) {
+      const w = r.weights[n]
+      const bad = checkWeight(w)
+      if (bad !== undefined) return `${at}.weights.${n} ${bad}`
+      ws.push(w as number)
+    }
+    for (const k of Object.keys(r.weights)) if (!names.has(k)) return `${at}.weights.${k} names no version`
+    const sum = checkWeightSum(ws)
+    if (sum !== undefined) return `${at}.weights: ${sum}`
+  }
+  return undefined
+}
+
+/**
+ * Reads the state file synchronously (start-up only). A missing file is
+ * 'absent'; an unreadable, unparsable or invalid one is 'corrupt' and is
+ * renamed to `<file>.corrupt-<timestamp>` next to it — never deleted — so
+ * the operator can inspect it while canaryd starts from config weights.
+ */
+export function readStateFile (path: string, now: Date = new Date()): StateRead {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' || code === 'ENOTDIR') return { kind: 'absent' }
+    return moveAside(path, `cannot read: ${code ?? (err as Error).message}`, now)
+  }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    return moveAside(path, `not valid JSON: ${(err as Error).message}`, now)
+  }
+  const bad = checkStateDoc(raw)
+  if (bad !== undefined) return moveAside(path, bad, now)
+  const doc = raw as StateDoc
+  return { kind: 'ok', doc: { ...doc, audit: doc.audit ?? [] } }
+}
+
+function moveAside (path: string, reason: string, now: Date): StateRead {
+  // ':' is not allowed in Windows file names and awkward in shells
+  const target = `${path}.corrupt-${now.toISOString().replace(/[:.]/g, '-')}`
+  try {
+    renameSync(path, target)
+    return { kind: 'corrupt', reason, movedTo: target, moveError: undefined }
+  } catch (err) {
+    return { kind: 'corrupt', reason, movedTo: undefined, moveError: (err as NodeJS.ErrnoException).code ?? (err as Error).message }
+  }
+}
+
+/** Creates the state file's directory at start so a missing `./data` does not fail the first change. */
+export function ensureStateDir (path: string): void {
+  mkdirSync(dirname(path), { recursive: true })
+}
+
+let tmpCounter = 0
+
+/**
+ * Writes `data` to `path` atomically: a temp file in the same directory
+ * (same file system, so rename is atomic), fsync, rename over the target,
+ * then fsync the directory so the rename itself survives a power cut.
+ * A reader sees the old file or the new one, never a torn one. On failure
+ * the temp file is removed and the old file is untouched.
+ */
+export async function writeFileAtomic (path: string, data: string): Promise<void> {
+  const dir = dirname(path)
+  await mkdir(dir, { recursive: true })
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${++tmpCounter}.tmp`)
+  try {
+    const fh = await open(tmp, 'w', 0o600)
+    try {
+      await fh.writeFile(data, 'utf8')
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await rename(tmp, path)
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => {})
+    throw err
+  }
+  try {
+    const d = await open(dir, 'r')
+    try {
+      await d.sync()
+    } finally {
+      await d.close()
+    }
+  } catch {
+    // some platforms cannot open or fsync a directory; the rename is done, only its durability is weaker
+  }
+}
