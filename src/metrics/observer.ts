@@ -15,6 +15,13 @@ export interface VersionObserver {
   finish (status: number, seconds: number, upstreamFailed: boolean): void
   /** The upstream failed in a way of `kind`. */
   upstreamError (kind: UpstreamErrorKind): void
+  /** Outlier detection ejected this version (cold path: once per ejection). */
+  ejected (): void
+  /**
+   * A WebSocket to this version opened (+1) or closed (-1). Optional: once per
+   * connection, not per request, so the proxy calls it as `websocket?.()`.
+   */
+  websocket? (delta: 1 | -1): void
 }
 
 /** Binds observers; implemented by the Prometheus metrics and by the no-op below. */
@@ -27,7 +34,8 @@ export interface ObserverFactory {
 const NOOP_OBSERVER: VersionObserver = Object.freeze({
   start () {},
   finish () {},
-  upstreamError () {}
+  upstreamError () {},
+  ejected () {}
 })
 
 /** Metrics off: every call is a no-op function instead of a branch per request (pino's trick). */

@@ -1,103 +1,287 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Registry } from 'prom-client'
 import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../upstream/classify.js'
+import { DEFAULT_METRICS_PREFIX, METRIC_NAMES } from './names.js'
 import type { ObserverFactory, VersionObserver } from './observer.js'
 
-/** Histogram buckets, seconds: 1 ms to 30 s. */
-export const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+export { DEFAULT_METRICS_PREFIX, METRIC_NAMES }
 
-/** Status codes whose series exist from start-up, so a 0 % canary shows at zero. */
-export const PRECREATED_CODES = [200, 404, 499, 502, 503, 504]
+/** Histogram buckets, seconds: 1 ms to 30 s (upper bounds, `le`; +Inf is added). */
+export const DURATION_BUCKETS: readonly number[] = Object.freeze([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
 
-type CounterChild = ReturnType<Counter<string>['labels']>
-type GaugeChild = ReturnType<Gauge<string>['labels']>
-type HistogramChild = ReturnType<Histogram<string>['labels']>
+/**
+ * Status codes whose series exist from start-up, so a 0 % canary shows at
+ * zero and `rate(...{code=~"5.."}[5m])` is 0, not "no data", before the
+ * first error. Other codes appear when first sent and never disappear.
+ */
+export const PRECREATED_CODES: readonly number[] = Object.freeze([200, 404, 499, 500, 502, 503, 504])
+
+/** prom-client default metrics removed from the exposition (see the constructor). */
+export const DROPPED_DEFAULT_METRICS: readonly string[] = Object.freeze(['active_handles_total', 'active_requests_total', 'active_resources_total'].map((n) => `${DEFAULT_METRICS_PREFIX}nodejs_${n}`))
 
 /** Per (route, version) listener for finished requests, e.g. the rollout controller's windows. */
 export type FinishListener = (status: number, seconds: number, upstreamError: boolean) => void
 
+/** Totals of one (route, version) since start-up, for the control plane and tests. */
+export interface VersionTotals {
+  readonly route: string
+  readonly version: string
+  /** Responses by status code (only codes sent at least once, plus the pre-created ones). */
+  readonly codes: ReadonlyMap<number, number>
+  /** All responses (the histogram's `_count`). */
+  readonly count: number
+  /** Sum of durations, seconds (the histogram's `_sum`). */
+  readonly sum: number
+  readonly inFlight: number
+  readonly upstreamErrors: Readonly<Record<UpstreamErrorKind, number>>
+  readonly ejections: number
+}
+
+const PRECREATED: ReadonlySet<number> = new Set(PRECREATED_CODES)
+// Status codes are 100–999 in node:http; one slot per code makes the count a plain index.
+const CODE_SLOTS = 1000
+const BOUNDS = Float64Array.from(DURATION_BUCKETS)
+const NB = BOUNDS.length
+const LE = DURATION_BUCKETS.map((b) => String(b))
+
 /**
- * canaryd's Prometheus metrics (prom-client): the four golden signals per
- * route and version. Labels are bounded — route and version from config,
- * status code, error kind — and children are bound once per (route, version)
- * by `bind`, so the hot path never looks a label set up.
+ * The accumulators of one (route, version). Plain numbers in typed arrays:
+ * the hot path increments fields of an object it already holds, with no label
+ * hashing or validation (prom-client's `labels(...)` children re-hash their
+ * label set on every call), and the exposition reads them at scrape time.
+ */
+class VersionSeries {
+  readonly route: string
+  readonly version: string
+  readonly key: string
+  readonly codes = new Float64Array(CODE_SLOTS)
+  /** Non-cumulative: buckets[i] counts observations in (BOUNDS[i-1], BOUNDS[i]]; the last slot is +Inf. */
+  readonly buckets = new Float64Array(NB + 1)
+  readonly errors = new Float64Array(UPSTREAM_ERROR_KINDS.length)
+  ejections = 0
+  websockets = 0
+  websocketsOpen = 0
+  sum = 0
+  count = 0
+  inFlight = 0
+  readonly listeners: FinishListener[] = []
+
+  constructor (route: string, version: string, key: string) {
+    this.route = route
+    this.version = version
+    this.key = key
+  }
+}
+
+const KIND_INDEX: Readonly<Record<UpstreamErrorKind, number>> = Object.freeze(
+  Object.fromEntries(UPSTREAM_ERROR_KINDS.map((k, i) => [k, i])) as Record<UpstreamErrorKind, number>
+)
+
+/** One exposed sample in prom-client's collector format. */
+interface Sample {
+  labels: Record<string, string>
+  value: number
+  metricName?: string
+}
+
+/**
+ * A metric family read from the accumulators at scrape time. It has the shape
+ * prom-client's Registry renders (name, help, type, get()), so the default
+ * metrics and ours share one registry, one exposition and one content type.
+ */
+class Family {
+  readonly name: string
+  readonly help: string
+  readonly type: 'counter' | 'gauge' | 'histogram'
+  readonly aggregator = 'sum'
+  readonly #read: () => Sample[]
+  readonly #reset: () => void
+
+  constructor (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', read: () => Sample[], reset: () => void) {
+    this.name = name
+    this.help = help
+    this.type = type
+    this.#read = read
+    this.#reset = reset
+  }
+
+  get (): { name: string; help: string; type: string; values: Sample[]; aggregator: string } {
+    return { name: this.name, help: this.help, type: this.type, values: this.#read(), aggregator: this.aggregator }
+  }
+
+  reset (): void {
+    this.#reset()
+  }
+}
+
+/**
+ * canaryd's Prometheus metrics: the four golden signals per route and
+ * version. Labels are bounded — route and version from config, status code,
+ * error kind — and each (route, version) gets its accumulators once, in
+ * `bind` (called by the proxy when a routing table is bound), so a request
+ * does a few array increments and never looks a label set up. prom-client
+ * provides the registry, the text rendering and the Node default metrics
+ * (prefix `canaryd_`).
  */
 export class PrometheusMetrics implements ObserverFactory {
   readonly registry: Registry
-  readonly requests: Counter<'route' | 'version' | 'code'>
-  readonly duration: Histogram<'route' | 'version'>
-  readonly upstreamErrors: Counter<'route' | 'version' | 'kind'>
-  readonly inFlight: Gauge<'route' | 'version'>
-  readonly weight: Gauge<'route' | 'version'>
-  readonly #known = new Set<string>()
-  readonly #listeners = new Map<string, FinishListener[]>()
+  readonly #series = new Map<string, VersionSeries>()
+  /** route\0version → current weight; versions gone from the table drop to 0 (they get no traffic). */
+  readonly #weights = new Map<string, { route: string; version: string; weight: number }>()
 
   constructor (opts: { defaultMetrics?: boolean; registry?: Registry } = {}) {
-    const registers = [this.registry = opts.registry ?? new Registry()]
-    this.requests = new Counter({ name: 'canaryd_requests_total', help: 'Responses sent to clients, by route, version and HTTP status (proxy-made 502/503/504 included; 499 = client left first).', labelNames: ['route', 'version', 'code'], registers })
-    this.duration = new Histogram({ name: 'canaryd_request_duration_seconds', help: 'Time from request received to response finished, by route and version.', labelNames: ['route', 'version'], buckets: DURATION_BUCKETS, registers })
-    this.upstreamErrors = new Counter({ name: 'canaryd_upstream_errors_total', help: 'Upstream failures by route, version and kind (connect, timeout, reset, protocol, other).', labelNames: ['route', 'version', 'kind'], registers })
-    this.inFlight = new Gauge({ name: 'canaryd_requests_in_flight', help: 'Requests being proxied now, by route and version (saturation).', labelNames: ['route', 'version'], registers })
-    this.weight = new Gauge({ name: 'canaryd_route_weight', help: 'Current routing weight of each version, in percent.', labelNames: ['route', 'version'], registers })
-    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'canaryd_' })
-  }
-
-  /** Adds a listener called for every finished request of (route, version). */
-  onFinish (route: string, version: string, listener: FinishListener): void {
-    const key = `${route}\u0000${version}`
-    const l = this.#listeners.get(key)
-    if (l === undefined) this.#listeners.set(key, [listener])
-    else l.push(listener)
-  }
-
-  bind (route: string, version: string): VersionObserver {
-    const labels = { route, version }
-    this.#known.add(`${route}\u0000${version}`)
-    const codes = new Map<number, CounterChild>()
-    const childFor = (status: number): CounterChild => {
-      let c = codes.get(status)
-      if (c === undefined) {
-        c = this.requests.labels(route, version, String(status))
-        codes.set(status, c)
+    this.registry = opts.registry ?? new Registry()
+    const all = (): VersionSeries[] => [...this.#series.values()]
+    const resetAll = (): void => {
+      for (const s of this.#series.values()) {
+        s.codes.fill(0); s.buckets.fill(0); s.errors.fill(0); s.sum = 0; s.count = 0; s.ejections = 0; s.websockets = 0
       }
-      return c
     }
-    for (const code of PRECREATED_CODES) childFor(code).inc(0)
-    const errors = new Map<UpstreamErrorKind, CounterChild>()
-    for (const kind of UPSTREAM_ERROR_KINDS) {
-      const c = this.upstreamErrors.labels(route, version, kind)
-      c.inc(0)
-      errors.set(kind, c)
+    const families = [
+      new Family(METRIC_NAMES.requests, 'Responses sent to clients, by route, version and HTTP status code (proxy-made 502/503/504 included; 499 = the client left before a status was sent).', 'counter', () => {
+        const out: Sample[] = []
+        for (const s of all()) {
+          for (let code = 0; code < CODE_SLOTS; code++) {
+            const v = s.codes[code]!
+            if (v !== 0 || PRECREATED.has(code)) out.push({ labels: { route: s.route, version: s.version, code: String(code) }, value: v })
+          }
+        }
+        return out
+      }, resetAll),
+      new Family(METRIC_NAMES.duration, 'Time from request received to response finished (or client gone), seconds, by route and version.', 'histogram', () => {
+        const out: Sample[] = []
+        for (const s of all()) {
+          let cum = 0
+          for (let i = 0; i <= NB; i++) {
+            cum += s.buckets[i]!
+            out.push({ metricName: `${METRIC_NAMES.duration}_bucket`, labels: { route: s.route, version: s.version, le: i < NB ? LE[i]! : '+Inf' }, value: cum })
+          }
+          out.push({ metricName: `${METRIC_NAMES.duration}_sum`, labels: { route: s.route, version: s.version }, value: s.sum })
+          out.push({ metricName: `${METRIC_NAMES.duration}_count`, labels: { route: s.route, version: s.version }, value: s.count })
+        }
+        return out
+      }, resetAll),
+      new Family(METRIC_NAMES.upstreamErrors, 'Upstream failures by route, version and kind (connect, timeout, reset, protocol, other).', 'counter', () => {
+        const out: Sample[] = []
+        for (const s of all()) {
+          for (let i = 0; i < UPSTREAM_ERROR_KINDS.length; i++) out.push({ labels: { route: s.route, version: s.version, kind: UPSTREAM_ERROR_KINDS[i]! }, value: s.errors[i]! })
+        }
+        return out
+      }, resetAll),
+      new Family(METRIC_NAMES.ejections, 'Times outlier detection ejected a version (consecutive gateway failures), by route and version.', 'counter',
+        () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.ejections })),
+        resetAll),
+      new Family(METRIC_NAMES.websockets, 'WebSocket connections proxied, by route and version (counted at the upgrade attempt).', 'counter',
+        () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.websockets })),
+        resetAll),
+      new Family(METRIC_NAMES.websocketsOpen, 'WebSocket connections open now, by route and version.', 'gauge',
+        () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.websocketsOpen })),
+        () => {}),
+      new Family(METRIC_NAMES.inFlight, 'Requests being proxied now, by route and version (saturation).', 'gauge',
+        () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.inFlight })),
+        () => {}),
+      new Family(METRIC_NAMES.weight, 'Current routing weight of each version, percent of the route\'s new sticky keys (0–100); updated on every routing-table change.', 'gauge',
+        () => [...this.#weights.values()].map((w) => ({ labels: { route: w.route, version: w.version }, value: w.weight })),
+        () => {})
+    ]
+    // prom-client's Registry accepts any object of this shape; its typings only name its own classes
+    for (const f of families) this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
+    if (opts.defaultMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry, prefix: DEFAULT_METRICS_PREFIX })
+      // prom-client's `*_total` gauges break the naming rule promtool lints (only counters end
+      // in _total) and equal sum() of their per-type siblings, which stay.
+      for (const name of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(name)
     }
-    const inFlight: GaugeChild = this.inFlight.labels(labels)
-    inFlight.set(0)
-    const duration: HistogramChild = this.duration.labels(labels)
-    // listeners array shared by reference: added later (rollouts) still seen
-    let listeners = this.#listeners.get(`${route}\u0000${version}`)
-    if (listeners === undefined) {
-      listeners = []
-      this.#listeners.set(`${route}\u0000${version}`, listeners)
+  }
+
+  #seriesFor (route: string, version: string): VersionSeries {
+    const key = `${route}\u0000${version}`
+    let s = this.#series.get(key)
+    if (s === undefined) {
+      s = new VersionSeries(route, version, key)
+      this.#series.set(key, s)
     }
-    const ls = listeners
+    return s
+  }
+
+  /**
+   * Adds a listener called for every finished request of (route, version),
+   * also for versions not bound yet. Returns a function that removes it.
+   */
+  onFinish (route: string, version: string, listener: FinishListener): () => void {
+    const ls = this.#seriesFor(route, version).listeners
+    ls.push(listener)
+    return () => {
+      const i = ls.indexOf(listener)
+      if (i !== -1) ls.splice(i, 1)
+    }
+  }
+
+  /**
+   * Returns the observer of (route, version), creating its series at zero:
+   * every pre-created code, every error kind, the histogram and in-flight
+   * exist from here on. Binding the same pair again keeps its counts.
+   */
+  bind (route: string, version: string): VersionObserver {
+    const s = this.#seriesFor(route, version)
+    const { codes, buckets, errors, listeners } = s
     return {
       start () {
-        inFlight.inc()
+        s.inFlight++
       },
       finish (status: number, seconds: number, upstreamFailed: boolean) {
-        inFlight.dec()
-        childFor(status).inc()
-        duration.observe(seconds)
-        if (ls.length !== 0) {
-          for (let i = 0; i < ls.length; i++) ls[i]!(status, seconds, upstreamFailed)
+        s.inFlight--
+        codes[status >= 0 && status < CODE_SLOTS ? status : 0]!++
+        // linear scan: 14 bounds, and most requests stop in the first few
+        let i = 0
+        while (i < NB && seconds > BOUNDS[i]!) i++
+        buckets[i]!++
+        s.sum += seconds
+        s.count++
+        if (listeners.length !== 0) {
+          for (let j = 0; j < listeners.length; j++) listeners[j]!(status, seconds, upstreamFailed)
         }
       },
       upstreamError (kind: UpstreamErrorKind) {
-        errors.get(kind)!.inc()
+        errors[KIND_INDEX[kind]]!++
+      },
+      ejected () {
+        s.ejections++
+      },
+      websocket (delta: 1 | -1) {
+        if (delta === 1) s.websockets++
+        s.websocketsOpen += delta
       }
     }
   }
 
+  /**
+   * Publishes the weights of the table now in force (called by the proxy on
+   * every table bind). A version that was published before but is missing
+   * from `weights` is set to 0: it receives no new traffic.
+   */
   setWeights (weights: ReadonlyArray<{ route: string; version: string; weight: number }>): void {
-    for (const w of weights) this.weight.labels(w.route, w.version).set(w.weight)
+    for (const w of this.#weights.values()) w.weight = 0
+    for (const w of weights) {
+      const key = `${w.route}\u0000${w.version}`
+      const cur = this.#weights.get(key)
+      if (cur === undefined) this.#weights.set(key, { route: w.route, version: w.version, weight: w.weight })
+      else cur.weight = w.weight
+    }
+  }
+
+  /** Totals of one (route, version), or undefined when it was never bound or observed. */
+  totals (route: string, version: string): VersionTotals | undefined {
+    const s = this.#series.get(`${route}\u0000${version}`)
+    if (s === undefined) return undefined
+    const codes = new Map<number, number>()
+    for (let c = 0; c < CODE_SLOTS; c++) if (s.codes[c] !== 0 || PRECREATED.has(c)) codes.set(c, s.codes[c]!)
+    const upstreamErrors = Object.fromEntries(UPSTREAM_ERROR_KINDS.map((k, i) => [k, s.errors[i]!])) as Record<UpstreamErrorKind, number>
+    return { route, version, codes, count: s.count, sum: s.sum, inFlight: s.inFlight, upstreamErrors, ejections: s.ejections }
+  }
+
+  /** Content-Type of `expose()`'s text (Prometheus text format 0.0.4). */
+  get contentType (): string {
+    return this.registry.contentType
   }
 
   /** The exposition text for GET /metrics. */

@@ -1,0 +1,19 @@
+/**
+ * Metric names, in a module of their own so readers of /metrics (`canaryd
+ * top`, tests) need not load prom-client.
+ */
+
+/** Every metric family canaryd itself defines (prom-client's default metrics come on top). */
+export const METRIC_NAMES = Object.freeze({
+  requests: 'canaryd_requests_total',
+  duration: 'canaryd_request_duration_seconds',
+  upstreamErrors: 'canaryd_upstream_errors_total',
+  inFlight: 'canaryd_requests_in_flight',
+  ejections: 'canaryd_outlier_ejections_total',
+  websockets: 'canaryd_websocket_connections_total',
+  websocketsOpen: 'canaryd_websocket_connections_open',
+  weight: 'canaryd_route_weight'
+})
+
+/** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */
+export const DEFAULT_METRICS_PREFIX = 'canaryd_'

@@ -1,0 +1,124 @@
+import t from 'tap'
+import { parseExposition, type Sample } from '../../src/metrics/exposition.js'
+import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
+import { DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, METRIC_NAMES, PRECREATED_CODES, PrometheusMetrics } from '../../src/metrics/prometheus.js'
+import { UPSTREAM_ERROR_KINDS } from '../../src/upstream/classify.js'
+
+async function samples (m: PrometheusMetrics): Promise<Sample[]> {
+  return [...parseExposition(await m.expose()).samples]
+}
+
+function value (all: Sample[], name: string, labels: Record<string, string>): number | undefined {
+  const s = all.find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))
+  return s?.value
+}
+
+t.test('a bound version has every series at zero before any request (a 0% canary shows)', async (t) => {
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  m.bind('web', 'stable')
+  m.bind('web', 'canary')
+  m.setWeights([{ route: 'web', version: 'stable', weight: 100 }, { route: 'web', version: 'canary', weight: 0 }])
+  const all = await samples(m)
+  for (const version of ['stable', 'canary']) {
+    const l = { route: 'web', version }
+    for (const code of PRECREATED_CODES) t.equal(value(all, METRIC_NAMES.requests, { ...l, code: String(code) }), 0, `${version} code ${code}`)
+    for (const kind of UPSTREAM_ERROR_KINDS) t.equal(value(all, METRIC_NAMES.upstreamErrors, { ...l, kind }), 0, `${version} kind ${kind}`)
+    t.equal(value(all, METRIC_NAMES.inFlight, l), 0)
+    t.equal(value(all, `${METRIC_NAMES.duration}_count`, l), 0)
+    t.equal(value(all, `${METRIC_NAMES.duration}_sum`, l), 0)
+    t.equal(value(all, METRIC_NAMES.ejections, l), 0)
+    t.equal(all.filter((s) => s.name === `${METRIC_NAMES.duration}_bucket` && s.labels.version === version).length, DURATION_BUCKETS.length + 1)
+  }
+  t.equal(value(all, METRIC_NAMES.weight, { route: 'web', version: 'canary' }), 0)
+  t.equal(value(all, METRIC_NAMES.weight, { route: 'web', version: 'stable' }), 100)
+  // labels are bounded: only these names ever appear on canaryd's own families
+  const ours = new Set<string>(Object.values(METRIC_NAMES).flatMap((n) => [n, `${n}_bucket`, `${n}_sum`, `${n}_count`]))
+  for (const s of all.filter((x) => ours.has(x.name))) {
+    for (const k of Object.keys(s.labels)) t.ok(['route', 'version', 'code', 'kind', 'le'].includes(k), `${s.name} label ${k}`)
+  }
+})
+
+t.test('buckets run from 1 ms to 30 s, and an observation lands in the first bucket ≥ it', async (t) => {
+  t.equal(DURATION_BUCKETS[0], 0.001)
+  t.equal(DURATION_BUCKETS[DURATION_BUCKETS.length - 1], 30)
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  const o = m.bind('web', 'stable')
+  const obs = [0.0005, 0.001, 0.0011, 0.2, 30, 31]
+  for (const s of obs) { o.start(); o.finish(200, s, false) }
+  const all = await samples(m)
+  const bucket = (le: string): number | undefined => value(all, `${METRIC_NAMES.duration}_bucket`, { route: 'web', version: 'stable', le })
+  t.equal(bucket('0.001'), 2, 'le is inclusive: 0.0005 and 0.001')
+  t.equal(bucket('0.0025'), 3)
+  t.equal(bucket('0.25'), 4)
+  t.equal(bucket('30'), 5)
+  t.equal(bucket('+Inf'), 6)
+  t.equal(value(all, `${METRIC_NAMES.duration}_count`, { route: 'web', version: 'stable' }), 6)
+  t.ok(Math.abs(value(all, `${METRIC_NAMES.duration}_sum`, { route: 'web', version: 'stable' })! - obs.reduce((a, b) => a + b)) < 1e-9)
+})
+
+t.test('finish counts by status, in-flight follows start/finish, errors by kind, listeners see every request', async (t) => {
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  const o = m.bind('api', 'canary')
+  const seen: Array<[number, boolean]> = []
+  const off = m.onFinish('api', 'canary', (status, _s, failed) => { seen.push([status, failed]) })
+  o.start(); o.start(); o.start()
+  t.equal(m.totals('api', 'canary')?.inFlight, 3)
+  o.finish(200, 0.01, false)
+  o.finish(418, 0.01, false)
+  o.upstreamError('timeout')
+  o.finish(504, 0.01, true)
+  o.ejected()
+  const all = await samples(m)
+  const l = { route: 'api', version: 'canary' }
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '200' }), 1)
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '418' }), 1, 'a code not pre-created appears when sent')
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '504' }), 1)
+  t.equal(value(all, METRIC_NAMES.upstreamErrors, { ...l, kind: 'timeout' }), 1)
+  t.equal(value(all, METRIC_NAMES.upstreamErrors, { ...l, kind: 'connect' }), 0)
+  t.equal(value(all, METRIC_NAMES.inFlight, l), 0)
+  t.equal(value(all, METRIC_NAMES.ejections, l), 1)
+  t.same(seen, [[200, false], [418, false], [504, true]])
+  off()
+  o.start(); o.finish(200, 0.01, false)
+  t.equal(seen.length, 3, 'a removed listener is not called')
+  t.equal(m.totals('api', 'canary')?.count, 4)
+})
+
+t.test('binding again keeps the counts; weights follow every table, versions gone drop to 0', async (t) => {
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  const a = m.bind('web', 'canary')
+  a.start(); a.finish(200, 0.01, false)
+  const b = m.bind('web', 'canary')
+  b.start(); b.finish(200, 0.01, false)
+  t.equal(m.totals('web', 'canary')?.codes.get(200), 2)
+  m.setWeights([{ route: 'web', version: 'stable', weight: 90 }, { route: 'web', version: 'canary', weight: 10 }])
+  m.setWeights([{ route: 'web', version: 'stable', weight: 75.5 }, { route: 'web', version: 'canary', weight: 24.5 }])
+  let all = await samples(m)
+  t.equal(value(all, METRIC_NAMES.weight, { route: 'web', version: 'stable' }), 75.5)
+  t.equal(value(all, METRIC_NAMES.weight, { route: 'web', version: 'canary' }), 24.5)
+  m.setWeights([{ route: 'web', version: 'stable', weight: 100 }])
+  all = await samples(m)
+  t.equal(value(all, METRIC_NAMES.weight, { route: 'web', version: 'canary' }), 0)
+})
+
+t.test('default metrics carry the canaryd_ prefix (event-loop lag, heap, handles); _total gauges are dropped', async (t) => {
+  const m = new PrometheusMetrics()
+  const text = await m.expose()
+  const e = parseExposition(text)
+  for (const name of ['canaryd_nodejs_eventloop_lag_seconds', 'canaryd_nodejs_eventloop_lag_p99_seconds', 'canaryd_nodejs_heap_size_used_bytes', 'canaryd_nodejs_active_handles', 'canaryd_process_resident_memory_bytes']) {
+    t.ok(e.types.has(name), name)
+  }
+  for (const name of DROPPED_DEFAULT_METRICS) t.notOk(e.types.has(name), `${name} dropped`)
+  t.notOk([...e.types.keys()].some((n) => !n.startsWith('canaryd_')), 'every family is canaryd_*')
+  t.match(m.contentType, /^text\/plain; version=0\.0\.4/)
+  const off = new PrometheusMetrics({ defaultMetrics: false })
+  t.notOk(parseExposition(await off.expose()).types.has('canaryd_nodejs_heap_size_used_bytes'))
+})
+
+t.test('the no-op observers do nothing and share one object (metrics off)', async (t) => {
+  const o = NOOP_OBSERVERS.bind('web', 'stable')
+  t.equal(o, NOOP_OBSERVERS.bind('api', 'canary'))
+  o.start(); o.finish(200, 1, false); o.upstreamError('connect'); o.ejected()
+  NOOP_OBSERVERS.setWeights([])
+  t.pass()
+})
