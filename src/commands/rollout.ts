@@ -1,6 +1,120 @@
-/** Placeholder until this command lands; replaced by its own issue's work. */
-export async function runRollout (argv: string[]): Promise<void> {
-  void argv
-  process.stderr.write('canaryd: this command is not implemented yet\n')
+/**
+ * `canaryd rollout start|status|pause|resume|promote|abort ROUTE`: a thin
+ * client of the admin API's rollout endpoints (same --admin / --token
+ * conventions as `canaryd weights` and `canaryd status`).
+ */
+import { readFileSync } from 'node:fs'
+import { extname } from 'node:path'
+import { parseArgs } from 'node:util'
+import { request } from 'undici'
+import { parse as parseYaml } from 'yaml'
+import { DEFAULT_ADMIN_URL } from './client.js'
+
+/** Usage of the rollout command. */
+export const ROLLOUT_USAGE = `Usage:
+  canaryd rollout start ROUTE [--plan FILE] [--canary NAME]   start a rollout (plan: JSON or YAML file)
+  canaryd rollout status|pause|resume|promote|abort ROUTE
+Options:
+  --admin URL    admin server (CANARYD_ADMIN_URL; default ${DEFAULT_ADMIN_URL})
+  --token TOKEN  bearer token (CANARYD_ADMIN_TOKEN)
+  --json         print the API's JSON instead of the summary
+`
+
+const ACTIONS = ['start', 'status', 'pause', 'resume', 'promote', 'abort'] as const
+
+/** One-screen summary of a rollout body. */
+export function formatRollout (r: Record<string, unknown>): string {
+  const steps = (r.steps as number[] | undefined) ?? []
+  const lines = [
+    `route ${String(r.route)}: ${String(r.state)}  canary ${String(r.canary)} at ${String(r.weight)}%  step ${String(r.step)}/${steps.length} (${steps.join(' → ')} → 100)`,
+    `failed checks ${String(r.failedChecks)}${r.reason === null || r.reason === undefined ? '' : `  reason: ${String(r.reason)}`}`
+  ]
+  const checks = (r.checks as Array<Record<string, unknown>> | undefined) ?? []
+  for (const c of checks.slice(-5)) {
+    const cn = c.canary as Record<string, unknown>
+    const st = c.stable as Record<string, unknown>
+    lines.push(`  ${String(c.at)} step ${String(c.step)} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
+  }
+  return `${lines.join('\n')}\n`
+}
+
+function usageError (message: string): void {
+  process.stderr.write(`canaryd: ${message}\n`)
   process.exitCode = 2
+}
+
+function apiError (message: string): void {
+  process.stderr.write(`canaryd: ${message}\n`)
+  process.exitCode = 1
+}
+
+/** Runs `canaryd rollout …`; exit code 1 on an API error, 2 on a usage error. */
+export async function runRollout (argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { plan: { type: 'string' }, canary: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    strict: true
+  })
+  const [action, route] = positionals
+  if (values.help === true || action === undefined) {
+    process.stdout.write(ROLLOUT_USAGE)
+    return
+  }
+  if (!(ACTIONS as readonly string[]).includes(action) || route === undefined || positionals.length > 2) {
+    process.stderr.write(`canaryd: ${route === undefined ? 'a ROUTE is required' : `unknown rollout action "${action}"`}\n${ROLLOUT_USAGE}`)
+    process.exitCode = 2
+    return
+  }
+  const base = (values.admin ?? process.env.CANARYD_ADMIN_URL ?? DEFAULT_ADMIN_URL).replace(/\/+$/, '')
+  const token = values.token ?? process.env.CANARYD_ADMIN_TOKEN ?? ''
+  const path = `/api/v1/routes/${encodeURIComponent(route)}/rollout${action === 'start' || action === 'status' ? '' : `/${action}`}`
+  let body: string | undefined
+  if (action === 'start') {
+    let plan: unknown = {}
+    if (values.plan !== undefined) {
+      // a missing or garbled plan file is the user's typo: a one-line usage error, not a stack trace
+      try {
+        const text = readFileSync(values.plan, 'utf8')
+        const ext = extname(values.plan).toLowerCase()
+        plan = ext === '.yaml' || ext === '.yml' ? parseYaml(text) : JSON.parse(text)
+      } catch (err) {
+        return usageError(`cannot read plan ${values.plan}: ${(err as Error).message}`)
+      }
+    }
+    // the server validates the plan (400 lists every problem); only --canary is merged here
+    if (values.canary !== undefined && typeof plan === 'object' && plan !== null && !Array.isArray(plan)) (plan as Record<string, unknown>).canary = values.canary
+    body = JSON.stringify(plan)
+  }
+  let url: URL
+  try {
+    url = new URL(`${base}${path}`)
+  } catch {
+    return usageError(`--admin ${JSON.stringify(base)} is not a URL`)
+  }
+  const headers: Record<string, string> = { accept: 'application/json' }
+  if (token !== '') headers.authorization = `Bearer ${token}`
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  let status: number
+  let text: string
+  try {
+    const res = await request(url, { method: action === 'status' ? 'GET' : 'POST', headers, body, headersTimeout: 15_000, bodyTimeout: 15_000 })
+    status = res.statusCode
+    text = await res.body.text()
+  } catch (err) {
+    // same wording as `canaryd status` / `canaryd weights`
+    return apiError(`cannot reach the admin API at ${url.origin}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  let json: Record<string, unknown>
+  try {
+    json = JSON.parse(text) as Record<string, unknown>
+  } catch {
+    return apiError(`admin API answered ${status} with non-JSON: ${text.slice(0, 200)}`)
+  }
+  if (status >= 400) {
+    const e = json.error as { code?: string; message?: string } | undefined
+    return apiError(`${status} ${e?.code ?? ''}: ${e?.message ?? JSON.stringify(json)}`)
+  }
+  if (values.json === true) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
+  else process.stdout.write(formatRollout(json) + (json.held === true ? 'promotion held by the confirm-promotion gate\n' : ''))
 }

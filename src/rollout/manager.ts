@@ -1,0 +1,214 @@
+/**
+ * The rollouts of one process: at most one controller per route, wired to
+ * the control plane's store (weights + persisted record in one atomic write),
+ * the per-version finish listeners of the metrics, the webhooks and the
+ * rollout metrics. The admin endpoints and the CLI go through here.
+ */
+import { CanarydError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import { systemClock, type Clock } from './clock.js'
+import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeFinish } from './controller.js'
+import { PlanError, validatePlan } from './plan.js'
+
+/** What the manager needs of the runtime store (src/state/store.ts RuntimeStore fits). */
+export interface RolloutStore {
+  setWeights (route: string, weights: unknown, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  setRolloutState (route: string, data: unknown): Promise<void>
+  getRolloutState (route: string): unknown
+  weights (route: string): Record<string, number> | undefined
+  readonly routeNames: string[]
+  setRolloutSummary (fn: (route: string) => unknown): void
+  onChange (listener: (entry: { route: string; source: string }) => void): void
+}
+
+/** The `source` of weight changes made by rollouts, in the audit. */
+export const ROLLOUT_SOURCE = 'rollout'
+
+/** Dependencies of the manager. */
+export interface RolloutManagerOptions {
+  store: RolloutStore
+  logger: Logger
+  subscribe?: SubscribeFinish
+  notifier?: RolloutNotifier
+  observer?: RolloutObserver
+  clock?: Clock
+}
+
+/** The compact form shown on the route objects of GET /api/v1/routes. */
+export interface RolloutSummary {
+  state: RolloutRecord['state']
+  canary: string
+  step: number
+  steps: number
+  weight: number
+  failedChecks: number
+}
+
+/** Body of GET /api/v1/routes/{route}/rollout. */
+export function rolloutView (r: RolloutRecord): Record<string, unknown> {
+  return {
+    route: r.route,
+    state: r.state,
+    canary: r.plan.canary,
+    stable: r.stable,
+    step: r.stepIndex + 1,
+    steps: r.plan.steps,
+    weight: r.weight,
+    failedChecks: r.failedChecks,
+    reason: r.reason ?? null,
+    startedAt: r.startedAt,
+    updatedAt: r.updatedAt,
+    plan: r.plan,
+    checks: r.checks,
+    history: r.history
+  }
+}
+
+function isRecord (v: unknown): v is RolloutRecord {
+  return typeof v === 'object' && v !== null && (v as { v?: unknown }).v === 1 && typeof (v as { route?: unknown }).route === 'string'
+}
+
+/** One controller per route, at most; see the module comment. */
+export class RolloutManager {
+  readonly #opts: RolloutManagerOptions
+  readonly #controllers = new Map<string, RolloutController>()
+  readonly #clock: Clock
+
+  constructor (opts: RolloutManagerOptions) {
+    this.#opts = opts
+    this.#clock = opts.clock ?? systemClock
+    opts.store.setRolloutSummary((route) => this.summary(route))
+    // someone else set the weights of a route under rollout: hold, let a human decide (resume or abort)
+    opts.store.onChange((e) => {
+      const c = this.#controllers.get(e.route)
+      if (e.source === ROLLOUT_SOURCE || c === undefined || (c.state !== 'progressing' && c.state !== 'awaiting-promotion')) return
+      opts.logger.warn({ route: e.route, source: e.source }, 'weights changed outside the rollout: pausing it')
+      c.pause().catch((err: unknown) => opts.logger.error({ err, route: e.route }, 'cannot pause rollout'))
+    })
+  }
+
+  #deps (): ControllerDeps {
+    const store = this.#opts.store
+    const log = this.#opts.logger
+    return {
+      host: {
+        applyWeights: async (route, weights, reason, record) => { await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record }) },
+        persist: async (route, record) => { await store.setRolloutState(route, record) }
+      },
+      clock: this.#clock,
+      notifier: this.#opts.notifier,
+      observer: this.#opts.observer,
+      subscribe: this.#opts.subscribe,
+      onError: (err, what) => log.error({ err }, `${what} failed`)
+    }
+  }
+
+  /** Rebuilds controllers from the records in the state file (call once at start-up). */
+  restore (): void {
+    for (const route of this.#opts.store.routeNames) {
+      const saved = this.#opts.store.getRolloutState(route)
+      if (saved === null || saved === undefined) continue
+      if (!isRecord(saved)) {
+        this.#opts.logger.warn({ route }, 'unreadable rollout state in the state file: ignored')
+        continue
+      }
+      try {
+        saved.plan = validatePlan(saved.plan)
+      } catch (err) {
+        this.#opts.logger.warn({ route, err: (err as Error).message }, 'saved rollout plan is no longer valid: ignored')
+        continue
+      }
+      const c = RolloutController.restore(saved, this.#deps())
+      this.#controllers.set(route, c)
+      this.#opts.logger.info({ route, state: saved.state, step: saved.stepIndex + 1, weight: saved.weight }, 'rollout restored')
+    }
+  }
+
+  /**
+   * Starts the `rollout` blocks of the config for routes that have no
+   * rollout record yet. A route with a record (running or finished, e.g.
+   * rolled back) is left alone: restarting never re-runs a finished rollout.
+   */
+  async startFromConfig (plans: ReadonlyArray<{ route: string; plan: unknown }>): Promise<void> {
+    for (const { route, plan } of plans) {
+      if (this.#controllers.has(route)) continue
+      try {
+        await this.start(route, plan)
+      } catch (err) {
+        this.#opts.logger.error({ err, route }, 'cannot start the rollout of the config')
+      }
+    }
+  }
+
+  /**
+   * Starts a rollout: 404 for an unknown route, 400 for an invalid plan,
+   * 409 when one is already running on the route.
+   */
+  async start (route: string, rawPlan: unknown): Promise<RolloutRecord> {
+    const weights = this.#opts.store.weights(route)
+    if (weights === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)}`)
+    const versions = Object.keys(weights)
+    const plan = validatePlan(rawPlan, versions)
+    const existing = this.#controllers.get(route)
+    if (existing?.active === true) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout ${existing.state}; pause, promote or abort it first`)
+    const stable = plan.stable ?? versions.filter((v) => v !== plan.canary).sort((a, b) => weights[b]! - weights[a]!)[0]!
+    const others = versions.filter((v) => v !== plan.canary && v !== stable && weights[v]! > 0)
+    if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
+    existing?.close()
+    const c = await RolloutController.start(route, { ...plan, stable }, stable, versions, this.#deps())
+    this.#controllers.set(route, c)
+    return c.record
+  }
+
+  #get (route: string): RolloutController {
+    const c = this.#controllers.get(route)
+    if (c === undefined) {
+      if (this.#opts.store.weights(route) === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)}`)
+      throw new CanarydError('CANARYD_ERR_NO_ROLLOUT', `route ${route} has no rollout`)
+    }
+    return c
+  }
+
+  /** The rollout record of a route (404 when none). */
+  get (route: string): RolloutRecord {
+    return this.#get(route).record
+  }
+
+  /** The controller of a route (tests feed its windows). */
+  controller (route: string): RolloutController | undefined {
+    return this.#controllers.get(route)
+  }
+
+  /** Pauses (409 unless progressing or awaiting promotion). */
+  async pause (route: string): Promise<RolloutRecord> {
+    return await this.#get(route).pause()
+  }
+
+  /** Resumes (409 unless paused). */
+  async resume (route: string): Promise<RolloutRecord> {
+    return await this.#get(route).resume()
+  }
+
+  /** Promotes now; `held` when the confirm-promotion gate said no. */
+  async promote (route: string): Promise<{ record: RolloutRecord; held: boolean }> {
+    return await this.#get(route).promote()
+  }
+
+  /** Aborts: canary to 0, `aborted`. */
+  async abort (route: string): Promise<RolloutRecord> {
+    return await this.#get(route).abort()
+  }
+
+  /** The summary for GET /api/v1/routes, or null. */
+  summary (route: string): RolloutSummary | null {
+    const c = this.#controllers.get(route)
+    if (c === undefined) return null
+    const r = c.record
+    return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks }
+  }
+
+  /** Stops every timer (process shutdown); records stay as saved. */
+  close (): void {
+    for (const c of this.#controllers.values()) c.close()
+  }
+}
