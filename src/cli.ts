@@ -10,6 +10,18 @@ const HELP = `canaryd — a reverse proxy for canary releases
 Usage:
   canaryd serve [--config FILE]         run the proxy (FILE also from CANARYD_CONFIG;
                                         default ${DEFAULT_CONFIG_PATH}); JSON or YAML
+  canaryd weights ROUTE VERSION=PERCENT... [--reason TEXT] [--admin URL] [--token T] [--json]
+                                        change a route's weights live (e.g. stable=80 canary=20);
+                                        validated, persisted and audited by the admin server
+  canaryd status [ROUTE] [--admin URL] [--token T] [--json]
+                                        routes, versions, weights, upstreams, rollout state
+  canaryd rollout start ROUTE [--plan FILE] [--admin URL] [--token T]
+                                        start a progressive rollout (plan: JSON/YAML, docs/rollout.md)
+  canaryd rollout status|pause|resume|promote|abort ROUTE [--admin URL] [--token T] [--json]
+                                        show or steer the route's rollout
+  canaryd top [--admin URL] [--token T] [--interval MS] [--once]
+                                        live view per route and version: req/s, error %,
+                                        p50/p99, in-flight, weight (from the admin /metrics)
   canaryd demo [--once]                 demo: stable + canary on loopback, proxy at 90/10,
                                         1,000 simulated users; --once exits after the report
   canaryd --help | -h                   this help
@@ -18,6 +30,7 @@ Usage:
 Environment:
   CANARYD_CONFIG        config file path
   LOG_LEVEL             log level (fatal, error, warn, info, debug, trace, silent)
+  CANARYD_ADMIN_URL     admin URL for weights/status/top (default http://127.0.0.1:9901)
   CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see README "Configuration"
 `
 

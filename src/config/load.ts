@@ -4,7 +4,7 @@ import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../errors.js'
 import type { RouteSpec } from '../routing/spec.js'
 import { validateRoutes } from './routes.js'
-import { createConvict } from './schema.js'
+import { createConvict, schema } from './schema.js'
 
 /** The validated startup configuration. */
 export interface Config {
@@ -19,7 +19,9 @@ export interface Config {
     clientIdleMs: number
     drainMs: number
   }
-  upstream: { connections: number; keepAliveMs: number }
+  upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number }
+  limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }
+  health: { consecutiveFailures: number; ejectionMs: number; checkPath: string; checkIntervalMs: number }
   log: { level: string; access: boolean }
   routes: RouteSpec[]
   /** Absolute path of the file this came from ('' when built from an object). */
@@ -29,11 +31,23 @@ export interface Config {
 /** Default config path when neither --config nor CANARYD_CONFIG is given. */
 export const DEFAULT_CONFIG_PATH = 'config/default.json'
 
+/** convict names the unknown leaf (`lisen.port`); name the first segment the schema does not know (`lisen`). */
+function unknownKeyPath (path: string): string {
+  let node: Record<string, unknown> = schema
+  const parts = path.split('.')
+  for (let i = 0; i < parts.length; i++) {
+    const next = node[parts[i]!]
+    if (typeof next !== 'object' || next === null || 'default' in next) return parts.slice(0, i + 1).join('.')
+    node = next as Record<string, unknown>
+  }
+  return path
+}
+
 /** Turns convict's multi-line error into one `key: reason` line per problem. */
 function convictMessage (err: Error): ConfigError {
   const first = err.message.split('\n').map((l) => l.trim()).filter((l) => l.length > 0)[0] ?? err.message
   const undeclared = /configuration param '([^']+)' not declared in the schema/.exec(first)
-  if (undeclared !== null) return new ConfigError(undeclared[1]!, 'unknown key')
+  if (undeclared !== null) return new ConfigError(unknownKeyPath(undeclared[1]!), 'unknown key')
   const m = /^([\w.]+): (.*)$/.exec(first)
   if (m !== null) return new ConfigError(m[1]!, m[2]!)
   return new ConfigError('', first)

@@ -1,5 +1,6 @@
 import { ConfigError } from '../errors.js'
 import type { RouteSpec, VersionSpec } from '../routing/spec.js'
+import { PlanError, validatePlan } from '../rollout/plan.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 
@@ -60,7 +61,7 @@ function validateVersion (v: unknown, at: string): VersionSpec {
 function validateRoute (r: unknown, i: number): RouteSpec {
   const at = `routes[${i}]`
   if (!isObj(r)) throw new ConfigError(at, 'must be an object')
-  onlyKeys(r, ['name', 'match', 'sticky', 'override', 'versions'], at)
+  onlyKeys(r, ['name', 'match', 'sticky', 'override', 'versions', 'rollout'], at)
   const name = str(r.name, `${at}.name`, NAME_RE, 'route name (letters, digits, _ . -; up to 63)')
 
   const m = obj(r.match, `${at}.match`)
@@ -119,6 +120,14 @@ function validateRoute (r: unknown, i: number): RouteSpec {
     versions
   }
   if (salt !== undefined) spec.sticky.salt = salt
+  if (r.rollout !== undefined) {
+    try {
+      spec.rollout = validatePlan(r.rollout, versions.map((v) => v.name))
+    } catch (err) {
+      if (err instanceof PlanError) throw new ConfigError(`${at}.rollout`, err.problems.join('; '))
+      throw err
+    }
+  }
   return spec
 }
 

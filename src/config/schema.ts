@@ -30,7 +30,21 @@ export const schema = {
   },
   upstream: {
     connections: { doc: 'Most keep-alive connections per upstream origin.', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },
-    keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'nat', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' }
+    keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'nat', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
+    maxInFlight: { doc: 'Most requests in flight to one upstream origin; past it the proxy answers 503 at once instead of queueing (0 = no cap).', format: 'nat', default: 1024, env: 'CANARYD_UPSTREAM_MAX_IN_FLIGHT' },
+    retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' }
+  },
+  limits: {
+    maxHeaderBytes: { doc: 'Most bytes of request line plus headers; past it, 431.', format: 'nat', default: 16384, env: 'CANARYD_MAX_HEADER_BYTES' },
+    maxHeaderCount: { doc: 'Most request header fields; past it, 431.', format: 'nat', default: 100, env: 'CANARYD_MAX_HEADER_COUNT' },
+    maxUrlBytes: { doc: 'Longest request target; past it, 414.', format: 'nat', default: 8192, env: 'CANARYD_MAX_URL_BYTES' },
+    underscoreHeaders: { doc: 'Request header names containing `_`: drop them (as Envoy), reject the request with 400, or allow them.', format: ['drop', 'reject', 'allow'], default: 'drop', env: 'CANARYD_UNDERSCORE_HEADERS' }
+  },
+  health: {
+    consecutiveFailures: { doc: 'Outlier detection: consecutive connect failures or 5xx responses that eject a version (0 = off).', format: 'nat', default: 5, env: 'CANARYD_HEALTH_CONSECUTIVE_FAILURES' },
+    ejectionMs: { doc: 'How long an ejected version gets no new users.', format: 'nat', default: 30000, env: 'CANARYD_HEALTH_EJECTION_MS' },
+    checkPath: { doc: 'Active health check: `GET` this path on every version\'s upstream ("" = off); a failure ejects, a 2xx/3xx brings the version back.', format: String, default: '', env: 'CANARYD_HEALTH_CHECK_PATH' },
+    checkIntervalMs: { doc: 'Active health check period.', format: 'nat', default: 5000, env: 'CANARYD_HEALTH_CHECK_INTERVAL_MS' }
   },
   log: {
     level: { doc: 'pino log level (LOG_LEVEL wins).', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', env: 'CANARYD_LOG_LEVEL' },

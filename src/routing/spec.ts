@@ -25,4 +25,10 @@ export interface RouteSpec {
   }
   override: { header?: string; cookie?: string }
   versions: VersionSpec[]
+  /**
+   * A rollout plan to start at start-up when the route has no rollout record
+   * yet; validated by rollout/plan.ts and kept opaque here so routing/
+   * imports nothing of rollout/.
+   */
+  rollout?: unknown
 }

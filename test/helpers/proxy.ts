@@ -40,6 +40,8 @@ export function testConfig (routes: unknown[], extra: Record<string, unknown> = 
 export interface TestProxy {
   app: App
   url: string
+  /** Base URL of the admin server (API, /healthz, /metrics). */
+  adminUrl: string
   close: () => Promise<void>
 }
 
@@ -50,6 +52,7 @@ export async function startProxy (config: Config, opts: { metrics?: boolean } = 
   return {
     app,
     url: `http://127.0.0.1:${app.proxyAddress!.port}`,
+    adminUrl: `http://127.0.0.1:${app.adminAddress!.port}`,
     close: async () => { await app.close(1000) }
   }
 }
