@@ -92,7 +92,7 @@ export class App {
       logger: this.logger.child({ component: 'rollout' }),
       notifier: new WebhookNotifier({ logger: this.logger }),
       observer: metrics === undefined ? undefined : new RolloutMetrics(metrics.registry, this.state.routeNames),
-      // without metrics there are no finish listeners: checks stay inconclusive (said in docs/rollout.md)
+      // without metrics there are no finish listeners: checks stay inconclusive (said in the README)
       subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l)
     })
     registerRolloutRoutes(this.admin, this.rollouts)

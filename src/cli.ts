@@ -16,7 +16,7 @@ Usage:
   canaryd status [ROUTE] [--admin URL] [--token T] [--json]
                                         routes, versions, weights, upstreams, rollout state
   canaryd rollout start ROUTE [--plan FILE] [--admin URL] [--token T]
-                                        start a progressive rollout (plan: JSON/YAML, docs/rollout.md)
+                                        start a progressive rollout (plan: JSON/YAML; README "Progressive delivery")
   canaryd rollout status|pause|resume|promote|abort ROUTE [--admin URL] [--token T] [--json]
                                         show or steer the route's rollout
   canaryd top [--admin URL] [--token T] [--interval MS] [--once]

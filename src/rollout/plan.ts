@@ -79,7 +79,7 @@ export interface RolloutPlan {
   webhooks: WebhookSpec[]
 }
 
-/** Defaults written down in one place (and in docs/rollout.md). */
+/** Defaults written down in one place (and in README "Progressive delivery"). */
 export const PLAN_DEFAULTS = Object.freeze({
   intervalMs: 60_000,
   minRequests: 100,
