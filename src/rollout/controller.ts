@@ -91,6 +91,9 @@ export interface RolloutObserver {
 /** Subscribes a listener to finished requests of (route, version); returns the unsubscribe function. */
 export type SubscribeFinish = (route: string, version: string, listener: (status: number, seconds: number, upstreamFailed: boolean) => void) => () => void
 
+/** Subscribes a listener to outlier-detection ejections of (route, version); returns the unsubscribe function. */
+export type SubscribeEjection = (route: string, version: string, listener: () => void) => () => void
+
 /** Dependencies of a controller. */
 export interface ControllerDeps {
   host: RolloutHost
@@ -98,6 +101,8 @@ export interface ControllerDeps {
   notifier?: RolloutNotifier
   observer?: RolloutObserver
   subscribe?: SubscribeFinish
+  /** Ejections of canary and stable, subscribed and unsubscribed with `subscribe` (a canary ejection fails the check). */
+  subscribeEjection?: SubscribeEjection
   /** Called with errors of the background loop (persist or apply failures); the loop continues. */
   onError?: (err: unknown, what: string) => void
   /** Latency reservoir size per version (default: window.ts). */
@@ -129,7 +134,8 @@ export function weightsFor (record: Pick<RolloutRecord, 'plan' | 'stable' | 'ver
  * - progressing: every interval one check. pass → next step (or, after the
  *   last step, promotion: `auto` → 100 % and `promoted`; `manual` →
  *   `awaiting-promotion`); fail → failedChecks + 1, at maxFailedChecks →
- *   canary 0 % and `rolled-back`; inconclusive → keep accumulating.
+ *   canary 0 % and `rolled-back`; inconclusive → keep accumulating. A
+ *   canary ejected by outlier detection fails the check (see judge.ts).
  * - awaiting-promotion: checks go on (a regression found while waiting still
  *   rolls back); `promote` finishes.
  * - paused: no checks, weight held; `resume` returns to the previous state
@@ -215,12 +221,21 @@ export class RolloutController {
     if (this.#timer !== undefined) this.#deps.clock.clearTimeout(this.#timer)
     this.#timer = undefined
     if (!ACTIVE_STATES.has(this.#record.state) || this.#record.state === 'paused') return
-    if (this.#unsubscribe.length === 0 && this.#deps.subscribe !== undefined) {
+    if (this.#unsubscribe.length === 0) {
       const { canary, stable } = this.windows
-      this.#unsubscribe.push(
-        this.#deps.subscribe(this.route, this.#record.plan.canary, (s, sec, f) => canary.record(s, sec, f)),
-        this.#deps.subscribe(this.route, this.#record.stable, (s, sec, f) => stable.record(s, sec, f))
-      )
+      const { subscribe, subscribeEjection } = this.#deps
+      if (subscribe !== undefined) {
+        this.#unsubscribe.push(
+          subscribe(this.route, this.#record.plan.canary, (s, sec, f) => canary.record(s, sec, f)),
+          subscribe(this.route, this.#record.stable, (s, sec, f) => stable.record(s, sec, f))
+        )
+      }
+      if (subscribeEjection !== undefined) {
+        this.#unsubscribe.push(
+          subscribeEjection(this.route, this.#record.plan.canary, () => canary.recordEjection()),
+          subscribeEjection(this.route, this.#record.stable, () => stable.recordEjection())
+        )
+      }
     }
     this.#timer = this.#deps.clock.setTimeout(async () => {
       this.#timer = undefined

@@ -20,6 +20,10 @@ export interface SideFigures {
   p99Ms: number | null
   /** Size of the latency sample the percentiles and the rank test used. */
   sampled: number
+  /** Times outlier detection ejected this version during the check's window. */
+  ejections: number
+  /** Ejected (in this window or before) and no successful answer since, at the check. */
+  stillEjected: boolean
 }
 
 /** A finished check: figures, the tests' outputs and why it failed. */
@@ -42,8 +46,20 @@ function figures (w: WindowSnapshot): SideFigures {
     successRate: w.requests === 0 ? 100 : round(100 * (w.requests - w.failures) / w.requests, 4),
     p50Ms: sorted.length === 0 ? null : round(quantileSorted(sorted, 0.5), 3),
     p99Ms: sorted.length === 0 ? null : round(quantileSorted(sorted, 0.99), 3),
-    sampled: sorted.length
+    sampled: sorted.length,
+    ejections: w.ejections,
+    stillEjected: w.stillEjected
   }
+}
+
+/**
+ * Why a canary's ejection fails the check, or undefined when it was not
+ * ejected. Wording shared by the check reasons, the webhooks and the README.
+ */
+export function ejectionReason (canary: Pick<SideFigures, 'ejections' | 'stillEjected'>): string | undefined {
+  if (canary.ejections > 0) return `canary was ejected ${canary.ejections} time${canary.ejections === 1 ? '' : 's'} by outlier detection (consecutive failures or a failed health check)`
+  if (canary.stillEjected) return 'canary is still ejected by outlier detection (no successful canary request since its last ejection)'
+  return undefined
 }
 
 function round (x: number, digits: number): number {
@@ -59,6 +75,13 @@ function ratio (a: number, b: number): number | null {
 /**
  * Judges one window pair.
  *
+ * - The canary was ejected by outlier detection during the window (or is
+ *   still out from an earlier ejection: no good answer since) → `fail`, whatever
+ *   the request count. An ejection is already the proxy's verdict of several
+ *   failures in a row, and it starves the window: an ejected canary gets no
+ *   new users, so waiting for `minRequests` would wait a whole ejection per
+ *   few requests. Ejections of the stable version are in its figures but
+ *   are not held against the canary.
  * - Fewer than `minRequests` canary requests → `inconclusive` (the caller
  *   keeps accumulating; an inconclusive check never counts as failed).
  * - Absolute thresholds (canary success rate below `successRate.min`, canary
@@ -79,12 +102,14 @@ export function judgeCheck (canaryWindow: WindowSnapshot, stableWindow: WindowSn
   const canary = figures(canaryWindow)
   const stable = figures(stableWindow)
   const result: CheckResult = { verdict: 'pass', reasons: [], canary, stable }
+  const fails: string[] = []
+  const ejected = ejectionReason(canary)
+  if (ejected !== undefined) fails.push(ejected)
   if (canary.requests < analysis.minRequests) {
-    result.verdict = 'inconclusive'
-    result.reasons.push(`canary had ${canary.requests} requests, fewer than minRequests ${analysis.minRequests}`)
+    result.verdict = fails.length > 0 ? 'fail' : 'inconclusive'
+    result.reasons = [...fails, `canary had ${canary.requests} requests, fewer than minRequests ${analysis.minRequests}`]
     return result
   }
-  const fails: string[] = []
   if (analysis.successRate !== undefined && canary.successRate < analysis.successRate.min) {
     fails.push(`canary success rate ${canary.successRate}% is below ${analysis.successRate.min}%`)
   }

@@ -1,13 +1,13 @@
 /**
  * The rollouts of one process: at most one controller per route, wired to
  * the control plane's store (weights + persisted record in one atomic write),
- * the per-version finish listeners of the metrics, the webhooks and the
+ * the per-version finish and ejection listeners of the metrics, the webhooks and the
  * rollout metrics. The admin endpoints and the CLI go through here.
  */
 import { CanarydError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
-import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeFinish } from './controller.js'
+import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeEjection, type SubscribeFinish } from './controller.js'
 import { PlanError, validatePlan } from './plan.js'
 
 /** What the manager needs of the runtime store (src/state/store.ts RuntimeStore fits). */
@@ -29,6 +29,8 @@ export interface RolloutManagerOptions {
   store: RolloutStore
   logger: Logger
   subscribe?: SubscribeFinish
+  /** Outlier-detection ejections per (route, version): a canary ejection fails the check. */
+  subscribeEjection?: SubscribeEjection
   notifier?: RolloutNotifier
   observer?: RolloutObserver
   clock?: Clock
@@ -72,6 +74,13 @@ function isRecord (v: unknown): v is RolloutRecord {
 export class RolloutManager {
   readonly #opts: RolloutManagerOptions
   readonly #controllers = new Map<string, RolloutController>()
+  /**
+   * Routes whose `start` is between its 409 check and the new controller
+   * entering `#controllers` (it awaits the first weight write in between):
+   * reserved before the first await so a concurrent start gets 409 instead of
+   * a second controller, released when the start settles.
+   */
+  readonly #starting = new Set<string>()
   readonly #clock: Clock
 
   constructor (opts: RolloutManagerOptions) {
@@ -99,6 +108,7 @@ export class RolloutManager {
       notifier: this.#opts.notifier,
       observer: this.#opts.observer,
       subscribe: this.#opts.subscribe,
+      subscribeEjection: this.#opts.subscribeEjection,
       onError: (err, what) => log.error({ err }, `${what} failed`)
     }
   }
@@ -131,7 +141,7 @@ export class RolloutManager {
    */
   async startFromConfig (plans: ReadonlyArray<{ route: string; plan: unknown }>): Promise<void> {
     for (const { route, plan } of plans) {
-      if (this.#controllers.has(route)) continue
+      if (this.#controllers.has(route) || this.#starting.has(route)) continue
       try {
         await this.start(route, plan)
       } catch (err) {
@@ -142,22 +152,35 @@ export class RolloutManager {
 
   /**
    * Starts a rollout: 404 for an unknown route, 400 for an invalid plan,
-   * 409 when one is already running on the route.
+   * 409 when one is already running (or being started) on the route.
+   *
+   * Everything up to the reservation is synchronous: the 409 check and the
+   * reservation happen in one turn of the event loop, so of two concurrent
+   * starts exactly one gets past them. The loser never builds a controller
+   * (no orphan whose timer would keep moving the weights).
    */
   async start (route: string, rawPlan: unknown): Promise<RolloutRecord> {
     const weights = this.#opts.store.weights(route)
     if (weights === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)}`)
     const versions = Object.keys(weights)
     const plan = validatePlan(rawPlan, versions)
+    if (this.#starting.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting; pause, promote or abort it first`)
     const existing = this.#controllers.get(route)
     if (existing?.active === true) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout ${existing.state}; pause, promote or abort it first`)
     const stable = plan.stable ?? versions.filter((v) => v !== plan.canary).sort((a, b) => weights[b]! - weights[a]!)[0]!
     const others = versions.filter((v) => v !== plan.canary && v !== stable && weights[v]! > 0)
     if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
-    existing?.close()
-    const c = await RolloutController.start(route, { ...plan, stable }, stable, versions, this.#deps())
-    this.#controllers.set(route, c)
-    return c.record
+    this.#starting.add(route)
+    try {
+      const c = await RolloutController.start(route, { ...plan, stable }, stable, versions, this.#deps())
+      // the previous (finished) controller is replaced only once the new one exists:
+      // a failed start leaves the route's last rollout record readable
+      existing?.close()
+      this.#controllers.set(route, c)
+      return c.record
+    } finally {
+      this.#starting.delete(route)
+    }
   }
 
   #get (route: string): RolloutController {

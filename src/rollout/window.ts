@@ -14,6 +14,15 @@ export interface WindowSnapshot {
   requests: number
   /** 5xx answers plus upstream failures. */
   failures: number
+  /** Times outlier detection ejected the version during this window. */
+  ejections: number
+  /**
+   * True while the version is, as far as the window can tell, still out: it
+   * was ejected (in this window or an earlier one) and has answered no
+   * request successfully since. The proxy does not say when an ejection
+   * ends; the first good answer after it is the evidence that it did.
+   */
+  stillEjected: boolean
   /** Uniform random sample of the latencies of non-failed requests, in milliseconds. */
   latenciesMs: number[]
 }
@@ -28,6 +37,9 @@ export interface WindowSnapshot {
 export class SampleWindow {
   #requests = 0
   #failures = 0
+  #ejections = 0
+  /** Survives `reset`: an ejection lasts across checks until a good answer ends it. */
+  #stillEjected = false
   #seen = 0
   #latencies: number[] = []
   readonly #capacity: number
@@ -64,6 +76,7 @@ export class SampleWindow {
       this.#failures++
       return
     }
+    this.#stillEjected = false
     const ms = seconds * 1000
     this.#seen++
     if (this.#latencies.length < this.#capacity) {
@@ -74,6 +87,16 @@ export class SampleWindow {
     if (j < this.#capacity) this.#latencies[j] = ms
   }
 
+  /**
+   * Records that outlier detection ejected the version (cold path: once per
+   * ejection). Failed answers that were in flight at the ejection do not end
+   * it; only a successful one does (see `record`).
+   */
+  recordEjection (): void {
+    this.#ejections++
+    this.#stillEjected = true
+  }
+
   /** Requests counted so far in this window. */
   get requests (): number {
     return this.#requests
@@ -81,20 +104,24 @@ export class SampleWindow {
 
   /** The current contents, without resetting. */
   peek (): WindowSnapshot {
-    return { requests: this.#requests, failures: this.#failures, latenciesMs: this.#latencies.slice() }
+    return { requests: this.#requests, failures: this.#failures, ejections: this.#ejections, stillEjected: this.#stillEjected, latenciesMs: this.#latencies.slice() }
   }
 
   /** Returns the contents and starts a new, empty window. */
   take (): WindowSnapshot {
-    const s: WindowSnapshot = { requests: this.#requests, failures: this.#failures, latenciesMs: this.#latencies }
+    const s: WindowSnapshot = { requests: this.#requests, failures: this.#failures, ejections: this.#ejections, stillEjected: this.#stillEjected, latenciesMs: this.#latencies }
     this.reset()
     return s
   }
 
-  /** Empties the window (after a conclusive check, a step change or a resume). */
+  /**
+   * Empties the window (after a conclusive check, a step change or a resume).
+   * `stillEjected` is kept: it is the version's state, not this window's count.
+   */
   reset (): void {
     this.#requests = 0
     this.#failures = 0
+    this.#ejections = 0
     this.#seen = 0
     this.#latencies = []
   }

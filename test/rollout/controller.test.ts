@@ -1,6 +1,6 @@
 import t from 'tap'
 import { ManualClock } from '../../src/rollout/clock.js'
-import { RolloutController, weightsFor } from '../../src/rollout/controller.js'
+import { RolloutController, weightsFor, type SubscribeEjection, type SubscribeFinish } from '../../src/rollout/controller.js'
 import { ISSUE_PLAN, feed, memoryHost, memoryNotifier, rng, startHarness, type Harness, type VersionModel } from './sim.js'
 
 const GOOD: VersionModel = { errorRate: 0.002, medianMs: 50, sigma: 0.3 }
@@ -174,4 +174,83 @@ t.test('weightsFor keeps other versions at 0 and 100 − w exact', async (t) => 
   const rec = { plan: { canary: 'b' } as never, stable: 'a', versions: ['a', 'b', 'c'] }
   t.same(weightsFor(rec, 0.1), { a: 99.9, b: 0.1, c: 0 })
   t.same(weightsFor(rec, 33.3333), { a: 66.6667, b: 33.3333, c: 0 })
+})
+
+/** Stands in for the metrics' per-version listeners (onFinish / onEjected): who listens, and a way to fire them. */
+function listenerBus (): { deps: { subscribe: SubscribeFinish; subscribeEjection: SubscribeEjection }; finish: (version: string, status: number, n: number) => void; eject: (version: string) => void; listening: () => number } {
+  const finish = new Map<string, Set<(s: number, sec: number, f: boolean) => void>>()
+  const eject = new Map<string, Set<() => void>>()
+  function add<L> (m: Map<string, Set<L>>, key: string, l: L): () => void {
+    const set = m.get(key) ?? new Set<L>()
+    m.set(key, set)
+    set.add(l)
+    return () => { set.delete(l) }
+  }
+  return {
+    deps: {
+      subscribe: (route, version, l) => add(finish, `${route}/${version}`, l),
+      subscribeEjection: (route, version, l) => add(eject, `${route}/${version}`, l)
+    },
+    finish (version, status, n) { for (let i = 0; i < n; i++) for (const l of finish.get(`web/${version}`) ?? []) l(status, 0.02, false) },
+    eject (version) { for (const l of eject.get(`web/${version}`) ?? []) l() },
+    listening: () => [...finish.values(), ...eject.values()].reduce((n, s) => n + s.size, 0)
+  }
+}
+
+t.test('an ejected canary fails its checks below minRequests and is rolled back within maxFailedChecks intervals', async (t) => {
+  const bus = listenerBus()
+  const h = await startHarness(PLAN, { deps: bus.deps })
+  t.equal(bus.listening(), 4, 'finish and ejection listeners of canary and stable')
+  // interval 1: the canary fails 5 requests in a row, outlier detection ejects it; stable serves everyone
+  bus.finish('canary', 500, 5)
+  bus.eject('canary')
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  const first = h.controller.record.checks.at(-1)!
+  t.equal(first.verdict, 'fail', '5 canary requests (< minRequests 200) but ejected: failed, not inconclusive')
+  t.equal(first.reasons[0], 'canary was ejected 1 time by outlier detection (consecutive failures or a failed health check)')
+  t.match(first.canary, { requests: 5, failures: 5, ejections: 1, stillEjected: true })
+  // intervals 2 and 3: still ejected, no canary traffic at all
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  t.equal(h.controller.record.checks.at(-1)!.verdict, 'fail')
+  t.match(h.controller.record.checks.at(-1)!.reasons[0], /canary is still ejected/)
+  t.equal(h.controller.state, 'progressing', 'two failed checks: not yet')
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  t.equal(h.controller.state, 'rolled-back', `rolled back after ${PLAN.analysis.maxFailedChecks} intervals`)
+  t.same(h.applied.at(-1)!.weights, { stable: 100, canary: 0 })
+  t.match(h.controller.record.reason, /^3 failed checks \(maxFailedChecks 3\); last: canary is still ejected/)
+  t.same(h.controller.record.checks.map((c) => c.verdict), ['fail', 'fail', 'fail'])
+  t.same(h.events, ['started', 'check-failed', 'check-failed', 'rolled-back'])
+  t.equal(bus.listening(), 0, 'every listener removed when the rollout ends')
+})
+
+t.test('a canary back from its ejection is judged by statistics again; stable ejections never fail it', async (t) => {
+  const bus = listenerBus()
+  const h = await startHarness(PLAN, { deps: bus.deps })
+  bus.finish('canary', 500, 5)
+  bus.eject('canary')
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  t.equal(h.controller.record.failedChecks, 1)
+  // the ejection ended and the canary answers well again: the first good answer clears it
+  bus.finish('canary', 200, 400)
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  t.equal(h.controller.record.checks.at(-1)!.verdict, 'pass')
+  t.equal(h.controller.record.weight, 5, 'next step')
+  // the stable version is ejected: recorded in the figures, not the canary's fault
+  bus.eject('stable')
+  bus.finish('canary', 200, 400)
+  bus.finish('stable', 200, 4000)
+  await h.clock.advance(PLAN.intervalMs)
+  const c = h.controller.record.checks.at(-1)!
+  t.equal(c.verdict, 'pass')
+  t.equal(c.stable.ejections, 1)
+  t.equal(c.canary.ejections, 0)
+  t.equal(h.controller.record.failedChecks, 1)
+  t.equal(h.controller.record.weight, 10)
+  await h.controller.abort()
+  t.equal(bus.listening(), 0)
 })

@@ -5,7 +5,7 @@
  * canary's share following the weight the controller has set.
  */
 import { ManualClock } from '../../src/rollout/clock.js'
-import { RolloutController, type RolloutHost, type RolloutNotifier, type RolloutRecord } from '../../src/rollout/controller.js'
+import { RolloutController, type ControllerDeps, type RolloutHost, type RolloutNotifier, type RolloutRecord } from '../../src/rollout/controller.js'
 import { validatePlan, type RolloutEvent, type RolloutPlan } from '../../src/rollout/plan.js'
 import type { SampleWindow } from '../../src/rollout/window.js'
 
@@ -89,14 +89,14 @@ export function memoryNotifier (events: RolloutEvent[], gate: () => boolean = ()
   }
 }
 
-/** Starts a rollout of `canary` over `stable` on route `web` with an in-memory host. */
-export async function startHarness (rawPlan: unknown, opts: { gate?: () => boolean; reservoir?: number } = {}): Promise<Harness> {
+/** Starts a rollout of `canary` over `stable` on route `web` with an in-memory host (`deps` adds e.g. listener subscriptions). */
+export async function startHarness (rawPlan: unknown, opts: { gate?: () => boolean; reservoir?: number; deps?: Pick<ControllerDeps, 'subscribe' | 'subscribeEjection'> } = {}): Promise<Harness> {
   const clock = new ManualClock()
   const applied: Harness['applied'] = []
   const persisted: RolloutRecord[] = []
   const events: RolloutEvent[] = []
   const plan = validatePlan(rawPlan, ['stable', 'canary'])
-  const deps = { host: memoryHost(applied, persisted), clock, notifier: memoryNotifier(events, opts.gate), reservoir: opts.reservoir ?? 1024 }
+  const deps: ControllerDeps = { host: memoryHost(applied, persisted), clock, notifier: memoryNotifier(events, opts.gate), reservoir: opts.reservoir ?? 1024, ...opts.deps }
   const controller = await RolloutController.start('web', plan, 'stable', ['stable', 'canary'], deps)
   return { clock, controller, applied, persisted, events, plan }
 }

@@ -37,10 +37,10 @@ t.test('quantile is type 7 (numpy default)', async (t) => {
 t.test('judge: absolute thresholds and inconclusive', async (t) => {
   const a = validatePlan({ canary: 'c', steps: [10], analysis: { minRequests: 10, successRate: { min: 99 }, latencyP99Ms: { max: 100 } } }).analysis
   const lat = Array.from({ length: 50 }, (_, i) => 10 + i)
-  t.equal(judgeCheck({ requests: 5, failures: 5, latenciesMs: [] }, { requests: 100, failures: 0, latenciesMs: lat }, a).verdict, 'inconclusive')
-  const slow = judgeCheck({ requests: 50, failures: 0, latenciesMs: lat.map((x) => x + 100) }, { requests: 50, failures: 0, latenciesMs: lat }, a)
+  t.equal(judgeCheck({ requests: 5, failures: 5, ejections: 0, stillEjected: false, latenciesMs: [] }, { requests: 100, failures: 0, ejections: 0, stillEjected: false, latenciesMs: lat }, a).verdict, 'inconclusive')
+  const slow = judgeCheck({ requests: 50, failures: 0, ejections: 0, stillEjected: false, latenciesMs: lat.map((x) => x + 100) }, { requests: 50, failures: 0, ejections: 0, stillEjected: false, latenciesMs: lat }, a)
   t.equal(slow.verdict, 'fail')
   t.match(slow.reasons.join(), /above 100 ms/)
-  const same = judgeCheck({ requests: 50, failures: 0, latenciesMs: lat }, { requests: 50, failures: 0, latenciesMs: lat }, a)
+  const same = judgeCheck({ requests: 50, failures: 0, ejections: 0, stillEjected: false, latenciesMs: lat }, { requests: 50, failures: 0, ejections: 0, stillEjected: false, latenciesMs: lat }, a)
   t.equal(same.verdict, 'pass')
 })

@@ -49,7 +49,7 @@ function hook (url: string, extra: Partial<WebhookSpec> = {}): WebhookSpec {
 /** A record as the controller would hand it over, at step 2 of 3 with one check. */
 function record (): RolloutRecord {
   const plan = validatePlan({ canary: 'canary', steps: [10, 50, 90] }, ['stable', 'canary'])
-  const figures = { requests: 120, failures: 1, successRate: 99.1667, p50Ms: 3, p99Ms: 9, sampled: 119 }
+  const figures = { requests: 120, failures: 1, successRate: 99.1667, p50Ms: 3, p99Ms: 9, sampled: 119, ejections: 0, stillEjected: false }
   return {
     v: 1, route: 'web', plan, stable: 'stable', versions: ['stable', 'canary'], state: 'progressing', stepIndex: 1, weight: 50, failedChecks: 1,
     startedAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:01:00.000Z',

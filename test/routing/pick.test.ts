@@ -110,11 +110,41 @@ t.test('two versions: raising one moves keys only onto it, lowering only off it'
     checkMoves(t, { stable: 100 - lo, canary: lo }, { stable: 100 - hi, canary: hi }, ks)
     checkMoves(t, { stable: 100 - hi, canary: hi }, { stable: 100 - lo, canary: lo }, ks)
   }
-  // and across a jump: 10 → 30 → 10 returns everyone home
-  const r10 = assign(route({ stable: 90, canary: 10 }), ks)
-  const r30 = assign(route({ stable: 70, canary: 30 }), ks)
-  t.equal(r10.filter((v, i) => v === 'canary' && r30[i] !== 'canary').length, 0, 'every canary user at 10% is still on canary at 30%')
-  t.same(assign(route({ stable: 90, canary: 10 }), ks), r10, 'back at 10%, every user is where they started')
+  // and across a jump, then back, each step a freshly built table (as the admin API
+  // builds one per change): the users' journey, not a re-run of one table
+  const at = (w: number): Route => route({ stable: 100 - w, canary: w })
+  const t10 = at(10)
+  const r10 = assign(t10, ks)
+  const onCanary10 = r10.filter((v) => v === 'canary').length
+  t.ok(onCanary10 > 0 && onCanary10 < ks.length, 'the start has users on both versions')
+  for (const path of [[10, 30, 10], [10, 20, 30, 15, 10]]) {
+    const tables = path.map(at)
+    t.ok(tables.every((tb) => tb !== t10), `${path.join(' → ')}: every step is a distinct table build`)
+    // follow each user step by step, as a long-lived client would be routed
+    const where = r10.slice()
+    const moves = new Array<number>(ks.length).fill(0)
+    const lo = Math.min(...path)
+    const hi = Math.max(...path)
+    const atHi = assign(at(hi), ks)
+    let leftEarly = 0
+    let joinedEarly = 0
+    for (const tb of tables.slice(1)) {
+      const next = assign(tb, ks)
+      for (let i = 0; i < ks.length; i++) {
+        if (next[i] !== where[i]) moves[i]!++
+        // never below 10 % on the way: a 10 % canary user never leaves; never above 30 %: a stable user there never joins
+        if (r10[i] === 'canary' && next[i] !== 'canary') leftEarly++
+        if (atHi[i] === 'stable' && next[i] !== 'stable') joinedEarly++
+        where[i] = next[i]!
+      }
+    }
+    t.equal(leftEarly, 0, `${path.join(' → ')}: no 10 % canary user left the canary on the way (lowest weight ${lo})`)
+    t.equal(joinedEarly, 0, `${path.join(' → ')}: no user on stable at ${hi} % was on the canary on the way`)
+    t.same(where, r10, `${path.join(' → ')}: back at 10 %, every user is where they started`)
+    const roundTrips = moves.filter((m) => m > 0).length
+    t.ok(roundTrips > 0, `${path.join(' → ')}: ${roundTrips} users went to the canary and back (the path did move people)`)
+    t.ok(moves.every((m) => m % 2 === 0), `${path.join(' → ')}: every user who moved moved back`)
+  }
 })
 
 t.test('three or more versions: one version changes, the others keep their ratios', async (t) => {
