@@ -1,10 +1,11 @@
 import type { AddressInfo } from 'node:net'
-import { AdminServer } from './admin/server.js'
+import { AdminServer, type MetricsSource } from './admin/server.js'
 import type { Config } from './config/load.js'
 import { createLogger, type Logger } from './logger.js'
 import { NOOP_OBSERVERS } from './metrics/observer.js'
 import { PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
+import type { SubscribeFinish } from './rollout/controller.js'
 import { registerRolloutRoutes } from './rollout/http.js'
 import { RolloutManager } from './rollout/manager.js'
 import { RolloutMetrics } from './rollout/metrics.js'
@@ -20,10 +21,115 @@ export interface AppOptions {
   metrics?: boolean
 }
 
+/** The hot path of one process: upstream pools, per-version metrics and the proxy listener. */
+export interface DataPlane {
+  upstreams: Upstreams
+  metrics: PrometheusMetrics | undefined
+  proxy: ProxyServer
+}
+
 /**
- * A running canaryd: the proxy listener and, from the admin issue on, the
- * admin server, wired around one TableHolder. This is the only place where
- * the concerns meet.
+ * Builds the data plane around a table holder. Used by the single-process
+ * App and by every cluster worker, so both serve with exactly the same
+ * options.
+ */
+export function createDataPlane (config: Config, holder: TableHolder, logger: Logger, metricsOn: boolean): DataPlane {
+  const t = config.timeouts
+  const upstreams = new Upstreams({
+    connectTimeoutMs: t.upstreamConnectMs,
+    responseTimeoutMs: t.upstreamResponseMs,
+    bodyTimeoutMs: t.upstreamBodyMs,
+    connections: config.upstream.connections,
+    keepAliveMs: config.upstream.keepAliveMs,
+    maxInFlight: config.upstream.maxInFlight
+  })
+  const metrics = metricsOn ? new PrometheusMetrics() : undefined
+  const proxy = new ProxyServer({
+    holder,
+    upstreams,
+    observers: metrics ?? NOOP_OBSERVERS,
+    logger,
+    clientHeadersMs: t.clientHeadersMs,
+    clientIdleMs: t.clientIdleMs,
+    clientBodyMs: t.clientBodyMs,
+    accessLog: config.log.access,
+    maxHeaderSize: config.limits.maxHeaderBytes,
+    maxHeaderCount: config.limits.maxHeaderCount,
+    maxUrlBytes: config.limits.maxUrlBytes,
+    underscoreHeaders: config.limits.underscoreHeaders,
+    retries: config.upstream.retries,
+    outlier: { consecutiveFailures: config.health.consecutiveFailures, ejectionMs: config.health.ejectionMs },
+    checkPath: config.health.checkPath,
+    checkIntervalMs: config.health.checkIntervalMs
+  })
+  return { upstreams, metrics, proxy }
+}
+
+/** The control plane: runtime state, the admin server and the rollouts. */
+export interface ControlPlane {
+  state: RuntimeStore
+  admin: AdminServer
+  rollouts: RolloutManager
+}
+
+/** What the control plane needs from wherever the traffic is served (this process, or the cluster's workers). */
+export interface ControlPlaneSources {
+  /** The exposition served at /metrics (undefined: metrics off → 404). */
+  metrics: MetricsSource | undefined
+  /** Registry the rollout metrics register on (undefined: none). */
+  registry: PrometheusMetrics['registry'] | undefined
+  /** Finished-request samples per (route, version), for the rollout windows. */
+  subscribe: SubscribeFinish | undefined
+  /** Outlier-detection ejections per (route, version): a canary ejection fails a rollout check. */
+  subscribeEjection?: (route: string, version: string, listener: () => void) => () => void
+  /** True while the instance serves traffic. */
+  isReady: () => boolean
+}
+
+/**
+ * Builds the control plane around a store. In a single process the sources
+ * are the local data plane; in cluster mode the primary aggregates them from
+ * the workers.
+ */
+export function createControlPlane (config: Config, logger: Logger, state: RuntimeStore, src: ControlPlaneSources): ControlPlane {
+  const admin = new AdminServer({
+    store: state,
+    logger,
+    host: config.admin.host,
+    port: config.admin.port,
+    token: config.admin.token,
+    metrics: src.metrics,
+    isReady: src.isReady
+  })
+  const rollouts = new RolloutManager({
+    store: state,
+    logger: logger.child({ component: 'rollout' }),
+    notifier: new WebhookNotifier({ logger }),
+    observer: src.registry === undefined ? undefined : new RolloutMetrics(src.registry, state.routeNames),
+    // without metrics there are no finish listeners: checks stay inconclusive (said in the README)
+    subscribe: src.subscribe,
+    subscribeEjection: src.subscribeEjection
+  })
+  registerRolloutRoutes(admin, rollouts)
+  // a restart resumes rollouts at their step (and keeps finished ones finished)
+  rollouts.restore()
+  return { state, admin, rollouts }
+}
+
+/** The start-up log line's route summary. */
+export function describeRoutes (holder: TableHolder): unknown[] {
+  return holder.current.routes.map((r) => ({
+    name: r.name,
+    host: r.host ?? '*',
+    pathPrefix: r.pathPrefix,
+    versions: r.versions.map((v) => `${v.name}=${v.weight}% ${v.upstream}`)
+  }))
+}
+
+/**
+ * A running single-process canaryd: the proxy listener and the admin server
+ * wired around one TableHolder. This module is the only place where the
+ * concerns meet (cluster mode reuses the two factories above).
  */
 export class App {
   readonly config: Config
@@ -50,54 +156,20 @@ export class App {
     // the state file's weights (where still valid) override the config's before the first table is built
     this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger })
     this.holder = this.state.holder
-    const t = config.timeouts
-    this.upstreams = new Upstreams({
-      connectTimeoutMs: t.upstreamConnectMs,
-      responseTimeoutMs: t.upstreamResponseMs,
-      bodyTimeoutMs: t.upstreamBodyMs,
-      connections: config.upstream.connections,
-      keepAliveMs: config.upstream.keepAliveMs,
-      maxInFlight: config.upstream.maxInFlight
-    })
-    this.metrics = (opts.metrics ?? true) ? new PrometheusMetrics() : undefined
-    this.proxy = new ProxyServer({
-      holder: this.holder,
-      upstreams: this.upstreams,
-      observers: this.metrics ?? NOOP_OBSERVERS,
-      logger: this.logger,
-      clientHeadersMs: t.clientHeadersMs,
-      clientIdleMs: t.clientIdleMs,
-      accessLog: config.log.access,
-      maxHeaderSize: config.limits.maxHeaderBytes,
-      maxHeaderCount: config.limits.maxHeaderCount,
-      maxUrlBytes: config.limits.maxUrlBytes,
-      underscoreHeaders: config.limits.underscoreHeaders,
-      retries: config.upstream.retries,
-      outlier: { consecutiveFailures: config.health.consecutiveFailures, ejectionMs: config.health.ejectionMs },
-      checkPath: config.health.checkPath,
-      checkIntervalMs: config.health.checkIntervalMs
-    })
-    this.admin = new AdminServer({
-      store: this.state,
-      logger: this.logger,
-      host: config.admin.host,
-      port: config.admin.port,
-      token: config.admin.token,
-      metrics: this.metrics,
+    const data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
+    this.upstreams = data.upstreams
+    this.metrics = data.metrics
+    this.proxy = data.proxy
+    const metrics = this.metrics
+    const control = createControlPlane(config, this.logger, this.state, {
+      metrics,
+      registry: metrics?.registry,
+      subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l),
+      subscribeEjection: metrics === undefined ? undefined : (r, v, l) => metrics.onEjected(r, v, l),
       isReady: () => !this.draining && this.proxyAddress !== undefined
     })
-    const metrics = this.metrics
-    this.rollouts = new RolloutManager({
-      store: this.state,
-      logger: this.logger.child({ component: 'rollout' }),
-      notifier: new WebhookNotifier({ logger: this.logger }),
-      observer: metrics === undefined ? undefined : new RolloutMetrics(metrics.registry, this.state.routeNames),
-      // without metrics there are no finish listeners: checks stay inconclusive (said in the README)
-      subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l)
-    })
-    registerRolloutRoutes(this.admin, this.rollouts)
-    // a restart resumes rollouts at their step (and keeps finished ones finished)
-    this.rollouts.restore()
+    this.admin = control.admin
+    this.rollouts = control.rollouts
   }
 
   /**
@@ -113,12 +185,7 @@ export class App {
       admin: `${this.adminAddress.address}:${this.adminAddress.port}`,
       stateFile: this.config.state.file === '' ? '(none: runtime changes are not persisted)' : this.config.state.file,
       config: this.config.source,
-      routes: this.holder.current.routes.map((r) => ({
-        name: r.name,
-        host: r.host ?? '*',
-        pathPrefix: r.pathPrefix,
-        versions: r.versions.map((v) => `${v.name}=${v.weight}% ${v.upstream}`)
-      }))
+      routes: describeRoutes(this.holder)
     }, 'canaryd started')
     await this.rollouts.startFromConfig(this.config.routes.filter((r) => r.rollout !== undefined).map((r) => ({ route: r.name, plan: r.rollout })))
   }

@@ -1,15 +1,20 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { App } from './app.js'
-import { DEFAULT_CONFIG_PATH, loadConfig } from './config/load.js'
+import { DEFAULT_CONFIG_PATH, loadConfig, type Config } from './config/load.js'
 import { CanarydError } from './errors.js'
+import { createLogger, type Logger } from './logger.js'
 
 const HELP = `canaryd — a reverse proxy for canary releases
 
 Usage:
-  canaryd serve [--config FILE]         run the proxy (FILE also from CANARYD_CONFIG;
-                                        default ${DEFAULT_CONFIG_PATH}); JSON or YAML
+  canaryd serve [--config FILE] [--workers N|auto]
+                                        run the proxy (FILE also from CANARYD_CONFIG; default
+                                        ${DEFAULT_CONFIG_PATH}; JSON or YAML); --workers (or
+                                        CANARYD_WORKERS): N node:cluster workers serve traffic,
+                                        the primary keeps the admin API, state and rollouts
   canaryd weights ROUTE VERSION=PERCENT... [--reason TEXT] [--admin URL] [--token T] [--json]
                                         change a route's weights live (e.g. stable=80 canary=20);
                                         validated, persisted and audited by the admin server
@@ -45,9 +50,23 @@ function fail (message: string, code = 2): never {
   process.exit(code)
 }
 
+/** Parses `--workers N|auto` (or CANARYD_WORKERS): 1 = single process. */
+export function parseWorkers (raw: string | undefined): number {
+  if (raw === undefined || raw === '') return 1
+  if (raw === 'auto') return availableParallelism()
+  if (!/^[1-9][0-9]{0,3}$/.test(raw)) throw new TypeError(`--workers must be a whole number from 1 or "auto", got ${JSON.stringify(raw)}`)
+  return Number(raw)
+}
+
 async function serve (argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true })
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string', short: 'w' } }, strict: true })
   const path = values.config ?? process.env.CANARYD_CONFIG ?? DEFAULT_CONFIG_PATH
+  let workers: number
+  try {
+    workers = parseWorkers(values.workers ?? process.env.CANARYD_WORKERS)
+  } catch (err) {
+    fail((err as Error).message)
+  }
   let config
   try {
     config = loadConfig(path)
@@ -55,25 +74,52 @@ async function serve (argv: string[]): Promise<void> {
     if (err instanceof CanarydError) fail(`invalid config ${path}: ${err.message}`, 1)
     throw err
   }
+  if (workers > 1) return await serveCluster(config, workers)
   const app = new App(config)
   try {
     await app.start()
   } catch (err) {
     fail((err as Error).message, 1)
   }
+  onStopSignals(app.logger, () => ({ inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainMs }), async () => {
+    const clean = await app.close()
+    app.logger.info({ clean }, 'stopped')
+  }, () => {})
+}
+
+/** `serve --workers N`: the primary runs the control plane, N workers serve traffic. */
+async function serveCluster (config: Config, workers: number): Promise<void> {
+  const { ClusterPrimary } = await import('./cluster/primary.js')
+  const logger = createLogger(config.log.level)
+  const primary = new ClusterPrimary({ config, workers, logger })
+  try {
+    await primary.start()
+  } catch (err) {
+    primary.kill()
+    fail((err as Error).message, 1)
+  }
+  onStopSignals(logger, () => ({ workers: primary.workerPids.length, drainMs: config.timeouts.drainMs }), async () => {
+    await primary.stop()
+    logger.info('stopped')
+  }, () => { primary.kill() })
+}
+
+/**
+ * SIGTERM/SIGINT: drain (readiness 503, in-flight requests finish up to
+ * timeouts.drainMs) then exit 0; a second signal exits at once.
+ */
+function onStopSignals (logger: Logger, describe: () => Record<string, unknown>, stop: () => Promise<void>, kill: () => void): void {
   let signals = 0
   const onSignal = (sig: NodeJS.Signals): void => {
     signals++
     if (signals > 1) {
-      app.logger.warn({ signal: sig }, 'second signal: exiting now')
+      logger.warn({ signal: sig }, 'second signal: exiting now')
+      kill()
       process.exit(1)
     }
-    app.logger.info({ signal: sig, inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainMs }, 'draining')
-    app.close().then((clean) => {
-      app.logger.info({ clean }, 'stopped')
-      process.exit(0)
-    }, (err: unknown) => {
-      app.logger.error({ err }, 'error while stopping')
+    logger.info({ signal: sig, ...describe() }, 'draining')
+    stop().then(() => process.exit(0), (err: unknown) => {
+      logger.error({ err }, 'error while stopping')
       process.exit(1)
     })
   }

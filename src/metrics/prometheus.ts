@@ -21,6 +21,9 @@ export const DROPPED_DEFAULT_METRICS: readonly string[] = Object.freeze(['active
 /** Per (route, version) listener for finished requests, e.g. the rollout controller's windows. */
 export type FinishListener = (status: number, seconds: number, upstreamError: boolean) => void
 
+/** Per (route, version) listener for outlier-detection ejections, e.g. the rollout controller's judge. */
+export type EjectionListener = () => void
+
 /** Totals of one (route, version) since start-up, for the control plane and tests. */
 export interface VersionTotals {
   readonly route: string
@@ -64,6 +67,7 @@ class VersionSeries {
   count = 0
   inFlight = 0
   readonly listeners: FinishListener[] = []
+  readonly ejectionListeners: EjectionListener[] = []
 
   constructor (route: string, version: string, key: string) {
     this.route = route
@@ -92,16 +96,22 @@ class Family {
   readonly name: string
   readonly help: string
   readonly type: 'counter' | 'gauge' | 'histogram'
-  readonly aggregator = 'sum'
+  /**
+   * How prom-client's AggregatorRegistry merges this family across cluster
+   * workers: counts add up ('sum'); a weight is the same in every worker and
+   * must not be multiplied by their number ('max').
+   */
+  readonly aggregator: 'sum' | 'max'
   readonly #read: () => Sample[]
   readonly #reset: () => void
 
-  constructor (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', read: () => Sample[], reset: () => void) {
+  constructor (name: string, help: string, type: 'counter' | 'gauge' | 'histogram', read: () => Sample[], reset: () => void, aggregator: 'sum' | 'max' = 'sum') {
     this.name = name
     this.help = help
     this.type = type
     this.#read = read
     this.#reset = reset
+    this.aggregator = aggregator
   }
 
   get (): { name: string; help: string; type: string; values: Sample[]; aggregator: string } {
@@ -170,7 +180,7 @@ export class PrometheusMetrics implements ObserverFactory {
       new Family(METRIC_NAMES.ejections, 'Times outlier detection ejected a version (consecutive gateway failures), by route and version.', 'counter',
         () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.ejections })),
         resetAll),
-      new Family(METRIC_NAMES.websockets, 'WebSocket connections proxied, by route and version (counted at the upgrade attempt).', 'counter',
+      new Family(METRIC_NAMES.websockets, 'WebSocket connections proxied, by route and version (counted when the upstream answered 101).', 'counter',
         () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.websockets })),
         resetAll),
       new Family(METRIC_NAMES.websocketsOpen, 'WebSocket connections open now, by route and version.', 'gauge',
@@ -181,7 +191,7 @@ export class PrometheusMetrics implements ObserverFactory {
         () => {}),
       new Family(METRIC_NAMES.weight, 'Current routing weight of each version, percent of the route\'s new sticky keys (0–100); updated on every routing-table change.', 'gauge',
         () => [...this.#weights.values()].map((w) => ({ labels: { route: w.route, version: w.version }, value: w.weight })),
-        () => {})
+        () => {}, 'max')
     ]
     // prom-client's Registry accepts any object of this shape; its typings only name its own classes
     for (const f of families) this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
@@ -209,6 +219,19 @@ export class PrometheusMetrics implements ObserverFactory {
    */
   onFinish (route: string, version: string, listener: FinishListener): () => void {
     const ls = this.#seriesFor(route, version).listeners
+    ls.push(listener)
+    return () => {
+      const i = ls.indexOf(listener)
+      if (i !== -1) ls.splice(i, 1)
+    }
+  }
+
+  /**
+   * Adds a listener called every time outlier detection ejects (route,
+   * version), also for versions not bound yet. Returns a function that removes it.
+   */
+  onEjected (route: string, version: string, listener: EjectionListener): () => void {
+    const ls = this.#seriesFor(route, version).ejectionListeners
     ls.push(listener)
     return () => {
       const i = ls.indexOf(listener)
@@ -246,6 +269,8 @@ export class PrometheusMetrics implements ObserverFactory {
       },
       ejected () {
         s.ejections++
+        // cold path (once per ejection): a copy, so a listener may unsubscribe while called
+        for (const l of s.ejectionListeners.slice()) l()
       },
       websocket (delta: 1 | -1) {
         if (delta === 1) s.websockets++

@@ -1,0 +1,259 @@
+/**
+ * Cluster mode's primary: the control plane (admin API, state file, audit,
+ * rollout controller) runs here once, and N node:cluster workers serve the
+ * traffic on the shared listener.
+ *
+ * - A weight change is validated, persisted and swapped in the primary's
+ *   table as in a single process; the swap listener then sends the new
+ *   weights to every worker over IPC, where each builds the same frozen table
+ *   (same hashing, so every worker picks exactly as a single process would).
+ * - /metrics asks every worker for its registry and merges them with
+ *   prom-client's AggregatorRegistry.aggregate (counters and histograms
+ *   summed, weights by max), plus the primary's own (rollout, process).
+ * - The rollout controller's windows are fed by batched samples from every
+ *   worker (only for the (route, version) pairs it subscribed to).
+ * - A worker that dies is logged and replaced (with backoff if it keeps
+ *   dying); SIGTERM/SIGINT drains every worker, then the primary exits 0.
+ */
+import cluster, { type Worker } from 'node:cluster'
+import { fileURLToPath } from 'node:url'
+import { AggregatorRegistry } from 'prom-client'
+import { createControlPlane, describeRoutes, type ControlPlane } from '../app.js'
+import type { Config } from '../config/load.js'
+import type { Logger } from '../logger.js'
+import { PrometheusMetrics } from '../metrics/prometheus.js'
+import type { SubscribeFinish } from '../rollout/controller.js'
+import { RuntimeStore } from '../state/store.js'
+import { isOurs, weightsOf, type ToPrimary, type ToWorker } from './messages.js'
+
+type FinishListener = Parameters<SubscribeFinish>[2]
+
+/** One forked worker as the primary tracks it. */
+interface WorkerState {
+  worker: Worker
+  ready: boolean
+  startedAt: number
+}
+
+/** Options of the primary. */
+export interface PrimaryOptions {
+  config: Config
+  workers: number
+  logger: Logger
+  /** Prometheus metrics on (default). */
+  metrics?: boolean
+}
+
+const METRICS_TIMEOUT_MS = 3000
+
+/** See the module comment. */
+export class ClusterPrimary {
+  readonly config: Config
+  readonly state: RuntimeStore
+  readonly control: ControlPlane
+  readonly #log: Logger
+  readonly #n: number
+  readonly #metricsOn: boolean
+  readonly #own: PrometheusMetrics | undefined
+  readonly #workers = new Map<number, WorkerState>()
+  readonly #listeners = new Map<string, { route: string, version: string, ls: Set<FinishListener>, ej: Set<() => void> }>()
+  readonly #pending = new Map<number, { resolve: (parts: unknown[][]) => void, left: number, parts: unknown[][] }>()
+  #nextId = 1
+  #stopping = false
+  #crashes: number[] = []
+  #address: { address: string, port: number } | undefined
+  #allReady: (() => void) | undefined
+
+  constructor (opts: PrimaryOptions) {
+    this.config = opts.config
+    this.#log = opts.logger
+    this.#n = opts.workers
+    this.#metricsOn = opts.metrics ?? true
+    // the primary's own registry: process metrics of the primary and the rollout metrics
+    this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
+    this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger })
+    this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', weights: weightsOf(table), generation: table.generation }) })
+    const own = this.#own
+    this.control = createControlPlane(opts.config, opts.logger, this.state, {
+      metrics: own === undefined ? undefined : { expose: async () => await this.metricsText(), registry: { contentType: own.registry.contentType } },
+      registry: own?.registry,
+      subscribe: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, l, undefined) : undefined,
+      subscribeEjection: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, undefined, l) : undefined,
+      isReady: () => !this.#stopping && this.readyWorkers === this.#n
+    })
+    cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker.js', import.meta.url)), args: [] })
+  }
+
+  /** Workers listening now. */
+  get readyWorkers (): number {
+    let n = 0
+    for (const w of this.#workers.values()) if (w.ready) n++
+    return n
+  }
+
+  /** Process ids of the live workers. */
+  get workerPids (): number[] {
+    return [...this.#workers.values()].map((w) => w.worker.process.pid ?? 0)
+  }
+
+  /** Starts the admin server, forks the workers and waits until all listen; logs the start-up line. */
+  async start (): Promise<void> {
+    const admin = await this.control.admin.listen()
+    const ready = new Promise<void>((resolve) => { this.#allReady = resolve })
+    for (let i = 0; i < this.#n; i++) this.#fork()
+    await ready
+    const a = this.#address!
+    this.#log.info({
+      proxy: `${a.address}:${a.port}`,
+      admin: `${admin.address}:${admin.port}`,
+      workers: this.workerPids,
+      stateFile: this.config.state.file === '' ? '(none: runtime changes are not persisted)' : this.config.state.file,
+      config: this.config.source,
+      routes: describeRoutes(this.state.holder)
+    }, 'canaryd started')
+    await this.control.rollouts.startFromConfig(this.config.routes.filter((r) => r.rollout !== undefined).map((r) => ({ route: r.name, plan: r.rollout })))
+  }
+
+  #fork (): void {
+    const worker = cluster.fork()
+    const ws: WorkerState = { worker, ready: false, startedAt: Date.now() }
+    this.#workers.set(worker.id, ws)
+    worker.on('message', (m: unknown) => { if (isOurs(m)) this.#onMessage(ws, m as ToPrimary) })
+    worker.on('exit', (code, signal) => { this.#onExit(ws, code, signal) })
+    worker.on('error', (err) => { this.#log.warn({ err, worker: worker.id }, 'worker IPC error') })
+  }
+
+  #onMessage (ws: WorkerState, m: ToPrimary): void {
+    switch (m.canaryd) {
+      case 'hello': {
+        // the worker's handler is attached: hand it the config and the weights in force
+        const table = this.state.holder.current
+        const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
+        this.#send(ws.worker, { canaryd: 'init', config: this.config, weights: weightsOf(table), generation: table.generation, subscriptions, metrics: this.#metricsOn })
+        return
+      }
+      case 'ready':
+        ws.ready = true
+        this.#address ??= { address: m.address, port: m.port }
+        this.#log.debug({ worker: ws.worker.id, pid: ws.worker.process.pid }, 'worker listening')
+        if (this.readyWorkers === this.#n) this.#allReady?.()
+        return
+      case 'metrics': {
+        const p = this.#pending.get(m.id)
+        if (p === undefined) return
+        p.parts.push(m.data)
+        if (--p.left === 0) {
+          this.#pending.delete(m.id)
+          p.resolve(p.parts)
+        }
+        return
+      }
+      case 'samples': {
+        const l = this.#listeners.get(`${m.route}\u0000${m.version}`)
+        if (l === undefined) return
+        const d = m.data
+        for (let i = 0; i + 2 < d.length; i += 3) {
+          for (const fn of l.ls) fn(d[i]!, d[i + 1]!, d[i + 2] === 1)
+        }
+        for (let i = 0; i < m.ejections; i++) for (const fn of l.ej) fn()
+      }
+    }
+  }
+
+  #onExit (ws: WorkerState, code: number | null, signal: string | null): void {
+    this.#workers.delete(ws.worker.id)
+    if (this.#stopping) return
+    const now = Date.now()
+    this.#crashes = this.#crashes.filter((t) => now - t < 60_000)
+    this.#crashes.push(now)
+    // a worker that dies at once, again and again, must not fork-bomb the machine
+    const delay = Math.min(10_000, 100 * 2 ** Math.max(0, this.#crashes.length - 2))
+    this.#log.error({ worker: ws.worker.id, pid: ws.worker.process.pid, code, signal, restartInMs: delay, crashesLastMinute: this.#crashes.length }, 'worker exited unexpectedly; starting a replacement')
+    setTimeout(() => { if (!this.#stopping) this.#fork() }, delay).unref()
+  }
+
+  #send (w: Worker, m: ToWorker): void {
+    if (w.isConnected()) w.send(m)
+  }
+
+  #broadcast (m: ToWorker): void {
+    for (const ws of this.#workers.values()) this.#send(ws.worker, m)
+  }
+
+  /**
+   * The rollout controller's subscriptions (finished requests, or ejections)
+   * of one (route, version): the workers forward both for a watched pair.
+   */
+  #subscribe (route: string, version: string, finish: FinishListener | undefined, ejected: (() => void) | undefined): () => void {
+    const key = `${route}\u0000${version}`
+    let l = this.#listeners.get(key)
+    if (l === undefined) {
+      l = { route, version, ls: new Set(), ej: new Set() }
+      this.#listeners.set(key, l)
+      this.#broadcast({ canaryd: 'sub', route, version, on: true })
+    }
+    const entry = l
+    if (finish !== undefined) entry.ls.add(finish)
+    if (ejected !== undefined) entry.ej.add(ejected)
+    return () => {
+      if (finish !== undefined) entry.ls.delete(finish)
+      if (ejected !== undefined) entry.ej.delete(ejected)
+      if (entry.ls.size === 0 && entry.ej.size === 0 && this.#listeners.get(key) === entry) {
+        this.#listeners.delete(key)
+        this.#broadcast({ canaryd: 'sub', route, version, on: false })
+      }
+    }
+  }
+
+  /** The /metrics exposition: every worker's registry and the primary's, merged by prom-client. */
+  async metricsText (): Promise<string> {
+    const ready = [...this.#workers.values()].filter((w) => w.ready && w.worker.isConnected())
+    // one array per worker: aggregate() merges same-named metrics across them
+    const perSource: unknown[][] = ready.length === 0
+      ? []
+      : await new Promise<unknown[][]>((resolve) => {
+        const id = this.#nextId++
+        this.#pending.set(id, { resolve, left: ready.length, parts: [] })
+        for (const w of ready) this.#send(w.worker, { canaryd: 'metrics', id })
+        setTimeout(() => {
+          const p = this.#pending.get(id)
+          if (p === undefined) return
+          this.#pending.delete(id)
+          this.#log.warn({ answered: p.parts.length, asked: ready.length }, 'some workers did not answer the metrics request in time')
+          resolve(p.parts)
+        }, METRICS_TIMEOUT_MS).unref()
+      })
+    if (this.#own !== undefined) perSource.push(await this.#own.registry.getMetricsAsJSON())
+    return await AggregatorRegistry.aggregate(perSource as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics()
+  }
+
+  /**
+   * Graceful stop: readiness turns 503, every worker drains its in-flight
+   * requests (up to timeouts.drainMs) and exits; then the rollouts stop, the
+   * state is flushed and the admin server closes. Resolves when all is done.
+   */
+  async stop (drainMs: number = this.config.timeouts.drainMs): Promise<void> {
+    if (this.#stopping) return
+    this.#stopping = true
+    const exits = [...this.#workers.values()].map((ws) => new Promise<void>((resolve) => {
+      if (ws.worker.isDead()) resolve()
+      else ws.worker.once('exit', () => resolve())
+    }))
+    this.#broadcast({ canaryd: 'drain', ms: drainMs })
+    const killer = setTimeout(() => {
+      for (const ws of this.#workers.values()) ws.worker.process.kill('SIGKILL')
+    }, drainMs + 3000)
+    killer.unref()
+    await Promise.all(exits)
+    clearTimeout(killer)
+    this.control.rollouts.close()
+    await this.state.flush()
+    await this.control.admin.close()
+  }
+
+  /** Second signal: no drain. */
+  kill (): void {
+    this.#stopping = true
+    for (const ws of this.#workers.values()) ws.worker.process.kill('SIGKILL')
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * A cluster worker: the data plane only. It waits for the primary's `init`
+ * (the validated config and the weights in force, so it never serves a
+ * single request with stale weights), builds the same proxy a single process
+ * runs, and then follows the primary's table updates. The admin API, the
+ * state file and the rollout controller live in the primary.
+ */
+import cluster from 'node:cluster'
+import { createDataPlane, type DataPlane } from '../app.js'
+import { createLogger, type Logger } from '../logger.js'
+import { TableHolder } from '../routing/holder.js'
+import { buildRoutingTable } from '../routing/table.js'
+import type { Config } from '../config/load.js'
+import { isOurs, withWeights, type ToPrimary, type ToWorker } from './messages.js'
+
+/** How often finished-request samples are batched to the primary (rollout windows). */
+const SAMPLE_FLUSH_MS = 100
+
+function send (m: ToPrimary): void {
+  if (process.connected) process.send?.(m)
+}
+
+class Worker {
+  readonly #config: Config
+  readonly #log: Logger
+  readonly #holder: TableHolder
+  readonly #data: DataPlane
+  readonly #subs = new Map<string, { off: () => void, buf: number[], ejections: number, route: string, version: string }>()
+  #timer: NodeJS.Timeout | undefined
+  #draining = false
+
+  constructor (init: Extract<ToWorker, { canaryd: 'init' }>) {
+    this.#config = init.config
+    this.#log = createLogger(init.config.log.level).child({ worker: cluster.worker?.id })
+    this.#holder = new TableHolder(buildRoutingTable(withWeights(init.config.routes, init.weights), init.generation))
+    this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
+    for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
+  }
+
+  async start (): Promise<void> {
+    const a = await this.#data.proxy.listen(this.#config.listen.port, this.#config.listen.host)
+    send({ canaryd: 'ready', address: a.address, port: a.port })
+  }
+
+  handle (m: ToWorker): void {
+    switch (m.canaryd) {
+      case 'table':
+        // IPC is ordered, but a replayed or stale table must never win over a newer one
+        if (m.generation > this.#holder.current.generation) {
+          this.#holder.swap(buildRoutingTable(withWeights(this.#config.routes, m.weights), m.generation))
+        }
+        return
+      case 'sub':
+        this.#subscribe(m.route, m.version, m.on)
+        return
+      case 'metrics': {
+        const reg = this.#data.metrics?.registry
+        if (reg === undefined) {
+          send({ canaryd: 'metrics', id: m.id, data: [] })
+          return
+        }
+        reg.getMetricsAsJSON().then((data) => send({ canaryd: 'metrics', id: m.id, data }), (err: unknown) => {
+          this.#log.error({ err }, 'cannot collect metrics')
+          send({ canaryd: 'metrics', id: m.id, data: [] })
+        })
+        return
+      }
+      case 'drain':
+        void this.drain(m.ms)
+    }
+  }
+
+  /** Forwards finished-request samples and ejections of (route, version) to the primary, batched. */
+  #subscribe (route: string, version: string, on: boolean): void {
+    const key = `${route}\u0000${version}`
+    const cur = this.#subs.get(key)
+    if (!on) {
+      cur?.off()
+      this.#subs.delete(key)
+      return
+    }
+    const metrics = this.#data.metrics
+    if (cur !== undefined || metrics === undefined) return
+    const sub = { off: () => {}, buf: [] as number[], ejections: 0, route, version }
+    const offFinish = metrics.onFinish(route, version, (status, seconds, failed) => { sub.buf.push(status, seconds, failed ? 1 : 0) })
+    const offEjected = metrics.onEjected(route, version, () => { sub.ejections++ })
+    sub.off = () => { offFinish(); offEjected() }
+    this.#subs.set(key, sub)
+    this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
+  }
+
+  #flush (): void {
+    for (const s of this.#subs.values()) {
+      if (s.buf.length === 0 && s.ejections === 0) continue
+      send({ canaryd: 'samples', route: s.route, version: s.version, data: s.buf, ejections: s.ejections })
+      s.buf = []
+      s.ejections = 0
+    }
+  }
+
+  /** Graceful drain of this worker's listener, then exit 0. */
+  async drain (ms: number = this.#config.timeouts.drainMs): Promise<void> {
+    if (this.#draining) return
+    this.#draining = true
+    const clean = await this.#data.proxy.drain(ms)
+    this.#flush()
+    await this.#data.upstreams.close()
+    this.#log.debug({ clean }, 'worker drained')
+    process.exit(0)
+  }
+}
+
+let worker: Worker | undefined
+const early: ToWorker[] = []
+process.on('message', (m: unknown) => {
+  if (!isOurs(m)) return
+  const msg = m as ToWorker
+  if (msg.canaryd === 'init') {
+    if (worker !== undefined) return
+    try {
+      worker = new Worker(msg)
+    } catch (err) {
+      process.stderr.write(`canaryd worker: cannot start: ${(err as Error).message}\n`)
+      process.exit(1)
+    }
+    for (const e of early.splice(0)) worker.handle(e)
+    worker.start().catch((err: unknown) => {
+      process.stderr.write(`canaryd worker: cannot listen: ${(err as Error).message}\n`)
+      process.exit(1)
+    })
+    return
+  }
+  if (worker === undefined) early.push(msg)
+  else worker.handle(msg)
+})
+// Ctrl-C reaches the whole process group: the primary orchestrates the drain, workers wait for it
+process.on('SIGINT', () => {})
+// a SIGTERM sent to this worker alone drains it (the primary then replaces it)
+process.on('SIGTERM', () => { void (worker?.drain() ?? process.exit(0)) })
+// the primary is gone: nobody can update weights any more, so stop serving
+process.on('disconnect', () => { void (worker?.drain(5_000) ?? process.exit(0)) })
+send({ canaryd: 'hello' })

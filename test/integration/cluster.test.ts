@@ -1,0 +1,169 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { hashKey } from '../../src/routing/hash.js'
+import { pickVersion } from '../../src/routing/pick.js'
+import { buildRoutingTable } from '../../src/routing/table.js'
+import { configFromObject } from '../../src/config/load.js'
+import { send } from '../helpers/http.js'
+import { startUpstream } from '../helpers/upstream.js'
+
+// `canaryd serve --workers 2` as users run it: the built CLI, real upstreams, real HTTP.
+const CLI = join(process.cwd(), 'dist/cli.js')
+t.before(() => { if (!existsSync(CLI)) throw new Error('run npm run build first (npm test does)') })
+
+const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
+
+function cpuTicks (pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+    return Number(f[11]) + Number(f[12])
+  } catch {
+    return -1
+  }
+}
+
+interface Cluster {
+  child: ChildProcess
+  proxy: string
+  admin: string
+  workers: number[]
+  log: () => string
+  exited: Promise<number | null>
+}
+
+async function startCluster (origins: { stable: string, canary: string }, weights: [number, number], extra: Record<string, unknown> = {}): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
+  const raw = {
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    state: { file: join(dir, 'state.json') },
+    routes: [{
+      name: 'web',
+      sticky: { keys: ['header:x-user-id'] },
+      versions: [{ name: 'stable', upstream: origins.stable, weight: weights[0] }, { name: 'canary', upstream: origins.canary, weight: weights[1] }]
+    }],
+    ...extra
+  }
+  const file = join(dir, 'canaryd.json')
+  writeFileSync(file, JSON.stringify(raw))
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', file, '--workers', '2'], { env: { ...process.env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout!.on('data', (c: Buffer) => { out += c.toString() })
+  child.stderr!.on('data', (c: Buffer) => { out += c.toString() })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  for (let i = 0; i < 200 && !out.includes('canaryd started'); i++) await sleep(50)
+  const line = out.split('\n').find((l) => l.includes('canaryd started'))
+  if (line === undefined) throw new Error(`cluster did not start: ${out}`)
+  const started = JSON.parse(line) as { proxy: string, admin: string, workers: number[] }
+  return { child, proxy: `http://${started.proxy}`, admin: `http://${started.admin}`, workers: started.workers, log: () => out, exited }
+}
+
+/** Sum of canaryd_requests_total per version from the admin /metrics. */
+async function requestsByVersion (admin: string): Promise<Record<string, number>> {
+  const text = (await send(`${admin}/metrics`)).body.toString()
+  const out: Record<string, number> = {}
+  for (const m of text.matchAll(/^canaryd_requests_total\{([^}]*)\} (\d+)/gm)) {
+    const version = /version="([^"]+)"/.exec(m[1]!)![1]!
+    out[version] = (out[version] ?? 0) + Number(m[2])
+  }
+  return out
+}
+
+t.test('serve --workers 2: every worker serves, picks like a single process, follows weight changes, aggregates metrics', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary')
+  const c = await startCluster({ stable: stable.origin, canary: canary.origin }, [70, 30])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
+  t.equal(c.workers.length, 2, 'two workers started')
+  t.equal((await send(`${c.admin}/readyz`)).status, 200, 'ready once every worker listens')
+
+  // the same hashing everywhere: compare every answer with the pure pick of a single-process table
+  const cfg = configFromObject({ routes: [{ name: 'web', sticky: { keys: ['header:x-user-id'] }, versions: [{ name: 'stable', upstream: stable.origin, weight: 70 }, { name: 'canary', upstream: canary.origin, weight: 30 }] }] }, '', {})
+  const route = buildRoutingTable(cfg.routes).routes[0]!
+  const before = c.workers.map(cpuTicks)
+  const metrics0 = await requestsByVersion(c.admin)
+  let mismatch = 0
+  const served: Record<string, number> = { stable: 0, canary: 0 }
+  for (let start = 0; start < 1000; start += 50) {
+    const batch = await Promise.all(Array.from({ length: 50 }, async (_, i) => {
+      const id = `user-${start + i}`
+      const r = await send(`${c.proxy}/`, { headers: { 'x-user-id': id } }) // agent: false → a new connection each: spread over workers
+      return { want: pickVersion(route, hashKey(route.salt, id))!.name, got: String(r.headers['x-canaryd-version']) }
+    }))
+    for (const b of batch) {
+      if (b.want !== b.got) mismatch++
+      served[b.got] = (served[b.got] ?? 0) + 1
+    }
+  }
+  t.equal(mismatch, 0, 'all 1,000 users land where the single-process pick says')
+  const after = c.workers.map(cpuTicks)
+  t.ok(after.every((a, i) => a > before[i]!), `both workers did work (CPU ticks ${before.join(',')} → ${after.join(',')})`)
+
+  const metrics1 = await requestsByVersion(c.admin)
+  t.equal((metrics1.stable ?? 0) - (metrics0.stable ?? 0), served.stable, '/metrics aggregates every worker exactly (stable)')
+  t.equal((metrics1.canary ?? 0) - (metrics0.canary ?? 0), served.canary, '/metrics aggregates every worker exactly (canary)')
+  const text = (await send(`${c.admin}/metrics`)).body.toString()
+  t.match(text, /canaryd_route_weight\{route="web",version="canary"\} 30\n/, 'weights are not summed across workers')
+
+  // a weight change reaches every worker within 100 ms
+  const put = await send(`${c.admin}/api/v1/routes/web/weights`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ weights: { stable: 0, canary: 100 } }) })
+  t.equal(put.status, 200)
+  const putDone = Date.now()
+  const immediate = await Promise.all(Array.from({ length: 20 }, async (_, i) => (await send(`${c.proxy}/`, { headers: { 'x-user-id': `late-${i}` } })).headers['x-canaryd-version']))
+  const waited = Date.now() - putDone
+  const later = immediate.filter((v) => v !== 'canary').length
+  t.comment(`requests sent right after the PUT answered (${waited} ms for 20): ${later} still on the old weights`)
+  await sleep(Math.max(0, 100 - (Date.now() - putDone)))
+  const at100 = await Promise.all(Array.from({ length: 40 }, async (_, i) => (await send(`${c.proxy}/`, { headers: { 'x-user-id': `u-${i}` } })).headers['x-canaryd-version']))
+  t.equal(at100.filter((v) => v === 'canary').length, 40, '100 ms after the change every worker routes by the new weights')
+})
+
+t.test('a crashed worker is replaced and logged; SIGTERM drains every worker and exits 0', async (t) => {
+  const up = await startUpstream('stable')
+  const c = await startCluster({ stable: up.origin, canary: up.origin }, [50, 50])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await up.close() })
+  const victim = c.workers[0]!
+  process.kill(victim, 'SIGKILL')
+  for (let i = 0; i < 100 && !c.log().includes('worker exited unexpectedly'); i++) await sleep(50)
+  t.match(c.log(), /"signal":"SIGKILL".*worker exited unexpectedly; starting a replacement/, 'the crash is logged')
+  let ready = 0
+  for (let i = 0; i < 100 && ready !== 200; i++) {
+    await sleep(50)
+    ready = (await send(`${c.admin}/readyz`)).status
+  }
+  t.equal(ready, 200, 'ready again once the replacement listens')
+  const statuses = await Promise.all(Array.from({ length: 40 }, async (_, i) => (await send(`${c.proxy}/`, { headers: { 'x-user-id': `v${i}` } })).status))
+  t.same([...new Set(statuses)], [200], 'traffic is served after the replacement')
+
+  c.child.kill('SIGTERM')
+  t.equal(await c.exited, 0, 'the primary exits 0 after draining')
+  await sleep(200)
+  const alive = c.workers.filter((pid) => { try { process.kill(pid, 0); return true } catch { return false } })
+  t.same(alive, [], 'no worker is left running')
+  t.match(c.log(), /"msg":"draining"/)
+})
+
+t.test('cluster mode: the rollout controller runs once, in the primary, on samples from every worker', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary')
+  const c = await startCluster({ stable: stable.origin, canary: canary.origin }, [100, 0])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
+  const plan = { canary: 'canary', steps: [50, 100], intervalMs: 400, analysis: { minRequests: 20, maxFailedChecks: 2 }, promotion: 'auto' }
+  const started = await send(`${c.admin}/api/v1/routes/web/rollout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(plan) })
+  t.equal(started.status, 201, String(started.body))
+  let state = ''
+  const deadline = Date.now() + 15_000
+  let i = 0
+  while (Date.now() < deadline && state !== 'promoted' && state !== 'rolled-back') {
+    await Promise.all(Array.from({ length: 20 }, async () => await send(`${c.proxy}/`, { headers: { 'x-user-id': `r${i++}` } })))
+    state = (await send(`${c.admin}/api/v1/routes/web/rollout`)).json<{ state: string }>().state
+  }
+  t.equal(state, 'promoted', 'a healthy canary is promoted from samples gathered in both workers')
+  const view = (await send(`${c.admin}/api/v1/routes/web/rollout`)).json<{ checks: Array<{ canary: { requests: number } }> }>()
+  t.ok(view.checks.some((ch) => ch.canary.requests >= 20), 'checks saw the workers\' canary requests')
+  t.equal(canary.seen.length > 0, true)
+})
