@@ -27,7 +27,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_PAYLOAD_TOO_LARGE: { status: 413, doc: 'Admin API: the request body is over 64 KiB.' },
   CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, doc: 'Admin API: the request body is not `application/json`.' },
   CANARYD_ERR_STATE_PERSIST: { status: 500, doc: 'Admin API: the new state could not be written to state.file; nothing was changed.' },
-  CANARYD_ERR_REQUEST_TIMEOUT: { status: 408, doc: 'The client did not send its request headers within timeouts.clientHeadersMs.' },
+  CANARYD_ERR_REQUEST_TIMEOUT: { status: 408, doc: 'The client did not send its request headers within timeouts.clientHeadersMs, or its body stalled for timeouts.clientBodyMs before it was forwarded.' },
   CANARYD_ERR_URI_TOO_LONG: { status: 414, doc: 'The request target is longer than limits.maxUrlBytes.' },
   CANARYD_ERR_HEADERS_TOO_LARGE: { status: 431, doc: 'The request headers are over limits.maxHeaderBytes or limits.maxHeaderCount.' },
   CANARYD_ERR_EXPECTATION_FAILED: { status: 417, doc: 'The request has an Expect header other than `100-continue`.' },

@@ -17,6 +17,7 @@ export interface Config {
     upstreamBodyMs: number
     clientHeadersMs: number
     clientIdleMs: number
+    clientBodyMs: number
     drainMs: number
   }
   upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number }

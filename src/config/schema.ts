@@ -26,6 +26,7 @@ export const schema = {
     upstreamBodyMs: { doc: 'Largest silence allowed between two chunks of the upstream response body (0 = none).', format: 'nat', default: 30000, env: 'CANARYD_UPSTREAM_BODY_MS' },
     clientHeadersMs: { doc: 'Time a client has to send its request headers; past it, 408.', format: 'nat', default: 10000, env: 'CANARYD_CLIENT_HEADERS_MS' },
     clientIdleMs: { doc: 'How long an idle client keep-alive connection is kept open.', format: 'nat', default: 60000, env: 'CANARYD_CLIENT_IDLE_MS' },
+    clientBodyMs: { doc: 'Longest silence allowed from a client whose request body is incomplete (before or during forwarding); past it, 408 and the connection is closed (0 = none).', format: 'nat', default: 30000, env: 'CANARYD_CLIENT_BODY_MS' },
     drainMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'nat', default: 30000, env: 'CANARYD_DRAIN_MS' }
   },
   upstream: {
@@ -43,7 +44,7 @@ export const schema = {
   health: {
     consecutiveFailures: { doc: 'Outlier detection: consecutive connect failures or 5xx responses that eject a version (0 = off).', format: 'nat', default: 5, env: 'CANARYD_HEALTH_CONSECUTIVE_FAILURES' },
     ejectionMs: { doc: 'How long an ejected version gets no new users.', format: 'nat', default: 30000, env: 'CANARYD_HEALTH_EJECTION_MS' },
-    checkPath: { doc: 'Active health check: `GET` this path on every version\'s upstream ("" = off); a failure ejects, a 2xx/3xx brings the version back.', format: String, default: '', env: 'CANARYD_HEALTH_CHECK_PATH' },
+    checkPath: { doc: 'Active health check: `GET` this path on every version\'s upstream ("" = off); a connect error, timeout or any status but 2xx/3xx (4xx included) ejects, a 2xx/3xx brings the version back.', format: String, default: '', env: 'CANARYD_HEALTH_CHECK_PATH' },
     checkIntervalMs: { doc: 'Active health check period.', format: 'nat', default: 5000, env: 'CANARYD_HEALTH_CHECK_INTERVAL_MS' }
   },
   log: {

@@ -1,4 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
+import { performance } from 'node:perf_hooks'
 import type { Dispatcher, Pool } from 'undici'
 import { ERROR_CODES, errorBody, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
@@ -46,7 +47,7 @@ const ERROR_MESSAGES: Partial<Record<ErrorCode, string>> = {
   CANARYD_ERR_UPSTREAM_UNAVAILABLE: 'no upstream is available for this route',
   CANARYD_ERR_UPSTREAM_OTHER: 'forwarding to the upstream failed',
   CANARYD_ERR_UPSTREAM_OVERLOADED: 'the upstream has too many requests in flight',
-  CANARYD_ERR_REQUEST_TIMEOUT: 'the request headers did not arrive in time',
+  CANARYD_ERR_REQUEST_TIMEOUT: 'the request headers or body did not arrive in time',
   CANARYD_ERR_URI_TOO_LONG: 'the request target is too long',
   CANARYD_ERR_HEADERS_TOO_LARGE: 'the request headers are too large or too many',
   CANARYD_ERR_EXPECTATION_FAILED: 'only Expect: 100-continue is supported',
@@ -69,17 +70,39 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   if (version.length !== 0) headers.push('x-canaryd-version', version)
   // an unread request body leaves the connection's framing unknown: close it after the answer
   if (!res.req.complete || ERROR_CODES[code].status === 400) headers.push('connection', 'close')
-  res.writeHead(ERROR_CODES[code].status, headers)
+  const status = ERROR_CODES[code].status
+  // the reason phrase is always given: a failed writeHead (an upstream reason
+  // Node refuses) leaves its bad statusMessage behind, which would be reused
+  res.writeHead(status, STATUS_CODES[status] ?? '', headers)
   res.end(body)
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
 /**
+ * What every ForwardHandler of one proxy shares, built once with the server:
+ * settings and the callback told when a request is over (access log,
+ * in-flight count, drain).
+ */
+export interface ForwardContext {
+  readonly log: Logger
+  /** Extra upstream attempts (see the retry policy). */
+  readonly retries: number
+  /** Longest client silence while the request body is incomplete (0 = none); see `#watchBody`. */
+  readonly clientBodyMs: number
+  /** Called once per request when the client response closes, after the metrics. */
+  readonly done: (h: ForwardHandler, status: number, seconds: number) => void
+}
+
+/**
  * The undici dispatch handler of one proxied request: streams the upstream
  * response into the client response with backpressure both ways (undici
  * pauses the socket while `res.write` says the client is full), maps upstream
  * failures to 502/504, and aborts the upstream request if the client leaves.
+ * It also owns the request's accounting: the version observer (start on
+ * construction, finish when the client response closes) and the upstream's
+ * concurrency slot (taken only at dispatch, so a request still waiting for
+ * its body holds none).
  *
  * Uses undici's core handler callbacks (onConnect/onHeaders/onData/…) with raw
  * header buffers: it is the path undici itself runs on, so no adapter or
@@ -90,30 +113,146 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse
   readonly #rt: VersionRuntime
   readonly #setCookie: string
-  readonly #opts: Dispatcher.DispatchOptions
-  readonly #log: Logger
+  readonly #ctx: ForwardContext
+  readonly #t0: number
+  #opts: Dispatcher.DispatchOptions | undefined
   #abort: ((err?: Error) => void) | undefined
   #resume: (() => void) | undefined
+  /** A final answer (upstream headers or a proxy-made error) went out or is going out: nothing else may be sent. */
   #responded = false
   #clientGone = false
+  /** The outcome is decided and accounted (by the proxy itself): a later onError is only our own abort echoing. */
+  #settled = false
+  #slotTaken = false
+  #bodyTimer: NodeJS.Timeout | undefined
+  #bodyBytes = 0
   /** Set when the upstream failed this request (for metrics and rollout analysis). */
   upstreamFailed = false
   #retries: number
 
-  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, setCookie: string, opts: Dispatcher.DispatchOptions, log: Logger, retries: number) {
+  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, setCookie: string, t0: number, ctx: ForwardContext) {
     this.#req = req
     this.#res = res
     this.#rt = rt
     this.#setCookie = setCookie
-    this.#opts = opts
-    this.#log = log
-    this.#retries = retries
+    this.#ctx = ctx
+    this.#t0 = t0
+    this.#retries = ctx.retries
+    rt.observer.start()
+    // 'close' is emitted once: `on` spares the wrapper `once` would allocate
+    res.on('close', this.#onClose)
+  }
+
+  /** The (route, version) this request is charged to. */
+  get runtime (): VersionRuntime {
+    return this.#rt
+  }
+
+  /** The request's method (for the access log). */
+  get method (): string {
+    return this.#req.method ?? 'GET'
+  }
+
+  /** Answers `code` without forwarding (a request refused after routing: counted on the version). */
+  refuse (code: ErrorCode): void {
+    this.#responded = true
+    sendError(this.#res, code, this.#rt.version)
+  }
+
+  /**
+   * Forwards the request: at once, or, for a chunked body none of which has
+   * arrived yet, once its first bytes are in (so a bad chunk size arriving
+   * with the headers, the usual smuggling payload, is refused by llhttp
+   * before anything is sent upstream). While the body is incomplete a
+   * client that goes silent for `clientBodyMs` is answered 408.
+   */
+  forward (path: string, headers: string[], contentLength: string | undefined, chunked: boolean): void {
+    const req = this.#req
+    const hasBody = contentLength !== undefined ? contentLength !== '0' : chunked
+    this.#opts = { path, method: req.method ?? 'GET', headers, body: hasBody ? req : null }
+    if (hasBody && !req.complete && this.#ctx.clientBodyMs !== 0) this.#watchBody()
+    if (hasBody && contentLength === undefined && req.readableLength === 0 && !req.complete) {
+      req.once('readable', this.#onFirstBytes)
+      return
+    }
+    this.#take()
+  }
+
+  readonly #onFirstBytes = (): void => {
+    // Node reports a framing error later in the same socket read: setImmediate
+    // runs after it, and by then the server's clientError has ended the socket
+    setImmediate(this.#afterFirstBytes)
+  }
+
+  readonly #afterFirstBytes = (): void => {
+    const sock = this.#req.socket
+    if (!this.#responded && !this.#res.destroyed && !sock.destroyed && !sock.writableEnded) this.#take()
+  }
+
+  /** Takes a concurrency slot of the upstream and dispatches; past the cap, a fast 503. */
+  #take (): void {
+    const slot = this.#rt.slot
+    if (slot.cap !== 0 && slot.inFlight >= slot.cap) {
+      // a bounded queue is a fast 503, not a growing undici queue and a late 504
+      this.refuse('CANARYD_ERR_UPSTREAM_OVERLOADED')
+      return
+    }
+    slot.inFlight++
+    this.#slotTaken = true
+    this.dispatch()
+  }
+
+  /**
+   * Client body idle timeout. No timer per chunk: one timer per request with
+   * a body, re-armed while the socket's byte count moves, so a stall is seen
+   * between 1× and 2× `clientBodyMs` after the last byte. Time the proxy
+   * itself is not reading (undici applying backpressure: the request stream
+   * paused or holding bytes) is never the client's stall.
+   */
+  #watchBody (): void {
+    this.#bodyBytes = this.#req.socket.bytesRead
+    this.#bodyTimer = setTimeout(this.#checkBody, this.#ctx.clientBodyMs)
+    this.#bodyTimer.unref()
+  }
+
+  readonly #checkBody = (): void => {
+    const req = this.#req
+    if (req.complete || this.#clientGone || this.#settled || this.#res.destroyed) return
+    const read = req.socket.bytesRead
+    // once undici has the body, a paused or non-empty request stream is our backpressure, not the client's silence
+    if (read !== this.#bodyBytes || (this.#slotTaken && (req.readableLength !== 0 || req.isPaused()))) {
+      this.#bodyBytes = read
+      this.#bodyTimer!.refresh()
+      return
+    }
+    this.#ctx.log.debug({ route: this.#rt.route, version: this.#rt.version }, 'client request body stalled')
+    const responded = this.#responded
+    this.#responded = true
+    this.#settled = true // whatever undici reports after the abort is not the upstream's fault
+    if (responded) this.#res.destroy()
+    else sendError(this.#res, 'CANARYD_ERR_REQUEST_TIMEOUT', this.#rt.version)
+    this.#abort?.(new Error('client request body timed out'))
+  }
+
+  readonly #onClose = (): void => {
+    const res = this.#res
+    if (this.#bodyTimer !== undefined) clearTimeout(this.#bodyTimer)
+    if (!res.writableFinished) this.clientClosed()
+    if (this.#slotTaken) {
+      this.#slotTaken = false
+      this.#rt.slot.inFlight--
+    }
+    // 499 (nginx's "client closed request") when the client left before a status went out
+    const status = res.headersSent ? res.statusCode : 499
+    const seconds = (performance.now() - this.#t0) / 1000
+    this.#rt.observer.finish(status, seconds, this.upstreamFailed)
+    this.#ctx.done(this, status, seconds)
   }
 
   /** Starts (or restarts) the upstream request. */
   dispatch (): void {
     try {
-      this.#rt.pool.dispatch(this.#opts, this)
+      this.#rt.pool.dispatch(this.#opts!, this)
     } catch (err) {
       // undici validates some headers synchronously (e.g. a hop-by-hop name, a bad
       // character Node let through): never let that escape as an exception
@@ -130,32 +269,40 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onConnect (abort: (err?: Error) => void): void {
     this.#abort = abort
-    if (this.#clientGone) abort(new Error('client closed the connection'))
+    if (this.#clientGone || this.#settled) abort(new Error('client closed the connection'))
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (statusCode < 200) return true // informational: Node answers 100-continue itself
+    // informational (1xx): Node answers 100-continue itself. A status below 100 falls
+    // through to writeHead, which refuses it: a clean 502 protocol error, not a hang
+    if (statusCode >= 100 && statusCode < 200) return true
+    if (this.#responded) return false
     this.#resume = resume
     this.#responded = true
     const res = this.#res
     try {
       res.writeHead(statusCode, statusText, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
     } catch (err) {
-      // Node refuses a header undici accepted (e.g. a bad character): treat as a protocol error
+      // Node refuses a header undici accepted (e.g. DEL in a value): one protocol
+      // failure and a clean 502. `#settled` makes the onError that undici's
+      // abort() calls synchronously below record and send nothing
       this.#log.debug({ err, route: this.#rt.route, version: this.#rt.version }, 'invalid upstream response headers')
       this.upstreamFailed = true
       this.#rt.observer.upstreamError('protocol')
       recordFailure(this.#rt, false, this.#log)
-      this.#responded = false
       res.removeHeader('set-cookie')
-      this.#abort?.(new Error('invalid upstream headers'))
+      this.#settled = true
       sendError(res, 'CANARYD_ERR_UPSTREAM_PROTOCOL', this.#rt.version)
-      this.#responded = true
+      this.#abort?.(new Error('invalid upstream headers'))
       return false
     }
     if (statusCode >= 500) recordFailure(this.#rt, false, this.#log)
     else this.#rt.health.versions[this.#rt.index]!.success()
     return true
+  }
+
+  get #log (): Logger {
+    return this.#ctx.log
   }
 
   onData (chunk: Buffer): boolean {
@@ -175,6 +322,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onError (err: Error): void {
+    if (this.#settled) return
     // the client aborted (mid-upload the body stream errors first): nothing to answer, not the upstream's fault
     if (this.#clientGone || this.#res.destroyed || (this.#req.destroyed && !this.#req.complete)) {
       this.#clientGone = true
@@ -219,8 +367,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
    * Timeouts are not retried: the upstream may still be working on it.
    */
   #mayRetry (kind: string, notSent: boolean): boolean {
-    if (this.#opts.body != null && this.#req.readableDidRead) return false
+    const opts = this.#opts!
+    if (opts.body != null && this.#req.readableDidRead) return false
     if (notSent || kind === 'connect') return true
-    return kind === 'reset' && IDEMPOTENT.has(this.#opts.method)
+    return kind === 'reset' && IDEMPOTENT.has(opts.method)
   }
 }

@@ -13,9 +13,14 @@ const HOP_BY_HOP = new Set([
 /** Headers canaryd sets itself on the upstream request; a client's copy is replaced. */
 const SET_BY_PROXY = new Set(['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
 
-/** Names listed in a Connection header value, lower-cased ('' when none). */
+/** Names listed in a Connection header value, lower-cased (undefined when none). */
 function connectionListed (value: string | undefined): Set<string> | undefined {
   if (value === undefined) return undefined
+  // fast path: the two values nearly every request carries, without a split
+  if (value.length === 10 || value.length === 5) {
+    const v = value.toLowerCase()
+    if (v === 'keep-alive' || v === 'close') return undefined
+  }
   let out: Set<string> | undefined
   for (const part of value.split(',')) {
     const n = part.trim().toLowerCase()
@@ -29,6 +34,18 @@ function connectionListed (value: string | undefined): Set<string> | undefined {
 export interface RequestHeaderOptions {
   /** Header names containing `_`: drop them (default, as Envoy), refuse the request, or pass them on. */
   underscoreHeaders: 'drop' | 'reject' | 'allow'
+}
+
+/**
+ * Framing facts the header pass sees anyway, handed back so the hot path
+ * never builds Node's lazy `req.headers` object for them. A scratch object
+ * the caller reuses (filled synchronously, read at once).
+ */
+export interface RequestFraming {
+  /** The Content-Length value, undefined when absent. */
+  contentLength: string | undefined
+  /** True when Transfer-Encoding (validated to be exactly `chunked`) is present. */
+  chunked: boolean
 }
 
 /** Why a request is refused before forwarding: the error code it is answered with. */
@@ -50,10 +67,12 @@ export type RequestProblem = 'CANARYD_ERR_BAD_REQUEST' | 'CANARYD_ERR_NOT_IMPLEM
  * underscore name under the `reject` policy. Returns the problem's error code
  * instead of the array in that case.
  */
-export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions): string[] | RequestProblem {
+export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
   const raw = req.rawHeaders
-  const listed = connectionListed(req.headers.connection)
+  const listed = connectionListed(rawConnection(raw))
   const out: string[] = []
+  let host: string | undefined
+  let contentLength: string | undefined
   let xff = ''
   let proto = ''
   let fhost = ''
@@ -80,8 +99,13 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
       else if (lower === 'x-forwarded-host' && fhost.length === 0) fhost = v
       continue
     }
-    if (lower === 'host') hosts++
-    else if (lower === 'content-length') lengths++
+    if (lower === 'host') {
+      hosts++
+      host = raw[i + 1]!
+    } else if (lower === 'content-length') {
+      lengths++
+      contentLength = raw[i + 1]!
+    }
     if (listed !== undefined && listed.has(lower)) continue
     if (opts.underscoreHeaders !== 'allow' && name.includes('_')) {
       if (opts.underscoreHeaders === 'reject') return 'CANARYD_ERR_BAD_REQUEST'
@@ -98,10 +122,28 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
   out.push(
     'x-forwarded-for', xff.length === 0 ? clientIp : `${xff}, ${clientIp}`,
     'x-forwarded-proto', proto.length === 0 ? 'http' : proto,
-    'x-forwarded-host', fhost.length === 0 ? (req.headers.host ?? '') : fhost,
+    'x-forwarded-host', fhost.length === 0 ? (host ?? '') : fhost,
     'x-canaryd-version', version
   )
+  if (framing !== undefined) {
+    framing.contentLength = contentLength
+    framing.chunked = codings === 1
+  }
   return out
+}
+
+/**
+ * The Connection header's value from the raw headers (joined with ", " when
+ * repeated, as Node does), without building `req.headers`: only names of
+ * length 10 are lower-cased and compared.
+ */
+function rawConnection (raw: readonly string[]): string | undefined {
+  let value: string | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    if (name.length === 10 && name.toLowerCase() === 'connection') value = value === undefined ? raw[i + 1]! : `${value}, ${raw[i + 1]!}`
+  }
+  return value
 }
 
 /** True when the client reached the edge over https, as told by X-Forwarded-Proto. */

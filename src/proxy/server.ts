@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { LRUCache } from 'lru-cache'
-import type { Dispatcher } from 'undici'
 import { ERROR_CODES, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { ObserverFactory, VersionObserver } from '../metrics/observer.js'
@@ -13,12 +12,12 @@ import { hashKey } from '../routing/hash.js'
 import type { TableHolder } from '../routing/holder.js'
 import { pickVersion } from '../routing/pick.js'
 import { readOverride, readStickyKey, stickyCookieHeader } from '../routing/sticky.js'
-import { matchPath, normalizeHost, routesForHost } from '../routing/table.js'
+import { hostMatches, matchPath, normalizeHost } from '../routing/table.js'
 import type { Route, RoutingTable } from '../routing/types.js'
 import { RouteHealth, VersionHealth, type Clock, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
-import { ForwardHandler, recordFailure, sendError, type VersionRuntime } from './forward.js'
-import { buildUpstreamHeaders, isSecure, type RequestHeaderOptions } from './headers.js'
+import { ForwardHandler, recordFailure, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
+import { buildUpstreamHeaders, isSecure, type RequestFraming, type RequestHeaderOptions } from './headers.js'
 
 /** Proxy settings taken from the startup config. */
 export interface ProxyOptions {
@@ -28,6 +27,8 @@ export interface ProxyOptions {
   logger: Logger
   clientHeadersMs: number
   clientIdleMs: number
+  /** Longest client silence while a request body is incomplete; past it 408 (0 = none). Default 30000. */
+  clientBodyMs?: number
   accessLog: boolean
   /** Most distinct Host values whose route candidates are cached (bounds memory under random Hosts). */
   hostCacheSize?: number
@@ -55,8 +56,16 @@ interface Bound {
   readonly table: RoutingTable
   /** [route.index][version.index] */
   readonly runtime: ReadonlyArray<ReadonlyArray<VersionRuntime>>
-  /** Host → candidate routes in match order; bounded so random Host headers cannot grow memory. */
+  /**
+   * Raw Host header value → candidate routes in match order; bounded so random
+   * Host headers cannot grow memory. A Host that matches no host-specific
+   * route maps to the shared `anyHost` array (nothing allocated per Host).
+   */
   readonly hosts: LRUCache<string, readonly Route[]>
+  /** The routes without `match.host`, in match order: the candidates of every Host no host-specific route matches. */
+  readonly anyHost: readonly Route[]
+  /** No route has `match.host`: every request's candidates are `anyHost`, no Host lookup at all. */
+  readonly hostless: boolean
   /** [route.index]: outlier state of the route's versions. */
   readonly health: readonly RouteHealth[]
 }
@@ -102,6 +111,10 @@ export class ProxyServer {
   readonly #maxUrlBytes: number
   readonly #retries: number
   readonly #sel: Selection = { rt: undefined, url: '', setCookie: '', ip: '' }
+  readonly #framing: RequestFraming = { contentLength: undefined, chunked: false }
+  readonly #ctx: ForwardContext
+  /** The version each proxied WebSocket request went to, until the upstream answers (for the 101 count). */
+  readonly #wsRuntime = new WeakMap<IncomingMessage, VersionRuntime>()
   readonly #ws: httpProxy
   readonly #sockets = new Set<Duplex>()
   #checkTimer: NodeJS.Timeout | undefined
@@ -119,9 +132,12 @@ export class ProxyServer {
     this.#maxHeaderCount = opts.maxHeaderCount ?? 100
     this.#maxUrlBytes = opts.maxUrlBytes ?? 8192
     this.#retries = opts.retries ?? 1
-    // WebSocket upgrades go through http-proxy (raw socket piping); plain requests never do
-    this.#ws = httpProxy.createProxyServer({ ws: true, xfwd: true })
+    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, done: this.#requestDone }
+    // WebSocket upgrades go through http-proxy (raw socket piping); plain requests never do.
+    // xfwd off: #upgrade hands it headers already sanitised, X-Forwarded-* included
+    this.#ws = httpProxy.createProxyServer({ ws: true, xfwd: false })
     this.#ws.on('error', () => {}) // errors are handled per call; this only stops an unhandled 'error' crash
+    this.#ws.on('proxyReqWs', (proxyReq: ClientRequest, req: IncomingMessage, socket: Duplex) => { this.#wsRequested(proxyReq, req, socket) })
     this.#bound = this.#bind(opts.holder.current)
     opts.holder.onSwap((table) => {
       this.#bound = this.#bind(table)
@@ -140,11 +156,21 @@ export class ProxyServer {
     // Node would answer 417 itself but keep the connection, reading the unsent body as the next request
     this.server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => { sendError(res, 'CANARYD_ERR_EXPECTATION_FAILED', '') })
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => { this.#upgrade(req, socket, head) })
-    // CONNECT would turn the proxy into an open TCP tunnel: refused
-    this.server.on('connect', (_req: IncomingMessage, socket: Duplex) => { socket.end(REPLY_501) })
+    // CONNECT would turn the proxy into an open TCP tunnel: refused. Node removed
+    // its own socket 'error' listener before emitting 'connect': without ours a
+    // client reset while the 501 is written would crash the process
+    this.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+      socket.on('error', () => { socket.destroy() })
+      socket.end(REPLY_501)
+    })
   }
 
-  /** Builds the per-table bindings: pools, metric children, an empty host cache. */
+  /**
+   * Builds the per-table bindings: pools, metric children, an empty host cache.
+   * Health lives in `#health`, one VersionHealth per (route name, version
+   * name) for the life of the process: a swap (a weight change mid-rollout)
+   * neither forgets an ejection nor hides one recorded through the old table.
+   */
   #bind (table: RoutingTable): Bound {
     const health = table.routes.map((r) => new RouteHealth(r.versions.map((v) => {
       const key = `${r.name}\u0000${v.name}`
@@ -166,7 +192,8 @@ export class ProxyServer {
       return Object.freeze({ route: r.name, version: v.name, index: v.index, pool: slot.pool, slot, health: health[r.index]!, observer })
     }))
     this.#opts.observers.setWeights(table.routes.flatMap((r) => r.versions.map((v) => ({ route: r.name, version: v.name, weight: v.weight }))))
-    return { table, runtime, hosts: new LRUCache({ max: this.#opts.hostCacheSize ?? 10_000 }), health }
+    const anyHost = Object.freeze(table.matchOrder.filter((r) => r.host === undefined))
+    return { table, runtime, hosts: new LRUCache({ max: this.#opts.hostCacheSize ?? 10_000 }), anyHost, hostless: anyHost.length === table.matchOrder.length, health }
   }
 
   /** Logs the end of an ejection (cold path). */
@@ -181,11 +208,17 @@ export class ProxyServer {
    */
   #select (req: IncomingMessage, bound: Bound): ErrorCode | undefined {
     const sel = this.#sel
-    const host = normalizeHost(req.headers.host)
-    let candidates = bound.hosts.get(host)
-    if (candidates === undefined) {
-      candidates = routesForHost(bound.table, host)
-      bound.hosts.set(host, candidates)
+    let candidates = bound.anyHost
+    if (!bound.hostless) {
+      // keyed by the raw value: normalising (and any allocation) only on a miss
+      const raw = req.headers.host ?? ''
+      const hit = bound.hosts.get(raw)
+      if (hit !== undefined) {
+        candidates = hit
+      } else {
+        candidates = candidatesFor(bound, normalizeHost(raw))
+        bound.hosts.set(raw, candidates)
+      }
     }
     let url = req.url ?? '/'
     if (url.length > this.#maxUrlBytes) return 'CANARYD_ERR_URI_TOO_LONG'
@@ -235,55 +268,25 @@ export class ProxyServer {
     }
     const sel = this.#sel
     const rt = sel.rt!
-    const setCookie = sel.setCookie
-    const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts)
-    if (typeof headers === 'string') {
-      sendError(res, headers, '')
-      return
-    }
-    const slot = rt.slot
-    if (slot.cap !== 0 && slot.inFlight >= slot.cap) {
-      // a bounded queue is a fast 503, not a growing undici queue and a late 504
-      sendError(res, 'CANARYD_ERR_UPSTREAM_OVERLOADED', rt.version)
-      return
-    }
-    slot.inFlight++
-    rt.observer.start()
+    // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers
+    const handler = new ForwardHandler(req, res, rt, sel.setCookie, t0, this.#ctx)
     this.#inFlight++
-    const cl = req.headers['content-length']
-    const hasBody = cl !== undefined ? cl !== '0' : req.headers['transfer-encoding'] !== undefined
-    const opts: Dispatcher.DispatchOptions = {
-      path: sel.url,
-      method: req.method ?? 'GET',
-      headers,
-      body: hasBody ? req : null
-    }
-    const handler = new ForwardHandler(req, res, rt, setCookie, opts, this.#log, this.#retries)
-    res.once('close', () => {
-      if (!res.writableFinished) handler.clientClosed()
-      slot.inFlight--
-      // 499 (nginx's "client closed request") when the client left before a status went out
-      const status = res.headersSent ? res.statusCode : 499
-      const seconds = (performance.now() - t0) / 1000
-      rt.observer.finish(status, seconds, handler.upstreamFailed)
-      if (this.#opts.accessLog) this.#log.info({ route: rt.route, version: rt.version, method: opts.method, status, ms: Math.round(seconds * 1e4) / 10 }, 'access')
-      if (--this.#inFlight === 0 && this.#draining) this.#drained?.()
-    })
-    if (hasBody && cl === undefined && req.readableLength === 0 && !req.complete) {
-      // chunked body: wait for its first bytes, so a bad chunk size arriving
-      // with the headers (the usual smuggling payload) is refused by llhttp
-      // before anything is sent upstream
-      req.once('readable', () => {
-        // Node reports a framing error later in the same socket read: setImmediate
-        // runs after it, and by then #clientError has ended the socket
-        setImmediate(() => {
-          const sock = req.socket
-          if (!res.destroyed && !sock.destroyed && !sock.writableEnded) handler.dispatch()
-        })
-      })
+    const framing = this.#framing
+    const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts, framing)
+    if (typeof headers === 'string') {
+      handler.refuse(headers)
       return
     }
-    handler.dispatch()
+    handler.forward(sel.url, headers, framing.contentLength, framing.chunked)
+  }
+
+  /** Called by each ForwardHandler when its client response closed (after the version's metrics). */
+  readonly #requestDone = (h: ForwardHandler, status: number, seconds: number): void => {
+    if (this.#opts.accessLog) {
+      const rt = h.runtime
+      this.#log.info({ route: rt.route, version: rt.version, method: h.method, status, ms: Math.round(seconds * 1e4) / 10 }, 'access')
+    }
+    if (--this.#inFlight === 0 && this.#draining) this.#drained?.()
   }
 
   /**
@@ -317,18 +320,15 @@ export class ProxyServer {
       socket.end(headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : REPLY_400)
       return
     }
-    // http-proxy sends req.headers: drop what the plain path drops, keep Upgrade/Connection
-    for (const name of Object.keys(req.headers)) {
-      if (name.includes('_') || name.startsWith('x-forwarded-')) delete req.headers[name]
-    }
-    req.headers['x-canaryd-version'] = rt.version
+    // http-proxy sends req.headers as they are: replace them with the plain
+    // path's sanitised set (hop-by-hop and Connection-listed names gone,
+    // X-Forwarded-* appended to / set, x-canaryd-version), plus the two
+    // headers that make this an upgrade
+    req.headers = upgradeHeaders(headers, req.headers.upgrade)
     req.url = this.#sel.url
-    rt.observer.websocket?.(1)
+    this.#wsRuntime.set(req, rt)
     this.#sockets.add(socket)
-    socket.once('close', () => {
-      this.#sockets.delete(socket)
-      rt.observer.websocket?.(-1)
-    })
+    socket.once('close', () => { this.#sockets.delete(socket) })
     this.#ws.ws(req, socket, head, { target: rt.slot.origin }, (err: Error) => {
       const code = (err as NodeJS.ErrnoException).code ?? ''
       const connect = code === 'ECONNREFUSED' || code === 'ETIMEDOUT' || code === 'EHOSTUNREACH'
@@ -338,6 +338,22 @@ export class ProxyServer {
       // before the 101 the client still speaks HTTP: tell it; after, just close
       if (socket.writable && (socket as Socket).bytesWritten === 0) socket.end(REPLY_502)
       else socket.destroy()
+    })
+  }
+
+  /**
+   * http-proxy is about to send a WebSocket request upstream: count it on its
+   * version when the upstream answers 101, and as open until the client
+   * socket closes. A refusal (any other status) or an error is not counted.
+   */
+  #wsRequested (proxyReq: ClientRequest, req: IncomingMessage, socket: Duplex): void {
+    const rt = this.#wsRuntime.get(req)
+    if (rt === undefined) return
+    this.#wsRuntime.delete(req)
+    proxyReq.once('upgrade', () => {
+      if (socket.destroyed) return
+      rt.observer.websocket?.(1)
+      socket.once('close', () => { rt.observer.websocket?.(-1) })
     })
   }
 
@@ -374,9 +390,12 @@ export class ProxyServer {
 
   /**
    * The optional active health check: every interval, `GET checkPath` once per
-   * upstream origin; a failure (connect error, timeout, 5xx) ejects every
-   * version on that origin (never a route's last one), a success ends an
-   * ejection early. Off when checkPath is ''.
+   * upstream origin; a failure (connect error, timeout, any status but
+   * 2xx/3xx) ejects every version on that origin (never a route's last one),
+   * a 2xx/3xx ends an ejection early. A 4xx counts as a failure: the check
+   * path is ours to configure, so a 404 or 401 there means the version cannot
+   * serve it (wrong build, wrong path) and must not be trusted with users.
+   * Off when checkPath is ''.
    */
   #startChecks (): void {
     const path = this.#opts.checkPath ?? ''
@@ -401,7 +420,7 @@ export class ProxyServer {
       try {
         const r = await rts[0]!.pool.request({ path, method: 'GET', headersTimeout: this.#opts.checkIntervalMs ?? 5000 })
         await r.body.dump()
-        ok = r.statusCode < 500
+        ok = r.statusCode >= 200 && r.statusCode < 400
       } catch {
         ok = false
       }
@@ -462,4 +481,34 @@ function toOriginForm (url: string): string {
   if (m === null) return ''
   const rest = url.slice(m[0].length)
   return rest.length === 0 || rest.charCodeAt(0) !== 47 ? `/${rest}` : rest
+}
+
+/** Candidates of a (normalised) host that missed the cache: `anyHost` itself unless some host-specific route matches it. */
+function candidatesFor (bound: Bound, host: string): readonly Route[] {
+  const order = bound.table.matchOrder
+  for (let i = 0; i < order.length; i++) {
+    const r = order[i]!
+    if (r.host !== undefined && hostMatches(r.host, host)) return order.filter((c) => hostMatches(c.host, host))
+  }
+  return bound.anyHost
+}
+
+/**
+ * The WebSocket request's headers as an object for http-proxy: the sanitised
+ * flat list from buildUpstreamHeaders (a repeated name becomes an array, sent
+ * as repeated lines) plus `Upgrade` and `Connection: Upgrade`.
+ */
+function upgradeHeaders (flat: readonly string[], upgrade: string | undefined): IncomingMessage['headers'] {
+  const out: OutgoingHttpHeaders = {}
+  for (let i = 0; i < flat.length; i += 2) {
+    const name = flat[i]!.toLowerCase()
+    const value = flat[i + 1]!
+    const prev = out[name]
+    if (prev === undefined) out[name] = value
+    else if (Array.isArray(prev)) prev.push(value)
+    else out[name] = [String(prev), value]
+  }
+  out.upgrade = upgrade ?? 'websocket'
+  out.connection = 'Upgrade'
+  return out as IncomingMessage['headers']
 }

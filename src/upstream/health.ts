@@ -50,6 +50,12 @@ export class VersionHealth {
 /**
  * The versions of one route and their health, in version-index order, built
  * with each routing table. `excluded` gives the bit mask `pickVersion` takes.
+ *
+ * Holds no state of its own beyond the table's shape: every ejection lives in
+ * the shared VersionHealth objects. A request that spans a table swap (or an
+ * active check that awaits across one) may record a failure through the old
+ * table's RouteHealth; the new table's RouteHealth must see it, so nothing
+ * (such as a count of ejected versions) may be cached here.
  */
 export class RouteHealth {
   readonly versions: readonly VersionHealth[]
@@ -57,34 +63,33 @@ export class RouteHealth {
   readonly #active: readonly number[]
   readonly #opts: OutlierOptions
   readonly #now: Clock
-  /** Versions of this route ejected now (a fast path: 0 → nothing to look at). */
-  #ejectedCount = 0
 
   constructor (versions: readonly VersionHealth[], active: readonly number[], opts: OutlierOptions, now: Clock) {
     this.versions = versions
     this.#active = active
     this.#opts = opts
     this.#now = now
-    for (const v of versions) if (v.ejected(now())) this.#ejectedCount++
   }
 
   /**
    * Bit mask of ejected version indexes for `pickVersion`; ends expired
-   * ejections (returns `ended` names through `onEnd`). Allocation-free.
+   * ejections (returns `ended` names through `onEnd`). Allocation-free, and
+   * the clock is read only when some version is ejected (a route has a
+   * handful of versions: the scan is a few loads).
    */
   excluded (onEnd?: (v: VersionHealth) => void): number {
-    if (this.#ejectedCount === 0) return 0
-    const now = this.#now()
+    const versions = this.versions
     let mask = 0
-    for (let i = 0; i < this.versions.length; i++) {
-      const v = this.versions[i]!
+    let now = -1
+    for (let i = 0; i < versions.length; i++) {
+      const v = versions[i]!
       if (v.ejectedUntil === 0) continue
+      if (now === -1) now = this.#now()
       if (v.ejectedUntil > now) {
         mask |= 1 << i
       } else {
         v.ejectedUntil = 0
         v.failures = 0
-        this.#ejectedCount--
         onEnd?.(v)
       }
     }
@@ -116,7 +121,6 @@ export class RouteHealth {
   /** Ejects version `index` until `now + ejectionMs` (passive or active check). */
   eject (index: number, now: number = this.#now()): void {
     const v = this.versions[index]!
-    if (v.ejectedUntil === 0) this.#ejectedCount++
     v.ejectedUntil = now + this.#opts.ejectionMs
     v.ejections++
   }
@@ -124,10 +128,7 @@ export class RouteHealth {
   /** Ends an ejection early (the active check saw the version healthy again). */
   restore (index: number): void {
     const v = this.versions[index]!
-    if (v.ejectedUntil !== 0) {
-      v.ejectedUntil = 0
-      this.#ejectedCount--
-    }
+    v.ejectedUntil = 0
     v.success()
   }
 

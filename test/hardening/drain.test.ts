@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { send } from '../helpers/http.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
-import { sleep } from './raw.js'
+import { waitFor } from './raw.js'
 
 const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
 
@@ -79,12 +79,15 @@ t.test('SIGTERM: readyz 503, listener closed, idle keep-alive closed, in-flight 
   await new Promise<void>((resolve) => idle.once('data', () => resolve()))
 
   const inFlight = send(`${app.proxy}/slow`)
-  await sleep(200)
+  await waitFor(() => slow.seen.some((s) => s.url === '/slow'))
   app.child.kill('SIGTERM')
-  await sleep(300)
-  t.equal((await send(`${app.admin}/readyz`)).status, 503, '/readyz is 503 while draining')
-  t.ok(await refused(app.proxy), 'the proxy listener no longer accepts')
-  t.ok(idleClosed, 'the idle keep-alive connection was closed')
+  await waitFor(async () => (await send(`${app.admin}/readyz`)).status === 503, { intervalMs: 20 })
+  t.pass('/readyz is 503 while draining')
+  await waitFor(async () => await refused(app.proxy), { intervalMs: 20 })
+  t.pass('the proxy listener no longer accepts')
+  await waitFor(() => idleClosed, { intervalMs: 20 })
+  t.pass('the idle keep-alive connection was closed')
+  t.equal(app.child.exitCode, null, 'still running: the in-flight request is not done')
   const r = await inFlight
   t.equal(r.status, 200, 'the in-flight request finished')
   t.equal(r.body.toString(), 'slow done')
@@ -97,9 +100,10 @@ t.test('SIGINT then a second signal: exits at once', async (t) => {
   t.teardown(stuck.close)
   const app = await serve(t, stuck.origin, 30_000)
   const inFlight = send(`${app.proxy}/stuck`).catch((e: Error) => e)
-  await sleep(200)
+  await waitFor(() => stuck.seen.some((s) => s.url === '/stuck'))
   app.child.kill('SIGINT')
-  await sleep(300)
+  // the first signal took effect (draining: /readyz 503) and the process did not exit
+  await waitFor(async () => (await send(`${app.admin}/readyz`)).status === 503, { intervalMs: 20 })
   t.equal(app.child.exitCode, null, 'still draining after the first signal')
   app.child.kill('SIGTERM')
   const { ms } = await app.exit

@@ -7,7 +7,7 @@ import { RouteHealth, VersionHealth } from '../../src/upstream/health.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
-import { sleep } from './raw.js'
+import { waitFor } from './raw.js'
 
 function route (n: number, now: { t: number }, failures = 3): RouteHealth {
   const vs = Array.from({ length: n }, (_, i) => new VersionHealth('r', `v${i}`))
@@ -65,10 +65,27 @@ t.test('active health check: a failing check ejects, a passing one brings the ve
     for (let i = 0; i < 30; i++) seen.add(String((await send(`${proxy.url}/`, { headers: { 'x-user-id': `user-${i}` } })).headers['x-canaryd-version']))
     return seen
   }
-  await sleep(350)
-  t.same([...await versionsFor()], ['stable'], 'canary ejected by the check')
+  const only = async (want: string[]): Promise<boolean> => [...await versionsFor()].sort().join() === want.join()
+  await waitFor(async () => await only(['stable']), { intervalMs: 50 })
+  t.pass('canary ejected by the check')
   t.ok(canary.seen.some((s) => s.url === '/health'), 'the check really ran GET /health')
   canaryHealthy = true
-  await sleep(350)
-  t.same([...await versionsFor()].sort(), ['canary', 'stable'], 'canary back in rotation')
+  await waitFor(async () => await only(['canary', 'stable']), { intervalMs: 50 })
+  t.pass('canary back in rotation')
+})
+
+t.test('active health check: only 2xx/3xx is healthy; a 404 on the check path ejects', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary', (req, res) => {
+    if (req.url === '/health') res.writeHead(404).end('no such path')
+    else res.end(JSON.stringify({ version: 'canary' }))
+  })
+  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, [50, 50])], {
+    health: { checkPath: '/health', checkIntervalMs: 50, consecutiveFailures: 5, ejectionMs: 60_000 }
+  }))
+  t.teardown(async () => { await proxy.close(); await stable.close(); await canary.close() })
+  await waitFor(() => canary.seen.filter((s) => s.url === '/health').length >= 2)
+  const seen = new Set<string>()
+  for (let i = 0; i < 30; i++) seen.add(String((await send(`${proxy.url}/`, { headers: { 'x-user-id': `user-${i}` } })).headers['x-canaryd-version']))
+  t.same([...seen], ['stable'], 'canary answered 404 on its health path: ejected')
 })

@@ -6,11 +6,12 @@
  * (PortSwigger's CL.TE / TE.CL / TE.TE classes, HAProxy's http-messaging
  * reg-tests, llhttp's corpus, HTTP Garden findings) and written from scratch.
  */
+import { connect } from 'node:net'
 import t from 'tap'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
-import { countWire, rawRequest, sleep } from './raw.js'
+import { countWire, rawRequest, sleep, waitFor } from './raw.js'
 
 const H = 'Host: app.test\r\n'
 const get = (extra: string, target = '/'): string => `GET ${target} HTTP/1.1\r\n${H}${extra}\r\n`
@@ -174,8 +175,12 @@ t.test('underscoreHeaders: reject → 400 and nothing forwarded', async (t) => {
   const r = await rawRequest(proxy.app.proxyAddress!.port, [get('X_Forwarded_For: 1.2.3.4\r\n')])
   t.equal(r.status, 400)
   t.equal(wire.bytes, 0)
+  const trailer = await rawRequest(proxy.app.proxyAddress!.port, [get('Trailer: X-Sig\r\n')])
+  t.equal(trailer.status, 400)
   const ok = await send(`${proxy.url}/`, { headers: { host: 'app.test' } })
   t.equal(ok.status, 200)
+  // refused after routing: charged to the version the request was routed to
+  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_requests_total\{route="web",version="stable",code="400"\} 2\b/, 'both 400s counted on stable')
 })
 
 t.test('underscoreHeaders: allow → forwarded as is', async (t) => {
@@ -220,4 +225,31 @@ t.test('a pipelined request behind a refused one is never processed', async (t) 
   t.equal(r.status, 400)
   t.equal((r.text.match(/HTTP\/1\.1/g) ?? []).length, 1, 'one response only')
   t.equal(wire.bytes, 0)
+})
+
+t.test('CONNECT then a TCP reset never crashes the process; the proxy keeps serving', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary')
+  const wire = countWire(stable.server)
+  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, [100, 0])]))
+  t.teardown(async () => { await proxy.close(); await stable.close(); await canary.close() })
+  const port = proxy.app.proxyAddress!.port
+  // reset at once (while the 501 is being written) and after the 501 arrived (the half-closed socket reads the RST)
+  for (const when of ['at once', 'after the reply', 'at once', 'after the reply']) {
+    await new Promise<void>((resolve) => {
+      const s = connect(port, '127.0.0.1')
+      s.on('error', () => {})
+      s.on('close', () => resolve())
+      s.on('connect', () => {
+        s.write('CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n')
+        if (when === 'at once') s.resetAndDestroy()
+        else s.once('data', () => { s.resetAndDestroy() })
+      })
+    })
+  }
+  // give the proxy's event loop a chance to see the resets before asserting it survived
+  await waitFor(async () => await new Promise<boolean>((resolve) => { proxy.app.proxy.server.getConnections((_e, n) => resolve(n === 0)) }))
+  t.equal(wire.bytes, 0, 'no CONNECT reached the upstream')
+  const r = await send(`${proxy.url}/`, { headers: { host: 'app.test' } })
+  t.equal(r.status, 200, 'still serving')
 })

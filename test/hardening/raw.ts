@@ -65,3 +65,16 @@ export async function rawRequest (port: number, parts: Array<string | Buffer>, o
 export async function sleep (ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/**
+ * Polls `cond` every `intervalMs` until it is true; rejects after `timeoutMs`.
+ * Tests wait for the condition they need instead of a fixed sleep.
+ */
+export async function waitFor (cond: () => boolean | Promise<boolean>, opts: { intervalMs?: number; timeoutMs?: number } = {}): Promise<void> {
+  const interval = opts.intervalMs ?? 10
+  const deadline = Date.now() + (opts.timeoutMs ?? 5000)
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('waitFor: condition not met in time')
+    await sleep(interval)
+  }
+}

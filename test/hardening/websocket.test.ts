@@ -5,12 +5,12 @@
  */
 import { createHash } from 'node:crypto'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import type { Socket } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import t from 'tap'
 import { WebSocket } from 'undici'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
-import { rawRequest, sleep } from './raw.js'
+import { rawRequest, sleep, waitFor } from './raw.js'
 
 /** A minimal WebSocket echo server (text frames under 126 bytes), written on node:http's upgrade event. */
 async function wsUpstream (name: string, opts: { refuse?: boolean } = {}): Promise<{ origin: string; seen: IncomingHttpHeaders[]; sockets: Set<Socket>; close: () => Promise<void> }> {
@@ -92,7 +92,7 @@ t.test('WebSocket follows the sticky pick, echoes both ways, closes both ways', 
   for (const s of canary.sockets) s.destroy()
   await closed
   t.pass('upstream close closed the client side')
-  await sleep(50)
+  await waitFor(async () => /canaryd_websocket_connections_open\{route="web",version="canary"\} 0\b/.test(await proxy.app.metrics!.registry.metrics()))
   const text = await proxy.app.metrics!.registry.metrics()
   const stableWs = /canaryd_websocket_connections_total\{route="web",version="stable"\} (\d+)/.exec(text)
   const canaryWs = /canaryd_websocket_connections_total\{route="web",version="canary"\} (\d+)/.exec(text)
@@ -109,6 +109,50 @@ t.test('no 101 to the client unless the upstream really upgrades', async (t) => 
   t.equal(r.status, 403)
   t.notMatch(r.text, /101/)
   t.equal(refusing.seen.length, 1)
+  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_websocket_connections_total\{route="web",version="stable"\} 0\b/, 'a refused upgrade is not counted: only a 101 is')
+})
+
+/** Sends a raw upgrade request and resolves with what arrived once a full response head is in (the socket stays open). */
+async function rawUpgrade (port: number, head: string): Promise<{ text: string; close: () => void }> {
+  return await new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => { s.write(head) })
+    let text = ''
+    s.on('error', reject)
+    s.on('data', (d: Buffer) => {
+      text += d.toString('latin1')
+      if (text.includes('\r\n\r\n')) resolve({ text, close: () => { s.destroy() } })
+    })
+  })
+}
+
+t.test('the WebSocket request is sanitised like a plain one', async (t) => {
+  const up = await wsUpstream('stable')
+  const proxy = await startProxy(testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])]))
+  t.teardown(async () => { await proxy.close(); await up.close() })
+  const port = proxy.app.proxyAddress!.port
+  const ws = ['Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Protocol: chat', 'Upgrade: websocket']
+  const first = await rawUpgrade(port, ['GET /chat?x=1 HTTP/1.1', 'Host: app.test', 'Connection: Upgrade, X-Secret', 'X-Secret: s3cret', 'Keep-Alive: timeout=5',
+    'TE: trailers', 'Proxy-Connection: keep-alive', 'X-Forwarded-For: 203.0.113.7', 'X-Forwarded-For: 198.51.100.1', 'X_Tenant: t', 'x-canaryd-version: forged', ...ws, '', ''].join('\r\n'))
+  t.teardown(first.close)
+  t.match(first.text, /^HTTP\/1\.1 101/)
+  const h = up.seen[0]!
+  for (const gone of ['x-secret', 'keep-alive', 'te', 'proxy-connection', 'x_tenant']) t.equal(h[gone], undefined, `${gone} not forwarded`)
+  t.equal(h['x-forwarded-for'], '203.0.113.7, 198.51.100.1, 127.0.0.1', 'the client X-Forwarded-For chain is appended to')
+  t.equal(h['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is the scheme the client used, not ws')
+  t.equal(h['x-forwarded-host'], 'app.test')
+  t.equal(h['x-canaryd-version'], 'stable', 'the proxy sets x-canaryd-version, the client cannot')
+  t.equal(h.host, 'app.test', 'Host preserved')
+  t.equal(h.upgrade, 'websocket')
+  t.equal(h.connection, 'Upgrade')
+  t.equal(h['sec-websocket-key'], 'dGhlIHNhbXBsZSBub25jZQ==')
+  t.equal(h['sec-websocket-protocol'], 'chat')
+  // an outer proxy's X-Forwarded-Proto / -Host are kept
+  const second = await rawUpgrade(port, ['GET /chat HTTP/1.1', 'Host: app.test', 'Connection: Upgrade', 'X-Forwarded-Proto: https', 'X-Forwarded-Host: shop.example', ...ws, '', ''].join('\r\n'))
+  t.teardown(second.close)
+  t.equal(up.seen[1]!['x-forwarded-proto'], 'https')
+  t.equal(up.seen[1]!['x-forwarded-host'], 'shop.example')
+  await waitFor(async () => /canaryd_websocket_connections_open\{route="web",version="stable"\} 2\b/.test(await proxy.app.metrics!.registry.metrics()))
+  t.pass('both counted as open once the upstream answered 101')
 })
 
 t.test('WebSocket to an unreachable upstream → 502, proxy keeps serving', async (t) => {

@@ -6,6 +6,7 @@
  * synchronous throw, the form older undici versions used.
  */
 import { createServer } from 'node:http'
+import { performance } from 'node:perf_hooks'
 import t from 'tap'
 import { Pool } from 'undici'
 import { createLogger } from '../../src/logger.js'
@@ -22,9 +23,9 @@ t.test('undici refusing a header → 400, no exception, upstream untouched', asy
   const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
   let threw: unknown
   const server = createServer((req, res) => {
-    const handler = new ForwardHandler(req, res, rt, '', { path: '/', method: 'GET', headers: ['x-bad', 'a\nb'], body: null }, createLogger('silent'), 1)
+    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, done: () => {} })
     try {
-      handler.dispatch()
+      handler.forward('/', ['x-bad', 'a\nb'], undefined, false)
     } catch (err) {
       threw = err
       res.end()
