@@ -77,6 +77,11 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   res.end(body)
 }
 
+/** Ends the cork of onHeaders (a plain function: no closure per response). */
+function uncork (res: ServerResponse): void {
+  res.uncork()
+}
+
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
 /**
@@ -280,6 +285,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#resume = resume
     this.#responded = true
     const res = this.#res
+    // undici delivers the head, the body and the end of a small response in
+    // one tick: cork so Node writes them in one syscall instead of two or
+    // three (measured: +14% req/s on a bare forwarder, see bench/README.md)
+    res.cork()
+    process.nextTick(uncork, res)
     try {
       res.writeHead(statusCode, statusText, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
     } catch (err) {
