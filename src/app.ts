@@ -191,7 +191,7 @@ export class App {
   }
 
   /** Drains and stops everything; resolves true when no request was cut. Idempotent. */
-  async close (drainMs: number = this.config.timeouts.drainMs): Promise<boolean> {
+  async close (drainMs: number = this.config.timeouts.drainTimeoutMs): Promise<boolean> {
     this.#closing ??= (async () => {
       this.draining = true
       const clean = await this.proxy.drain(drainMs)

@@ -81,7 +81,7 @@ async function serve (argv: string[]): Promise<void> {
   } catch (err) {
     fail((err as Error).message, 1)
   }
-  onStopSignals(app.logger, () => ({ inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainMs }), async () => {
+  onStopSignals(app.logger, () => ({ inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     const clean = await app.close()
     app.logger.info({ clean }, 'stopped')
   }, () => {})
@@ -98,7 +98,7 @@ async function serveCluster (config: Config, workers: number): Promise<void> {
     primary.kill()
     fail((err as Error).message, 1)
   }
-  onStopSignals(logger, () => ({ workers: primary.workerPids.length, drainMs: config.timeouts.drainMs }), async () => {
+  onStopSignals(logger, () => ({ workers: primary.workerPids.length, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     await primary.stop()
     logger.info('stopped')
   }, () => { primary.kill() })
@@ -106,7 +106,7 @@ async function serveCluster (config: Config, workers: number): Promise<void> {
 
 /**
  * SIGTERM/SIGINT: drain (readiness 503, in-flight requests finish up to
- * timeouts.drainMs) then exit 0; a second signal exits at once.
+ * timeouts.drainTimeoutMs) then exit 0; a second signal exits at once.
  */
 function onStopSignals (logger: Logger, describe: () => Record<string, unknown>, stop: () => Promise<void>, kill: () => void): void {
   let signals = 0

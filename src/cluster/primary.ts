@@ -229,10 +229,10 @@ export class ClusterPrimary {
 
   /**
    * Graceful stop: readiness turns 503, every worker drains its in-flight
-   * requests (up to timeouts.drainMs) and exits; then the rollouts stop, the
+   * requests (up to timeouts.drainTimeoutMs) and exits; then the rollouts stop, the
    * state is flushed and the admin server closes. Resolves when all is done.
    */
-  async stop (drainMs: number = this.config.timeouts.drainMs): Promise<void> {
+  async stop (drainMs: number = this.config.timeouts.drainTimeoutMs): Promise<void> {
     if (this.#stopping) return
     this.#stopping = true
     const exits = [...this.#workers.values()].map((ws) => new Promise<void>((resolve) => {

@@ -99,7 +99,7 @@ class Worker {
   }
 
   /** Graceful drain of this worker's listener, then exit 0. */
-  async drain (ms: number = this.#config.timeouts.drainMs): Promise<void> {
+  async drain (ms: number = this.#config.timeouts.drainTimeoutMs): Promise<void> {
     if (this.#draining) return
     this.#draining = true
     const clean = await this.#data.proxy.drain(ms)

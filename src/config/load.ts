@@ -18,7 +18,7 @@ export interface Config {
     clientHeadersMs: number
     clientIdleMs: number
     clientBodyMs: number
-    drainMs: number
+    drainTimeoutMs: number
   }
   upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number }
   limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }

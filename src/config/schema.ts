@@ -27,7 +27,7 @@ export const schema = {
     clientHeadersMs: { doc: 'Time a client has to send its request headers; past it, 408.', format: 'nat', default: 10000, env: 'CANARYD_CLIENT_HEADERS_MS' },
     clientIdleMs: { doc: 'How long an idle client keep-alive connection is kept open.', format: 'nat', default: 60000, env: 'CANARYD_CLIENT_IDLE_MS' },
     clientBodyMs: { doc: 'Longest silence allowed from a client whose request body is incomplete (before or during forwarding); past it, 408 and the connection is closed (0 = none).', format: 'nat', default: 30000, env: 'CANARYD_CLIENT_BODY_MS' },
-    drainMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'nat', default: 30000, env: 'CANARYD_DRAIN_MS' }
+    drainTimeoutMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'nat', default: 30000, env: 'CANARYD_DRAIN_TIMEOUT_MS' }
   },
   upstream: {
     connections: { doc: 'Most keep-alive connections per upstream origin.', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },

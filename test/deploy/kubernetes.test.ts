@@ -28,7 +28,7 @@ t.test('ConfigMap: a valid canaryd config whose admin listens where the probes l
   t.equal(config.admin.port, 9901)
   t.equal(config.admin.host, '0.0.0.0', 'reachable by the kubelet and Prometheus')
   t.equal(config.listen.port, 8080)
-  t.ok(config.timeouts.drainMs / 1000 + 5 < read('deployment.yaml').spec.template.spec.terminationGracePeriodSeconds, 'drain + preStop fit in the grace period')
+  t.ok(config.timeouts.drainTimeoutMs / 1000 + 5 < read('deployment.yaml').spec.template.spec.terminationGracePeriodSeconds, 'drain + preStop fit in the grace period')
   const dep = read('deployment.yaml')
   t.equal(dep.spec.template.spec.volumes.find((v: any) => v.name === 'config').configMap.name, cm.metadata.name)
 })

@@ -26,7 +26,7 @@ async function serve (t: Test, upstream: string, drainMs: number): Promise<Runni
     listen: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
     state: { file: join(dir, 'state.json') },
-    timeouts: { drainMs, clientIdleMs: 30_000 },
+    timeouts: { drainTimeoutMs: drainMs, clientIdleMs: 30_000 },
     routes: [twoVersionRoute(upstream, upstream, [100, 0])]
   }))
   const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { env: { ...process.env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] })
