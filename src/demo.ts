@@ -18,8 +18,9 @@ async function startService (name: string): Promise<Server> {
 
 async function listenApp (raw: Record<string, unknown>): Promise<App> {
   const logger = createLogger('warn')
-  for (const port of [8080, 0]) {
-    const app = new App(configFromObject({ ...raw, listen: { host: '127.0.0.1', port } }, '(demo)', {}), { logger })
+  // the usual ports when free (so the printed curl lines are the documented ones), any free ports otherwise
+  for (const [port, adminPort] of [[8080, 9901], [0, 0]] as const) {
+    const app = new App(configFromObject({ ...raw, listen: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: adminPort } }, '(demo)', {}), { logger })
     try {
       await app.start()
       return app
@@ -110,6 +111,13 @@ export async function runDemo (opts: { once: boolean }): Promise<void> {
   out(`  curl -si --cookie 'canary=canary' ${proxy}/ | grep -i x-canaryd-version   # override cookie`)
   out(`  curl -si ${proxy}/ | grep -iE 'set-cookie|x-canaryd-version'             # anonymous: gets a canaryd_id cookie`)
   out(`  curl -si --cookie 'canaryd_id=<id from above>' ${proxy}/                  # ...and stays on its version with it`)
+  const admin = `http://127.0.0.1:${app.adminAddress!.port}`
+  out('')
+  out(`Admin API at ${admin} (no token: loopback only). Change the weights live, watch the split:`)
+  out(`  curl -s -X PUT -H 'content-type: application/json' -d '{"weights":{"stable":50,"canary":50},"reason":"demo"}' ${admin}/api/v1/routes/web/weights`)
+  out(`  node dist/cli.js status --admin ${admin}`)
+  out(`  node dist/cli.js top --admin ${admin}                                      # live req/s, errors, p50/p99 per version`)
+  out(`  curl -s ${admin}/metrics | grep canaryd_requests_total`)
   const stop = (): void => {
     void app.close(1000).finally(() => process.exit(0))
   }
