@@ -20,6 +20,11 @@ t.test('--help and --version', async (t) => {
   const v = run(['--version'])
   t.equal(v.status, 0)
   t.equal(String(v.stdout).trim(), (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version)
+  for (const w of ['0', 'two', '-1', '1.5']) {
+    const r = run(['serve', '--workers', w])
+    t.equal(r.status, 2, `--workers ${w} is a usage error`)
+    t.match(String(r.stderr), /--workers must be a whole number from 1 or "auto"|Option '--workers' argument is ambiguous/)
+  }
   const bad = run(['frobnicate'])
   t.equal(bad.status, 2)
   t.match(String(bad.stderr), /unknown command "frobnicate"/)
