@@ -57,12 +57,14 @@ export class ClusterPrimary {
   readonly #own: PrometheusMetrics | undefined
   readonly #workers = new Map<number, WorkerState>()
   readonly #listeners = new Map<string, { route: string, version: string, ls: Set<FinishListener>, ej: Set<() => void> }>()
-  readonly #pending = new Map<number, { resolve: (parts: unknown[][]) => void, left: number, parts: unknown[][] }>()
+  readonly #pending = new Map<number, { resolve: (parts: unknown[][]) => void, reject: (err: Error) => void, left: number, parts: unknown[][], asked: Set<number>, timer: NodeJS.Timeout }>()
   #nextId = 1
   #stopping = false
   #crashes: number[] = []
   #address: { address: string, port: number } | undefined
   #allReady: (() => void) | undefined
+  #startFailed: ((err: Error) => void) | undefined
+  #started = false
 
   constructor (opts: PrimaryOptions) {
     this.config = opts.config
@@ -99,9 +101,13 @@ export class ClusterPrimary {
   /** Starts the admin server, forks the workers and waits until all listen; logs the start-up line. */
   async start (): Promise<void> {
     const admin = await this.control.admin.listen()
-    const ready = new Promise<void>((resolve) => { this.#allReady = resolve })
+    const ready = new Promise<void>((resolve, reject) => {
+      this.#allReady = resolve
+      this.#startFailed = reject
+    })
     for (let i = 0; i < this.#n; i++) this.#fork()
     await ready
+    this.#started = true
     const a = this.#address!
     this.#log.info({
       proxy: `${a.address}:${a.port}`,
@@ -126,6 +132,11 @@ export class ClusterPrimary {
   #onMessage (ws: WorkerState, m: ToPrimary): void {
     switch (m.canaryd) {
       case 'hello': {
+        // a replacement forked just before a stop: it never serves
+        if (this.#stopping) {
+          ws.worker.process.kill('SIGTERM')
+          return
+        }
         // the worker's handler is attached: hand it the config and the weights in force
         const table = this.state.holder.current
         const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
@@ -141,11 +152,9 @@ export class ClusterPrimary {
       case 'metrics': {
         const p = this.#pending.get(m.id)
         if (p === undefined) return
+        if (!p.asked.delete(ws.worker.id)) return
         p.parts.push(m.data)
-        if (--p.left === 0) {
-          this.#pending.delete(m.id)
-          p.resolve(p.parts)
-        }
+        if (--p.left === 0) this.#settleMetrics(m.id)
         return
       }
       case 'samples': {
@@ -162,7 +171,19 @@ export class ClusterPrimary {
 
   #onExit (ws: WorkerState, code: number | null, signal: string | null): void {
     this.#workers.delete(ws.worker.id)
+    // a scrape waiting for this worker's answer must not wait for the timeout
+    for (const [id, p] of this.#pending) {
+      if (p.asked.delete(ws.worker.id)) {
+        if (--p.left === 0) this.#settleMetrics(id)
+      }
+    }
     if (this.#stopping) return
+    if (!this.#started) {
+      // before the cluster ever served, an exit is a start-up failure (a taken port, a bad
+      // address): restarting would loop forever, so fail start() and let serve exit 1
+      this.#startFailed?.(new Error(`worker ${ws.worker.id} exited during start-up (code ${code}, signal ${signal}); its error is printed above`))
+      return
+    }
     const now = Date.now()
     this.#crashes = this.#crashes.filter((t) => now - t < 60_000)
     this.#crashes.push(now)
@@ -205,23 +226,33 @@ export class ClusterPrimary {
     }
   }
 
+  /** Resolves a metrics request once every asked worker answered (or died). */
+  #settleMetrics (id: number): void {
+    const p = this.#pending.get(id)
+    if (p === undefined) return
+    this.#pending.delete(id)
+    clearTimeout(p.timer)
+    p.resolve(p.parts)
+  }
+
   /** The /metrics exposition: every worker's registry and the primary's, merged by prom-client. */
   async metricsText (): Promise<string> {
     const ready = [...this.#workers.values()].filter((w) => w.ready && w.worker.isConnected())
     // one array per worker: aggregate() merges same-named metrics across them
     const perSource: unknown[][] = ready.length === 0
       ? []
-      : await new Promise<unknown[][]>((resolve) => {
+      : await new Promise<unknown[][]>((resolve, reject) => {
         const id = this.#nextId++
-        this.#pending.set(id, { resolve, left: ready.length, parts: [] })
-        for (const w of ready) this.#send(w.worker, { canaryd: 'metrics', id })
-        setTimeout(() => {
+        const timer = setTimeout(() => {
           const p = this.#pending.get(id)
           if (p === undefined) return
           this.#pending.delete(id)
-          this.#log.warn({ answered: p.parts.length, asked: ready.length }, 'some workers did not answer the metrics request in time')
-          resolve(p.parts)
-        }, METRICS_TIMEOUT_MS).unref()
+          // a partial sum would look like a counter reset to Prometheus: fail this scrape instead
+          reject(new Error(`${p.left} of ${ready.length} workers did not answer the metrics request within ${METRICS_TIMEOUT_MS} ms`))
+        }, METRICS_TIMEOUT_MS)
+        timer.unref()
+        this.#pending.set(id, { resolve, reject, left: ready.length, parts: [], asked: new Set(ready.map((w) => w.worker.id)), timer })
+        for (const w of ready) this.#send(w.worker, { canaryd: 'metrics', id })
       })
     if (this.#own !== undefined) perSource.push(await this.#own.registry.getMetricsAsJSON())
     return await AggregatorRegistry.aggregate(perSource as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics()

@@ -75,8 +75,14 @@ class Worker {
     const key = `${route}\u0000${version}`
     const cur = this.#subs.get(key)
     if (!on) {
-      cur?.off()
+      if (cur === undefined) return
+      this.#flush() // samples already taken still belong to the window that asked for them
+      cur.off()
       this.#subs.delete(key)
+      if (this.#subs.size === 0 && this.#timer !== undefined) {
+        clearInterval(this.#timer)
+        this.#timer = undefined
+      }
       return
     }
     const metrics = this.#data.metrics

@@ -122,10 +122,21 @@ t.test('serve --workers 2: every worker serves, picks like a single process, fol
   t.equal(at100.filter((v) => v === 'canary').length, 40, '100 ms after the change every worker routes by the new weights')
 })
 
-t.test('a crashed worker is replaced and logged; SIGTERM drains every worker and exits 0', async (t) => {
-  const up = await startUpstream('stable')
-  const c = await startCluster({ stable: up.origin, canary: up.origin }, [50, 50])
-  t.teardown(async () => { c.child.kill('SIGKILL'); await up.close() })
+t.test('a crashed worker is replaced with the weights in force; SIGTERM drains every worker and exits 0', async (t) => {
+  const answer = (name: string) => (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
+    const delay = req.url === '/slow' ? 800 : 0
+    setTimeout(() => {
+      res.writeHead(200, { 'content-type': 'text/plain' })
+      res.end(name)
+    }, delay)
+  }
+  const stable = await startUpstream('stable', answer('stable'))
+  const canary = await startUpstream('canary', answer('canary'))
+  const c = await startCluster({ stable: stable.origin, canary: canary.origin }, [50, 50])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
+  // the replacement must come up with the weights of the state, not the config's 50/50
+  const put = await send(`${c.admin}/api/v1/routes/web/weights`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ weights: { stable: 0, canary: 100 } }) })
+  t.equal(put.status, 200)
   const victim = c.workers[0]!
   process.kill(victim, 'SIGKILL')
   for (let i = 0; i < 100 && !c.log().includes('worker exited unexpectedly'); i++) await sleep(50)
@@ -136,15 +147,56 @@ t.test('a crashed worker is replaced and logged; SIGTERM drains every worker and
     ready = (await send(`${c.admin}/readyz`)).status
   }
   t.equal(ready, 200, 'ready again once the replacement listens')
-  const statuses = await Promise.all(Array.from({ length: 40 }, async (_, i) => (await send(`${c.proxy}/`, { headers: { 'x-user-id': `v${i}` } })).status))
-  t.same([...new Set(statuses)], [200], 'traffic is served after the replacement')
+  const versions = await Promise.all(Array.from({ length: 40 }, async (_, i) => {
+    const r = await send(`${c.proxy}/`, { headers: { 'x-user-id': `v${i}` } })
+    return `${r.status} ${String(r.body)}`
+  }))
+  t.same([...new Set(versions)], ['200 canary'], 'every worker, the replacement included, serves with the weights in force (0/100)')
 
+  const children = readFileSync(`/proc/${c.child.pid}/task/${c.child.pid}/children`, 'utf8').trim().split(/\s+/).map(Number).filter((n) => n > 0)
+  t.equal(children.length, 2, 'two live workers (the replacement included)')
+  t.notOk(children.includes(victim), 'the killed worker is gone')
+  // a request in flight when SIGTERM arrives finishes
+  const slow = send(`${c.proxy}/slow`, { headers: { 'x-user-id': 'slow-user' } })
+  await sleep(200)
   c.child.kill('SIGTERM')
+  const r = await slow
+  t.equal(r.status, 200, 'the in-flight request finished during the drain')
+  t.equal(String(r.body), 'canary')
   t.equal(await c.exited, 0, 'the primary exits 0 after draining')
   await sleep(200)
-  const alive = c.workers.filter((pid) => { try { process.kill(pid, 0); return true } catch { return false } })
+  const alive = children.filter((pid) => { try { process.kill(pid, 0); return true } catch { return false } })
   t.same(alive, [], 'no worker is left running')
   t.match(c.log(), /"msg":"draining"/)
+})
+
+t.test('a worker that cannot listen fails the start: exit 1, no restart loop', async (t) => {
+  const { createServer } = await import('node:net')
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { taken.close() })
+  const port = (taken.address() as { port: number }).port
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
+  const file = join(dir, 'c.json')
+  writeFileSync(file, JSON.stringify({
+    listen: { host: '127.0.0.1', port },
+    admin: { host: '127.0.0.1', port: 0 },
+    state: { file: '' },
+    routes: [{ name: 'web', versions: [{ name: 'a', upstream: 'http://127.0.0.1:9', weight: 50 }, { name: 'b', upstream: 'http://127.0.0.1:9', weight: 50 }] }]
+  }))
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', file, '--workers', '2'], { env: { ...process.env, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout.on('data', (c: Buffer) => { out += c.toString() })
+  child.stderr.on('data', (c: Buffer) => { out += c.toString() })
+  const started = Date.now()
+  const code = await new Promise<number | null>((resolve) => {
+    const killer = setTimeout(() => { child.kill('SIGKILL'); resolve(-1) }, 15_000)
+    child.on('exit', (c) => { clearTimeout(killer); resolve(c) })
+  })
+  t.equal(code, 1, 'serve exits 1')
+  t.match(out, /EADDRINUSE/, 'the worker\'s error is printed')
+  t.match(out, /exited during start-up/)
+  t.ok(Date.now() - started < 10_000, 'fails fast instead of restarting workers forever')
 })
 
 t.test('cluster mode: the rollout controller runs once, in the primary, on samples from every worker', async (t) => {
