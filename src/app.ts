@@ -117,13 +117,29 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
 }
 
 /** The start-up log line's route summary. */
-export function describeRoutes (holder: TableHolder): unknown[] {
+function describeRoutes (holder: TableHolder): unknown[] {
   return holder.current.routes.map((r) => ({
     name: r.name,
     host: r.host ?? '*',
     pathPrefix: r.pathPrefix,
     versions: r.versions.map((v) => `${v.name}=${v.weight}% ${v.upstream}`)
   }))
+}
+
+/**
+ * The end of start-up, the same for a single process and a cluster primary:
+ * the start-up log line (`addresses` first, then state file, config and
+ * routes), then the config's `rollout` blocks (routes without a rollout
+ * record only).
+ */
+export async function announceStarted (logger: Logger, config: Config, holder: TableHolder, rollouts: RolloutManager, addresses: Record<string, unknown>): Promise<void> {
+  logger.info({
+    ...addresses,
+    stateFile: config.state.file === '' ? '(none: runtime changes are not persisted)' : config.state.file,
+    config: config.source,
+    routes: describeRoutes(holder)
+  }, 'canaryd started')
+  await rollouts.startFromConfig(config.routes.filter((r) => r.rollout !== undefined).map((r) => ({ route: r.name, plan: r.rollout })))
 }
 
 /**
@@ -180,14 +196,10 @@ export class App {
   async start (): Promise<void> {
     this.adminAddress = await this.admin.listen()
     this.proxyAddress = await this.proxy.listen(this.config.listen.port, this.config.listen.host)
-    this.logger.info({
+    await announceStarted(this.logger, this.config, this.holder, this.rollouts, {
       proxy: `${this.proxyAddress.address}:${this.proxyAddress.port}`,
-      admin: `${this.adminAddress.address}:${this.adminAddress.port}`,
-      stateFile: this.config.state.file === '' ? '(none: runtime changes are not persisted)' : this.config.state.file,
-      config: this.config.source,
-      routes: describeRoutes(this.holder)
-    }, 'canaryd started')
-    await this.rollouts.startFromConfig(this.config.routes.filter((r) => r.rollout !== undefined).map((r) => ({ route: r.name, plan: r.rollout })))
+      admin: `${this.adminAddress.address}:${this.adminAddress.port}`
+    })
   }
 
   /** Drains and stops everything; resolves true when no request was cut. Idempotent. */

@@ -5,7 +5,7 @@
  * messages are never mistaken for ours.
  */
 import type { Config } from '../config/load.js'
-import type { RouteSpec } from '../routing/spec.js'
+import { withWeights, type RouteSpec } from '../routing/spec.js'
 import type { RoutingTable } from '../routing/types.js'
 
 /** Weights of every route: route → version → percent. */
@@ -48,10 +48,9 @@ export function weightsOf (table: RoutingTable): WeightMap {
 }
 
 /** The config's route specs with the primary's runtime weights applied (the state file's, or a change's). */
-export function withWeights (routes: readonly RouteSpec[], weights: WeightMap): RouteSpec[] {
+export function withRuntimeWeights (routes: readonly RouteSpec[], weights: WeightMap): RouteSpec[] {
   return routes.map((r) => {
     const w = weights[r.name]
-    if (w === undefined) return r
-    return { ...r, versions: r.versions.map((v) => ({ ...v, weight: w[v.name] ?? v.weight })) }
+    return w === undefined ? r : withWeights(r, w)
   })
 }

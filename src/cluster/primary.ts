@@ -18,7 +18,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { createControlPlane, describeRoutes, type ControlPlane } from '../app.js'
+import { announceStarted, createControlPlane, type ControlPlane } from '../app.js'
 import type { Config } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
@@ -109,15 +109,11 @@ export class ClusterPrimary {
     await ready
     this.#started = true
     const a = this.#address!
-    this.#log.info({
+    await announceStarted(this.#log, this.config, this.state.holder, this.control.rollouts, {
       proxy: `${a.address}:${a.port}`,
       admin: `${admin.address}:${admin.port}`,
-      workers: this.workerPids,
-      stateFile: this.config.state.file === '' ? '(none: runtime changes are not persisted)' : this.config.state.file,
-      config: this.config.source,
-      routes: describeRoutes(this.state.holder)
-    }, 'canaryd started')
-    await this.control.rollouts.startFromConfig(this.config.routes.filter((r) => r.rollout !== undefined).map((r) => ({ route: r.name, plan: r.rollout })))
+      workers: this.workerPids
+    })
   }
 
   #fork (): void {

@@ -11,7 +11,7 @@ import { createLogger, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
 import type { Config } from '../config/load.js'
-import { isOurs, withWeights, type ToPrimary, type ToWorker } from './messages.js'
+import { isOurs, withRuntimeWeights, type ToPrimary, type ToWorker } from './messages.js'
 
 /** How often finished-request samples are batched to the primary (rollout windows). */
 const SAMPLE_FLUSH_MS = 100
@@ -32,7 +32,7 @@ class Worker {
   constructor (init: Extract<ToWorker, { canaryd: 'init' }>) {
     this.#config = init.config
     this.#log = createLogger(init.config.log.level).child({ worker: cluster.worker?.id })
-    this.#holder = new TableHolder(buildRoutingTable(withWeights(init.config.routes, init.weights), init.generation))
+    this.#holder = new TableHolder(buildRoutingTable(withRuntimeWeights(init.config.routes, init.weights), init.generation))
     this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
     for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
   }
@@ -47,7 +47,7 @@ class Worker {
       case 'table':
         // IPC is ordered, but a replayed or stale table must never win over a newer one
         if (m.generation > this.#holder.current.generation) {
-          this.#holder.swap(buildRoutingTable(withWeights(this.#config.routes, m.weights), m.generation))
+          this.#holder.swap(buildRoutingTable(withRuntimeWeights(this.#config.routes, m.weights), m.generation))
         }
         return
       case 'sub':

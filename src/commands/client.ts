@@ -19,10 +19,20 @@ interface RouteJson {
   rollout: unknown
 }
 
-class ClientError extends Error {
-  constructor (message: string, readonly exitCode: number) {
+/**
+ * A failed admin call: exit code 2 for a usage error, 1 otherwise. An error
+ * answer of the API also carries its status, code, message and JSON body, so
+ * each command can print it its own way.
+ */
+export class ClientError extends Error {
+  constructor (message: string, readonly exitCode: number, readonly api?: { status: number; code?: string; message?: string; body: unknown }) {
     super(message)
   }
+}
+
+/** The admin server and token from --admin/--token, else CANARYD_ADMIN_URL/CANARYD_ADMIN_TOKEN, else the defaults. */
+export function adminTarget (values: { admin?: string | undefined; token?: string | undefined }, env: NodeJS.ProcessEnv = process.env): { base: string; token: string } {
+  return { base: values.admin ?? env.CANARYD_ADMIN_URL ?? DEFAULT_ADMIN_URL, token: values.token ?? env.CANARYD_ADMIN_TOKEN ?? '' }
 }
 
 /** Parses `stable=80 canary=20` into a weights object; throws a usage error naming the bad argument. */
@@ -65,7 +75,12 @@ export function formatRoutes (routes: readonly RouteJson[]): string {
   return rows.map((row) => row.map((cell, c) => c === row.length - 1 ? cell : cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n') + '\n'
 }
 
-async function call (base: string, token: string, method: string, path: string, body?: unknown): Promise<unknown> {
+/**
+ * One JSON call of the admin API (`path` relative to `base`, so a base with a
+ * path prefix keeps it): bearer token when set, 15 s timeout, the server's
+ * error message in the thrown ClientError.
+ */
+export async function callAdmin (base: string, token: string, method: string, path: string, body?: unknown): Promise<unknown> {
   let url: URL
   try {
     url = new URL(path, base.endsWith('/') ? base : `${base}/`)
@@ -91,7 +106,7 @@ async function call (base: string, token: string, method: string, path: string, 
   }
   if (!res.ok) {
     const e = (json as { error?: { code?: string; message?: string } }).error
-    throw new ClientError(e?.message !== undefined ? `${e.message} (${e.code ?? res.status})` : `admin API answered ${res.status}`, 1)
+    throw new ClientError(e?.message !== undefined ? `${e.message} (${e.code ?? res.status})` : `admin API answered ${res.status}`, 1, { status: res.status, code: e?.code, message: e?.message, body: json })
   }
   return json
 }
@@ -119,8 +134,7 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
       process.stdout.write(USAGE)
       return
     }
-    const base = values.admin ?? process.env.CANARYD_ADMIN_URL ?? DEFAULT_ADMIN_URL
-    const token = values.token ?? process.env.CANARYD_ADMIN_TOKEN ?? ''
+    const { base, token } = adminTarget(values)
     const out = (s: string): void => { process.stdout.write(s) }
     if (cmd === 'weights') {
       const [route, ...rest] = positionals
@@ -128,7 +142,7 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
       const weights = parseWeightArgs(rest)
       const body: Record<string, unknown> = { weights }
       if (values.reason !== undefined) body.reason = values.reason
-      const res = await call(base, token, 'PUT', `api/v1/routes/${encodeURIComponent(route)}/weights`, body) as { route: RouteJson; previous: Record<string, number> }
+      const res = await callAdmin(base, token, 'PUT', `api/v1/routes/${encodeURIComponent(route)}/weights`, body) as { route: RouteJson; previous: Record<string, number> }
       if (values.json === true) {
         out(`${JSON.stringify(res, null, 2)}\n`)
         return
@@ -141,8 +155,8 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
     if (positionals.length > 1) throw new ClientError('status takes at most one ROUTE', 2)
     const route = positionals[0]
     const res = route === undefined
-      ? await call(base, token, 'GET', 'api/v1/routes') as { routes: RouteJson[] }
-      : { routes: [await call(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as RouteJson] }
+      ? await callAdmin(base, token, 'GET', 'api/v1/routes') as { routes: RouteJson[] }
+      : { routes: [await callAdmin(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as RouteJson] }
     out(values.json === true ? `${JSON.stringify(route === undefined ? res : res.routes[0], null, 2)}\n` : formatRoutes(res.routes))
   } catch (err) {
     if (err instanceof ClientError) {

@@ -6,9 +6,8 @@
 import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import { parseArgs } from 'node:util'
-import { request } from 'undici'
 import { parse as parseYaml } from 'yaml'
-import { DEFAULT_ADMIN_URL } from './client.js'
+import { adminTarget, callAdmin, ClientError, DEFAULT_ADMIN_URL } from './client.js'
 
 /** Usage of the rollout command. */
 export const ROLLOUT_USAGE = `Usage:
@@ -66,10 +65,9 @@ export async function runRollout (argv: string[]): Promise<void> {
     process.exitCode = 2
     return
   }
-  const base = (values.admin ?? process.env.CANARYD_ADMIN_URL ?? DEFAULT_ADMIN_URL).replace(/\/+$/, '')
-  const token = values.token ?? process.env.CANARYD_ADMIN_TOKEN ?? ''
-  const path = `/api/v1/routes/${encodeURIComponent(route)}/rollout${action === 'start' || action === 'status' ? '' : `/${action}`}`
-  let body: string | undefined
+  const { base, token } = adminTarget(values)
+  const path = `api/v1/routes/${encodeURIComponent(route)}/rollout${action === 'start' || action === 'status' ? '' : `/${action}`}`
+  let body: unknown
   if (action === 'start') {
     let plan: unknown = {}
     if (values.plan !== undefined) {
@@ -84,36 +82,16 @@ export async function runRollout (argv: string[]): Promise<void> {
     }
     // the server validates the plan (400 lists every problem); only --canary is merged here
     if (values.canary !== undefined && typeof plan === 'object' && plan !== null && !Array.isArray(plan)) (plan as Record<string, unknown>).canary = values.canary
-    body = JSON.stringify(plan)
-  }
-  let url: URL
-  try {
-    url = new URL(`${base}${path}`)
-  } catch {
-    return usageError(`--admin ${JSON.stringify(base)} is not a URL`)
-  }
-  const headers: Record<string, string> = { accept: 'application/json' }
-  if (token !== '') headers.authorization = `Bearer ${token}`
-  if (body !== undefined) headers['content-type'] = 'application/json'
-  let status: number
-  let text: string
-  try {
-    const res = await request(url, { method: action === 'status' ? 'GET' : 'POST', headers, body, headersTimeout: 15_000, bodyTimeout: 15_000 })
-    status = res.statusCode
-    text = await res.body.text()
-  } catch (err) {
-    // same wording as `canaryd status` / `canaryd weights`
-    return apiError(`cannot reach the admin API at ${url.origin}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    body = plan
   }
   let json: Record<string, unknown>
   try {
-    json = JSON.parse(text) as Record<string, unknown>
-  } catch {
-    return apiError(`admin API answered ${status} with non-JSON: ${text.slice(0, 200)}`)
-  }
-  if (status >= 400) {
-    const e = json.error as { code?: string; message?: string } | undefined
-    return apiError(`${status} ${e?.code ?? ''}: ${e?.message ?? JSON.stringify(json)}`)
+    json = await callAdmin(base, token, action === 'status' ? 'GET' : 'POST', path, body) as Record<string, unknown>
+  } catch (err) {
+    if (!(err instanceof ClientError)) throw err
+    const api = err.api
+    if (api !== undefined) return apiError(`${api.status} ${api.code ?? ''}: ${api.message ?? JSON.stringify(api.body)}`)
+    return err.exitCode === 2 ? usageError(err.message) : apiError(err.message)
   }
   if (values.json === true) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
   else process.stdout.write(formatRollout(json) + (json.held === true ? 'promotion held by the confirm-promotion gate\n' : ''))

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util'
 import { parseExposition, type Exposition } from '../metrics/exposition.js'
 import { summarize, type Frame } from '../metrics/summary.js'
+import { adminTarget } from './client.js'
 
 /** Settings of `canaryd top`, from flags and environment. */
 export interface TopOptions {
@@ -33,11 +34,12 @@ export function parseTopOptions (argv: string[], env: NodeJS.ProcessEnv): TopOpt
     strict: true
   })
   if (values.help === true) return 'help'
-  const admin = (values.admin ?? env.CANARYD_ADMIN_URL ?? 'http://127.0.0.1:9901').replace(/\/+$/, '')
+  const target = adminTarget(values, env)
+  const admin = target.base.replace(/\/+$/, '')
   if (!/^https?:\/\//.test(admin)) throw new TypeError(`--admin must be an http(s) URL, got "${admin}"`)
   const intervalMs = values.interval === undefined ? 2000 : Number(values.interval)
   if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new TypeError(`--interval must be an integer number of milliseconds ≥ 100, got "${values.interval ?? ''}"`)
-  return { admin, token: values.token ?? env.CANARYD_ADMIN_TOKEN ?? '', intervalMs, once: values.once ?? false }
+  return { admin, token: target.token, intervalMs, once: values.once ?? false }
 }
 
 /** Fetches and parses `GET {admin}/metrics`; the token goes as a Bearer header when set. */

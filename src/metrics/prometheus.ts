@@ -92,6 +92,15 @@ interface Sample {
  * prom-client's Registry renders (name, help, type, get()), so the default
  * metrics and ours share one registry, one exposition and one content type.
  */
+/** Adds `listener` to `list` (shared by reference with the bound observer); returns its remover. */
+function addListener<T> (list: T[], listener: T): () => void {
+  list.push(listener)
+  return () => {
+    const i = list.indexOf(listener)
+    if (i !== -1) list.splice(i, 1)
+  }
+}
+
 class Family {
   readonly name: string
   readonly help: string
@@ -218,12 +227,7 @@ export class PrometheusMetrics implements ObserverFactory {
    * also for versions not bound yet. Returns a function that removes it.
    */
   onFinish (route: string, version: string, listener: FinishListener): () => void {
-    const ls = this.#seriesFor(route, version).listeners
-    ls.push(listener)
-    return () => {
-      const i = ls.indexOf(listener)
-      if (i !== -1) ls.splice(i, 1)
-    }
+    return addListener(this.#seriesFor(route, version).listeners, listener)
   }
 
   /**
@@ -231,12 +235,7 @@ export class PrometheusMetrics implements ObserverFactory {
    * version), also for versions not bound yet. Returns a function that removes it.
    */
   onEjected (route: string, version: string, listener: EjectionListener): () => void {
-    const ls = this.#seriesFor(route, version).ejectionListeners
-    ls.push(listener)
-    return () => {
-      const i = ls.indexOf(listener)
-      if (i !== -1) ls.splice(i, 1)
-    }
+    return addListener(this.#seriesFor(route, version).ejectionListeners, listener)
   }
 
   /**

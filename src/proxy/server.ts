@@ -12,7 +12,7 @@ import { hashKey } from '../routing/hash.js'
 import type { TableHolder } from '../routing/holder.js'
 import { pickVersion } from '../routing/pick.js'
 import { readOverride, readStickyKey, stickyCookieHeader } from '../routing/sticky.js'
-import { hostMatches, matchPath, normalizeHost } from '../routing/table.js'
+import { hostMatches, matchPath, normalizeHost, routesForHost } from '../routing/table.js'
 import type { Route, RoutingTable } from '../routing/types.js'
 import { RouteHealth, VersionHealth, type Clock, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
@@ -488,7 +488,7 @@ function candidatesFor (bound: Bound, host: string): readonly Route[] {
   const order = bound.table.matchOrder
   for (let i = 0; i < order.length; i++) {
     const r = order[i]!
-    if (r.host !== undefined && hostMatches(r.host, host)) return order.filter((c) => hostMatches(c.host, host))
+    if (r.host !== undefined && hostMatches(r.host, host)) return routesForHost(bound.table, host)
   }
   return bound.anyHost
 }

@@ -32,3 +32,12 @@ export interface RouteSpec {
    */
   rollout?: unknown
 }
+
+/**
+ * The route with its versions' weights taken from `weights` (version name →
+ * percent); a version `weights` does not name keeps its weight. Used wherever
+ * runtime weights meet config specs: the state file, the admin API, cluster workers.
+ */
+export function withWeights (spec: RouteSpec, weights: Readonly<Record<string, number>>): RouteSpec {
+  return { ...spec, versions: spec.versions.map((v) => ({ ...v, weight: weights[v.name] ?? v.weight })) }
+}

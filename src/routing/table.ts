@@ -1,4 +1,4 @@
-import { hashUpdate, HASH_SEED, saltState, versionSeed } from './hash.js'
+import { saltState, versionSeed } from './hash.js'
 import type { RouteSpec } from './spec.js'
 import { KeyKind, type KeySource, type Route, type RoutingTable, type Version } from './types.js'
 import { toPpm } from './weights.js'
@@ -128,9 +128,4 @@ export function normalizeHost (host: string | undefined): string {
   }
   if (h.endsWith('.')) h = h.slice(0, -1)
   return h.toLowerCase()
-}
-
-/** Stable identity of a table's upstream/version layout, to tell weight-only changes from structural ones. */
-export function layoutHash (spec: RouteSpec): number {
-  return hashUpdate(HASH_SEED, spec.versions.map((v) => `${v.name}\u0000${v.upstream}`).join('\u0001'))
 }

@@ -1,7 +1,7 @@
 import { CanarydError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
-import type { RouteSpec, VersionSpec } from '../routing/spec.js'
+import { withWeights, type RouteSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
@@ -175,9 +175,8 @@ export class RuntimeStore {
         return spec
       }
       if (saved.rollout !== null && saved.rollout !== undefined) this.#rollouts.set(spec.name, saved.rollout)
-      const versions: VersionSpec[] = spec.versions.map((v) => ({ ...v, weight: saved.weights[v.name]! }))
       this.#log.info({ route: spec.name, weights: saved.weights, stateFile: this.file }, 'weights restored from state file')
-      return { ...spec, versions }
+      return withWeights(spec, saved.weights)
     })
     for (const name of Object.keys(doc.routes)) {
       if (!known.has(name)) this.#log.warn({ route: name, stateFile: this.file }, 'state file names a route that is not in the config: ignored')
@@ -236,7 +235,7 @@ export class RuntimeStore {
       const next = validateWeights(spec, weights)
       const previous = weightsOf(spec)
       const specs = this.#specs.slice()
-      specs[i] = { ...spec, versions: spec.versions.map((v) => ({ ...v, weight: next[v.name]! })) }
+      specs[i] = withWeights(spec, next)
       const table = buildRoutingTable(specs, this.holder.current.generation + 1)
       let rollouts: Map<string, unknown> = this.#rollouts
       if (opts.rollout !== undefined) {

@@ -1,6 +1,7 @@
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { request } from 'undici'
 import { createLogger, type Logger } from '../../src/logger.js'
 import { App } from '../../src/app.js'
 import { configFromObject, type Config } from '../../src/config/load.js'
@@ -55,4 +56,18 @@ export async function startProxy (config: Config, opts: { metrics?: boolean } = 
     adminUrl: `http://127.0.0.1:${app.adminAddress!.port}`,
     close: async () => { await app.close(1000) }
   }
+}
+
+/**
+ * One JSON call of a test proxy's admin API; a blocked control plane fails the
+ * test after 10 s instead of hanging it.
+ */
+export async function adminJson (p: TestProxy, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await request(`${p.adminUrl}${path}`, {
+    method: method as 'GET',
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    headersTimeout: 10_000
+  })
+  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }

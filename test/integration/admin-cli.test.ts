@@ -1,30 +1,14 @@
-import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, statSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { CLI, ensureBuilt, runCli as cli } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
-// The CLI is tested as users run it: the built dist/cli.js. `npm test` builds
-// first; a direct run builds only when dist is missing or older than the sources.
-const CLI = join(process.cwd(), 'dist/cli.js')
-const stale = (src: string, out: string): boolean => !existsSync(out) || statSync(out).mtimeMs < statSync(src).mtimeMs
-if (stale('src/commands/client.ts', 'dist/commands/client.js') || stale('src/admin/server.ts', 'dist/admin/server.js') || stale('src/admin/openapi.json', 'dist/admin/openapi.json')) {
-  spawnSync('npm', ['run', 'build'], { stdio: 'inherit' })
-}
-
-/** Runs the CLI asynchronously (the admin server runs in this process, so a sync spawn would block it). */
-async function cli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  return { code, stdout, stderr }
-}
+ensureBuilt()
 
 t.test('status and weights against a running admin server', async (t) => {
   const token = 'cli-test-token-123456'

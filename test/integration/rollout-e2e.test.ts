@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 const PLAN = {
@@ -9,15 +9,6 @@ const PLAN = {
   intervalMs: 300,
   analysis: { minRequests: 20, maxFailedChecks: 2, successRate: { min: 95 }, baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: 3 } },
   promotion: 'auto'
-}
-
-async function admin (p: TestProxy, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await request(`http://127.0.0.1:${p.app.adminAddress!.port}${path}`, {
-    method: method as 'GET',
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
 
 /** Real traffic: 8 concurrent clients with distinct user ids until the rollout ends or 15 s pass. */

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 const INTERVAL_MS = 300
@@ -12,15 +12,6 @@ const PLAN = {
   intervalMs: INTERVAL_MS,
   analysis: { minRequests: 50, maxFailedChecks: MAX_FAILED_CHECKS, successRate: { min: 95 } },
   promotion: 'auto'
-}
-
-async function admin (p: TestProxy, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await request(`${p.adminUrl}${path}`, {
-    method: method as 'GET',
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
 
 interface Check { verdict: string; reasons: string[]; canary: { requests: number; ejections: number } }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 const INTERVAL_MS = 150
@@ -11,15 +11,6 @@ const PLAN = {
   intervalMs: INTERVAL_MS,
   analysis: { minRequests: 1, maxFailedChecks: 3, baseline: { judge: 'none' } },
   promotion: 'auto'
-}
-
-async function admin (p: TestProxy, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await request(`${p.adminUrl}${path}`, {
-    method: method as 'GET',
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
 
 interface AuditEntry { source: string; weights: Record<string, number>; reason: string | null }

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import type { Config } from '../../src/config/load.js'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js'
 
 // A restart through the real store: one App writes the state file, a new App
@@ -37,15 +37,6 @@ async function start (t: Test, config: Config): Promise<TestProxy> {
   // closing is idempotent: a test that closes it mid-way is still covered on failure
   t.teardown(async () => { await p.close() })
   return p
-}
-
-async function admin (p: TestProxy, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await request(`${p.adminUrl}${path}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
 
 let user = 0

@@ -2,7 +2,7 @@ import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 // Webhooks through a real App: real upstreams, real traffic through the
@@ -36,17 +36,6 @@ async function receiver (t: Test, answer: (event: string) => number | 'hang'): P
     await new Promise<void>((resolve) => server.close(() => resolve()))
   })
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, events, open: () => pending.size }
-}
-
-async function admin (p: TestProxy, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await request(`${p.adminUrl}${path}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    // a blocked control plane fails the test instead of hanging it
-    headersTimeout: 10_000
-  })
-  return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
 
 /**

@@ -2,33 +2,19 @@
  * Shared by the `canaryd rollout` CLI tests (test/integration/rollout-cli*.test.ts):
  * the built dist/cli.js run as users run it, against a real App started by the test.
  */
-import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Test } from 'tap'
+import { ensureBuilt, runCli } from '../helpers/cli.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
-// `canaryd rollout …` as users run it: the built dist/cli.js against a real
-// App started here. A direct run builds first when dist is missing or older
-// than the sources the command goes through.
-const CLI = join(process.cwd(), 'dist/cli.js')
-const stale = (src: string, out: string): boolean => !existsSync(out) || statSync(out).mtimeMs < statSync(src).mtimeMs
-const sources = ['src/cli.ts', 'src/commands/rollout.ts', 'src/commands/client.ts', ...readdirSync('src/rollout').map((f) => `src/rollout/${f}`)]
-if (sources.some((s) => s.endsWith('.ts') && stale(s, s.replace(/^src\//, 'dist/').replace(/\.ts$/, '.js')))) {
-  spawnSync('npm', ['run', 'build'], { stdio: 'inherit' })
-}
+ensureBuilt()
 
-/** Runs `canaryd rollout ARGS` asynchronously (the admin server runs in this process: a sync spawn would block it). */
+/** Runs `canaryd rollout ARGS` against a real App started by the test. */
 export async function cli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, 'rollout', ...args], { env: { ...process.env, LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  return { code, stdout, stderr }
+  return await runCli(['rollout', ...args], env)
 }
 
 /** Writes a plan file (JSON or YAML by its name) in a fresh temp dir. */

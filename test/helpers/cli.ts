@@ -1,0 +1,34 @@
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync, readdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+
+/** The built CLI, run as users run it. */
+export const CLI = join(process.cwd(), 'dist/cli.js')
+
+/**
+ * `npm test` builds before tap; a test file run on its own builds first when
+ * dist/ is missing or older than any source it is built from.
+ */
+export function ensureBuilt (): void {
+  const stale = readdirSync('src', { recursive: true }).map(String).some((f) => {
+    if (!f.endsWith('.ts') && !f.endsWith('.json')) return false
+    const out = join('dist', f.replace(/\.ts$/, '.js'))
+    return !existsSync(out) || statSync(out).mtimeMs < statSync(join('src', f)).mtimeMs
+  })
+  if (stale) spawnSync('npm', ['run', 'build'], { stdio: 'inherit' })
+}
+
+/**
+ * Runs `canaryd ARGS` asynchronously (an admin server in the test's own
+ * process must keep answering, so a sync spawn would block it). The admin
+ * URL and token variables are cleared unless `env` sets them.
+ */
+export async function runCli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  return { code, stdout, stderr }
+}
