@@ -58,6 +58,7 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     maxUrlBytes: config.limits.maxUrlBytes,
     underscoreHeaders: config.limits.underscoreHeaders,
     retries: config.upstream.retries,
+    largeBodyBytes: config.upstream.largeBodyBytes,
     outlier: { consecutiveFailures: config.health.consecutiveFailures, ejectionMs: config.health.ejectionMs },
     checkPath: config.health.checkPath,
     checkIntervalMs: config.health.checkIntervalMs

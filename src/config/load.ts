@@ -20,7 +20,7 @@ export interface Config {
     clientBodyMs: number
     drainTimeoutMs: number
   }
-  upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number }
+  upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number; largeBodyBytes: number }
   limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }
   health: { consecutiveFailures: number; ejectionMs: number; checkPath: string; checkIntervalMs: number }
   log: { level: string; access: boolean }

@@ -33,7 +33,8 @@ export const schema = {
     connections: { doc: 'Most keep-alive connections per upstream origin.', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },
     keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'nat', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
     maxInFlight: { doc: 'Most requests in flight to one upstream origin; past it the proxy answers 503 at once instead of queueing (0 = no cap).', format: 'nat', default: 1024, env: 'CANARYD_UPSTREAM_MAX_IN_FLIGHT' },
-    retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' }
+    retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' },
+    largeBodyBytes: { doc: 'Requests whose body is at least this many bytes (by Content-Length), and every chunked request body, go upstream through Node\'s http client, which uploads with less CPU than undici; smaller requests use undici (0 = always undici).', format: 'nat', default: 65536, env: 'CANARYD_UPSTREAM_LARGE_BODY_BYTES' }
   },
   limits: {
     maxHeaderBytes: { doc: 'Most bytes of request line plus headers; past it, 431.', format: 'nat', default: 16384, env: 'CANARYD_MAX_HEADER_BYTES' },

@@ -6,6 +6,7 @@ import type { Logger } from '../logger.js'
 import type { VersionObserver } from '../metrics/observer.js'
 import { classifyUpstreamError } from '../upstream/classify.js'
 import type { RouteHealth } from '../upstream/health.js'
+import type { ExchangeHandler, ExchangeRequest } from '../upstream/http-client.js'
 import type { UpstreamSlot } from '../upstream/pools.js'
 import { filterResponseHeaders } from './headers.js'
 
@@ -77,11 +78,6 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   res.end(body)
 }
 
-/** Ends the cork of onHeaders (a plain function: no closure per response). */
-function uncork (res: ServerResponse): void {
-  res.uncork()
-}
-
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
 /**
@@ -95,6 +91,8 @@ export interface ForwardContext {
   readonly retries: number
   /** Longest client silence while the request body is incomplete (0 = none); see `#watchBody`. */
   readonly clientBodyMs: number
+  /** Bodies from this size (and chunked ones) go through Node's http client, not undici (0 = never); see upstream/http-client.ts. */
+  readonly largeBodyBytes: number
   /** Called once per request when the client response closes, after the metrics. */
   readonly done: (h: ForwardHandler, status: number, seconds: number) => void
 }
@@ -113,14 +111,17 @@ export interface ForwardContext {
  * header buffers: it is the path undici itself runs on, so no adapter or
  * header-object parse stands between the socket and the client.
  */
-export class ForwardHandler implements Dispatcher.DispatchHandler {
+export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandler {
   readonly #req: IncomingMessage
   readonly #res: ServerResponse
   readonly #rt: VersionRuntime
   readonly #setCookie: string
   readonly #ctx: ForwardContext
   readonly #t0: number
-  #opts: Dispatcher.DispatchOptions | undefined
+  #opts: Dispatcher.DispatchOptions & ExchangeRequest | undefined
+  /** The request goes through the origin's http client (a large or chunked body), not its undici pool. */
+  #viaHttp = false
+  #chunked = false
   #abort: ((err?: Error) => void) | undefined
   #resume: (() => void) | undefined
   /** A final answer (upstream headers or a proxy-made error) went out or is going out: nothing else may be sent. */
@@ -175,21 +176,30 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     const req = this.#req
     const hasBody = contentLength !== undefined ? contentLength !== '0' : chunked
     this.#opts = { path, method: req.method ?? 'GET', headers, body: hasBody ? req : null }
+    const large = this.#ctx.largeBodyBytes
+    if (hasBody && large !== 0 && (contentLength === undefined || Number(contentLength) >= large)) {
+      this.#viaHttp = true
+      this.#chunked = contentLength === undefined
+    }
     if (hasBody && !req.complete && this.#ctx.clientBodyMs !== 0) this.#watchBody()
     if (hasBody && contentLength === undefined && req.readableLength === 0 && !req.complete) {
-      req.once('readable', this.#onFirstBytes)
+      req.once('readable', () => { this.#onFirstBytes() })
       return
     }
     this.#take()
   }
 
-  readonly #onFirstBytes = (): void => {
+  // The callbacks below that only some requests need are methods, wrapped in
+  // a closure where they are used: as arrow-function fields they would be
+  // allocated for every request, needed or not.
+
+  #onFirstBytes (): void {
     // Node reports a framing error later in the same socket read: setImmediate
     // runs after it, and by then the server's clientError has ended the socket
-    setImmediate(this.#afterFirstBytes)
+    setImmediate(() => { this.#afterFirstBytes() })
   }
 
-  readonly #afterFirstBytes = (): void => {
+  #afterFirstBytes (): void {
     const sock = this.#req.socket
     if (!this.#responded && !this.#res.destroyed && !sock.destroyed && !sock.writableEnded) this.#take()
   }
@@ -216,11 +226,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
    */
   #watchBody (): void {
     this.#bodyBytes = this.#req.socket.bytesRead
-    this.#bodyTimer = setTimeout(this.#checkBody, this.#ctx.clientBodyMs)
+    this.#bodyTimer = setTimeout(() => { this.#checkBody() }, this.#ctx.clientBodyMs)
     this.#bodyTimer.unref()
   }
 
-  readonly #checkBody = (): void => {
+  #checkBody (): void {
     const req = this.#req
     if (req.complete || this.#clientGone || this.#settled || this.#res.destroyed) return
     const read = req.socket.bytesRead
@@ -256,6 +266,10 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   /** Starts (or restarts) the upstream request. */
   dispatch (): void {
+    if (this.#viaHttp) {
+      this.#rt.slot.http.dispatch(this.#opts!, this, this.#chunked)
+      return
+    }
     try {
       this.#rt.pool.dispatch(this.#opts!, this)
     } catch (err) {
@@ -277,7 +291,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     if (this.#clientGone || this.#settled) abort(new Error('client closed the connection'))
   }
 
-  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+  onHeaders (statusCode: number, rawHeaders: ReadonlyArray<Buffer | string>, resume: () => void, statusText: string): boolean {
     // informational (1xx): Node answers 100-continue itself. A status below 100 falls
     // through to writeHead, which refuses it: a clean 502 protocol error, not a hang
     if (statusCode >= 100 && statusCode < 200) return true
@@ -285,11 +299,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#resume = resume
     this.#responded = true
     const res = this.#res
-    // undici delivers the head, the body and the end of a small response in
-    // one tick: cork so Node writes them in one syscall instead of two or
-    // three (measured: +14% req/s on a bare forwarder, see bench/README.md)
-    res.cork()
-    process.nextTick(uncork, res)
+    // no cork here: undici delivers the head, the body and the end of a small
+    // response in one tick, and Node's first res.write() corks the socket until
+    // the next tick itself, so they leave in one writev (checked with strace)
     try {
       res.writeHead(statusCode, statusText, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
     } catch (err) {
@@ -319,12 +331,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     const res = this.#res
     if (res.write(chunk)) return true
     // the client is slower than the upstream: pause undici until it drains
-    res.once('drain', this.#onDrain)
+    res.once('drain', () => { this.#resume?.() })
     return false
-  }
-
-  readonly #onDrain = (): void => {
-    this.#resume?.()
   }
 
   onComplete (): void {

@@ -155,20 +155,26 @@ export function isSecure (req: IncomingMessage): boolean {
   return first === 'https'
 }
 
+/** A raw header as undici (Buffer) or Node's http client (string) delivers it. */
+function latin1 (v: Buffer | string): string {
+  return typeof v === 'string' ? v : v.toString('latin1')
+}
+
 /**
- * Copies upstream response headers (undici raw Buffers, names as sent) into a
- * flat string array for `res.writeHead`, minus hop-by-hop headers and those the
- * upstream named in Connection. Node then frames the body itself.
+ * Copies upstream response headers (names as sent: undici's raw Buffers or
+ * Node's rawHeaders strings) into a flat string array for `res.writeHead`,
+ * minus hop-by-hop headers and those the upstream named in Connection. Node
+ * then frames the body itself.
  */
-export function filterResponseHeaders (raw: Buffer[], version: string, setCookie: string): string[] {
+export function filterResponseHeaders (raw: ReadonlyArray<Buffer | string>, version: string, setCookie: string): string[] {
   const out: string[] = []
   let listed: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1')
+    const name = latin1(raw[i]!)
     const lower = name.toLowerCase()
-    if (lower === 'connection') listed = connectionListed(raw[i + 1]!.toString('latin1'))
+    if (lower === 'connection') listed = connectionListed(latin1(raw[i + 1]!))
     if (HOP_BY_HOP.has(lower) || lower === 'x-canaryd-version') continue
-    out.push(name, raw[i + 1]!.toString('latin1'))
+    out.push(name, latin1(raw[i + 1]!))
   }
   if (listed !== undefined) {
     for (let i = out.length - 2; i >= 0; i -= 2) {

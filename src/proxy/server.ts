@@ -42,6 +42,8 @@ export interface ProxyOptions {
   maxUrlBytes?: number
   /** Extra upstream attempts (see ForwardHandler's retry policy); default 1. */
   retries?: number
+  /** Request bodies from this size (and chunked ones) go through Node's http client (0 = never); default 65536. */
+  largeBodyBytes?: number
   /** Passive outlier detection; default 5 failures, 30 s. */
   outlier?: OutlierOptions
   /** Active health check: `GET checkPath` every `checkIntervalMs` per version ('' = off). */
@@ -132,7 +134,7 @@ export class ProxyServer {
     this.#maxHeaderCount = opts.maxHeaderCount ?? 100
     this.#maxUrlBytes = opts.maxUrlBytes ?? 8192
     this.#retries = opts.retries ?? 1
-    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, done: this.#requestDone }
+    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone }
     // WebSocket upgrades go through http-proxy (raw socket piping); plain requests never do.
     // xfwd off: #upgrade hands it headers already sanitised, X-Forwarded-* included
     this.#ws = httpProxy.createProxyServer({ ws: true, xfwd: false })

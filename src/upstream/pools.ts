@@ -1,4 +1,5 @@
 import { Pool } from 'undici'
+import { HttpOrigin } from './http-client.js'
 
 /** Options shared by every upstream pool. */
 export interface UpstreamOptions {
@@ -19,6 +20,8 @@ export interface UpstreamOptions {
 export interface UpstreamSlot {
   readonly origin: string
   readonly pool: Pool
+  /** The same origin over Node's http client, for large request bodies (see http-client.ts). */
+  readonly http: HttpOrigin
   /** 0 = no cap. */
   readonly cap: number
   inFlight: number
@@ -65,7 +68,9 @@ export class Upstreams {
   slot (origin: string): UpstreamSlot {
     let s = this.#slots.get(origin)
     if (s === undefined) {
-      s = { origin, pool: this.get(origin), cap: this.#opts.maxInFlight ?? 0, inFlight: 0 }
+      const o = this.#opts
+      const http = new HttpOrigin(origin, { connectTimeoutMs: o.connectTimeoutMs, responseTimeoutMs: o.responseTimeoutMs, bodyTimeoutMs: o.bodyTimeoutMs, connections: o.connections, keepAliveMs: o.keepAliveMs })
+      s = { origin, pool: this.get(origin), http, cap: o.maxInFlight ?? 0, inFlight: 0 }
       this.#slots.set(origin, s)
     }
     return s
@@ -77,6 +82,7 @@ export class Upstreams {
     for (const [origin, pool] of this.#pools) {
       if (!origins.has(origin)) {
         this.#pools.delete(origin)
+        this.#slots.get(origin)?.http.closeIdle()
         this.#slots.delete(origin)
         closing.push(pool.close())
       }
@@ -87,6 +93,8 @@ export class Upstreams {
   /** Closes every pool, letting in-flight requests finish. */
   async close (): Promise<void> {
     await Promise.all([...this.#pools.values()].map((p) => p.close()))
+    // called after the drain: what is left on the http client is idle keep-alive sockets
+    for (const s of this.#slots.values()) s.http.destroy()
     this.#pools.clear()
     this.#slots.clear()
   }
@@ -94,6 +102,7 @@ export class Upstreams {
   /** Destroys every pool at once (second signal). */
   async destroy (): Promise<void> {
     await Promise.all([...this.#pools.values()].map((p) => p.destroy()))
+    for (const s of this.#slots.values()) s.http.destroy()
     this.#pools.clear()
     this.#slots.clear()
   }

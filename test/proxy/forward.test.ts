@@ -13,6 +13,7 @@ import { createLogger } from '../../src/logger.js'
 import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
 import { ForwardHandler, type VersionRuntime } from '../../src/proxy/forward.js'
 import { RouteHealth, VersionHealth } from '../../src/upstream/health.js'
+import { HttpOrigin } from '../../src/upstream/http-client.js'
 import { send } from '../helpers/http.js'
 import { startUpstream } from '../helpers/upstream.js'
 
@@ -20,10 +21,10 @@ t.test('undici refusing a header → 400, no exception, upstream untouched', asy
   const up = await startUpstream('stable')
   const pool = new Pool(up.origin)
   const health = new RouteHealth([new VersionHealth('web', 'stable')], [0], { consecutiveFailures: 5, ejectionMs: 1000 }, Date.now)
-  const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
+  const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, http: new HttpOrigin(up.origin, { connectTimeoutMs: 1000, responseTimeoutMs: 1000, bodyTimeoutMs: 1000, connections: 1, keepAliveMs: 1000 }), cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
   let threw: unknown
   const server = createServer((req, res) => {
-    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, done: () => {} })
+    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {} })
     try {
       handler.forward('/', ['x-bad', 'a\nb'], undefined, false)
     } catch (err) {
