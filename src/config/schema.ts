@@ -30,7 +30,7 @@ export const schema = {
     drainTimeoutMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'nat', default: 30000, env: 'CANARYD_DRAIN_TIMEOUT_MS' }
   },
   upstream: {
-    connections: { doc: 'Most keep-alive connections per upstream origin.', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },
+    connections: { doc: 'Most keep-alive connections per upstream origin, for each of the two upstream clients (undici, and Node\'s http client for large bodies).', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },
     keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'nat', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
     maxInFlight: { doc: 'Most requests in flight to one upstream origin; past it the proxy answers 503 at once instead of queueing (0 = no cap).', format: 'nat', default: 1024, env: 'CANARYD_UPSTREAM_MAX_IN_FLIGHT' },
     retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' },

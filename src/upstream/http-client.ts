@@ -1,6 +1,6 @@
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
-import type { Socket } from 'node:net'
+import { isIP, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { errors } from 'undici'
 
@@ -52,6 +52,9 @@ export class HttpOrigin {
   readonly #agent: HttpAgent
   readonly #request: typeof httpRequest
   readonly #base: RequestOptions
+  readonly #tls: boolean
+  /** host[:port] of the origin, the Host sent when the client sent none (HTTP/1.0), as undici does. */
+  readonly #host: string
   readonly opts: HttpClientOptions
 
   constructor (origin: string, opts: HttpClientOptions) {
@@ -69,6 +72,8 @@ export class HttpOrigin {
     this.#agent = tls ? new HttpsAgent(agentOpts) : new HttpAgent(agentOpts)
     this.#request = tls ? httpsRequest as typeof httpRequest : httpRequest
     this.#base = { protocol: u.protocol, hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (tls ? 443 : 80) : Number(u.port), agent: this.#agent }
+    this.#tls = tls
+    this.#host = u.host
     this.opts = opts
   }
 
@@ -76,20 +81,27 @@ export class HttpOrigin {
   dispatch (req: ExchangeRequest, handler: ExchangeHandler, chunked: boolean): void {
     // without a Content-Length Node would frame a DELETE or OPTIONS body by closing
     // the connection: chunked, said explicitly, frames every method the same way
-    const headers = chunked ? [...req.headers, 'transfer-encoding', 'chunked'] : req.headers
+    let headers = chunked ? [...req.headers, 'transfer-encoding', 'chunked'] : req.headers
+    const host = hostOf(headers)
+    if (host === undefined) headers = [...headers, 'host', this.#host]
+    const options: RequestOptions = { ...this.#base, method: req.method, path: req.path, headers, setHost: false }
+    // TLS names the host the client asked for, as undici does (it derives
+    // servername from Host): both clients then verify the same certificate
+    if (this.#tls) (options as { servername?: string }).servername = serverName(host ?? this.#host)
     let cr: ClientRequest
     try {
-      cr = this.#request({ ...this.#base, method: req.method, path: req.path, headers, setHost: false })
+      cr = this.#request(options)
     } catch (err) {
       // Node refuses a header or path synchronously: the same 400 undici's refusal gives
       handler.onError(Object.assign(new errors.InvalidArgumentError((err as Error).message), { cause: err }))
       return
     }
-    void new Exchange(cr, req.body, handler, this.opts)
+    void new Exchange(cr, req.body, handler, this.opts, this.#tls)
   }
 
-  /** Drops the idle sockets; in-flight exchanges finish on theirs (after a config change). */
+  /** Drops the idle sockets; in-flight exchanges finish on theirs, which are then closed, not kept (after a config change). */
   closeIdle (): void {
+    noKeepAlive(this.#agent)
     for (const list of Object.values(this.#agent.freeSockets)) {
       for (const s of list ?? []) s.destroy()
     }
@@ -97,8 +109,32 @@ export class HttpOrigin {
 
   /** Destroys every socket (after the drain, or on a second signal). */
   destroy (): void {
+    noKeepAlive(this.#agent)
     this.#agent.destroy()
   }
+}
+
+/** Sockets freed from now on are closed, not kept (Node's Agent reads `keepAlive` when a socket is freed). */
+function noKeepAlive (agent: HttpAgent): void {
+  (agent as unknown as { keepAlive: boolean }).keepAlive = false
+}
+
+/** The Host value of flat [name, value, …] headers (undefined when absent). */
+function hostOf (headers: readonly string[]): string | undefined {
+  for (let i = 0; i < headers.length; i += 2) {
+    const n = headers[i]!
+    if (n.length === 4 && n.toLowerCase() === 'host') return headers[i + 1]
+  }
+  return undefined
+}
+
+/** undici's rule for the TLS server name: the Host without its port, none for an IP literal. */
+function serverName (host: string): string {
+  let name = host
+  if (name.startsWith('[')) return '' // IPv6 literal
+  const colon = name.indexOf(':')
+  if (colon !== -1) name = name.slice(0, colon)
+  return isIP(name) === 0 ? name : ''
 }
 
 /**
@@ -117,6 +153,7 @@ class Exchange {
   readonly #body: Readable | null
   readonly #h: ExchangeHandler
   readonly #opts: HttpClientOptions
+  readonly #tls: boolean
   #timer: NodeJS.Timeout | undefined
   #res: IncomingMessage | undefined
   /** The response is paused because the client is slower than the upstream. */
@@ -124,11 +161,12 @@ class Exchange {
   #bodyEnded = false
   #done = false
 
-  constructor (cr: ClientRequest, body: Readable | null, handler: ExchangeHandler, opts: HttpClientOptions) {
+  constructor (cr: ClientRequest, body: Readable | null, handler: ExchangeHandler, opts: HttpClientOptions, tls: boolean) {
     this.#cr = cr
     this.#body = body
     this.#h = handler
     this.#opts = opts
+    this.#tls = tls
     // kept for the life of the request: a late socket error must never go unhandled
     cr.on('error', this.#fail)
     cr.on('socket', this.#onSocket)
@@ -151,6 +189,8 @@ class Exchange {
     this.#done = true
     if (this.#timer !== undefined) clearTimeout(this.#timer)
     this.#unpipe()
+    // stop the flow: bytes arriving now must wait for a retry, not be emitted to no one
+    if (!this.#bodyEnded) this.#body?.pause()
     this.#cr.destroy()
     this.#res?.destroy()
     this.#h.onError(err)
@@ -163,7 +203,8 @@ class Exchange {
       return
     }
     this.#arm(this.#opts.connectTimeoutMs, this.#connectTimedOut)
-    socket.once('connect', this.#onConnected)
+    // over TLS the connect timeout covers the handshake too, as undici's does
+    socket.once(this.#tls ? 'secureConnect' : 'connect', this.#onConnected)
   }
 
   readonly #connectTimedOut = (): void => {
@@ -239,14 +280,28 @@ class Exchange {
     res.on('data', this.#onResData)
     res.on('end', this.#onResEnd)
     this.#arm(this.#opts.bodyTimeoutMs, this.#bodyTimedOut)
-    const go = this.#h.onHeaders(res.statusCode ?? 0, res.rawHeaders, this.#resume, res.statusMessage ?? '')
+    let go: boolean
+    try {
+      go = this.#h.onHeaders(res.statusCode ?? 0, res.rawHeaders, this.#resume, res.statusMessage ?? '')
+    } catch (err) {
+      // a throwing handler fails its request, as undici does, never the process
+      this.#fail(err as Error)
+      return
+    }
     // false: the handler wants no more (it already answered), as undici pauses the parser
     if (!go && !this.#done) this.#pause()
   }
 
   readonly #onResData = (chunk: Buffer): void => {
     this.#timer?.refresh()
-    if (!this.#h.onData(chunk) && !this.#done) this.#pause()
+    let more: boolean
+    try {
+      more = this.#h.onData(chunk)
+    } catch (err) {
+      this.#fail(err as Error)
+      return
+    }
+    if (!more && !this.#done) this.#pause()
   }
 
   #pause (): void {
@@ -274,6 +329,19 @@ class Exchange {
     if (this.#done) return
     this.#done = true
     if (this.#timer !== undefined) clearTimeout(this.#timer)
-    this.#h.onComplete(null)
+    if (this.#body !== null && !this.#bodyEnded) {
+      // the upstream answered before the upload ended (a 401 or 413 from the
+      // headers alone): its socket can't be reused mid-body, so close it, as
+      // undici does, and read the rest of the client's body to nowhere, as
+      // Node does for an unread body, so the client connection stays usable
+      this.#unpipe()
+      this.#cr.destroy()
+      this.#body.resume()
+    }
+    try {
+      this.#h.onComplete(null)
+    } catch {
+      // the response is complete: a throwing handler has nothing left to fail
+    }
   }
 }

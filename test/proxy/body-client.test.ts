@@ -33,7 +33,7 @@ function sha256 (b: Buffer): string {
  */
 async function proxyFor (t: Test, largeBodyBytes: number | undefined, stable: string, canary: string, extra: Record<string, unknown> = {}): Promise<TestProxy> {
   // the other upstream keys are left to their defaults (convict fills them)
-  const upstream = largeBodyBytes === undefined ? {} : { upstream: { largeBodyBytes } }
+  const upstream = largeBodyBytes === undefined ? {} : { upstream: { ...(extra.upstream as object | undefined), largeBodyBytes } }
   const proxy = await startProxy(testConfig([twoVersionRoute(stable, canary, [100, 0])], { ...extra, ...upstream }))
   t.teardown(async () => { await proxy.close() })
   return proxy
@@ -376,6 +376,53 @@ async function parity (t: Test, largeBodyBytes: number, path: 'undici' | 'node:h
     t.equal(up.seen.length, 1)
     t.equal(up.seen[0]?.bodySha256, sha256(Buffer.concat(parts)), 'the exact bytes arrived')
     t.equal(await metric(proxy, METRIC_NAMES.upstreamErrors, { version: 'stable', kind: 'timeout' }), 0, 'no upstream timeout counted')
+  })
+
+  await t.test('12. the upstream answers before the upload ends (413 from the headers): the answer goes through, the socket is not left pinned', async (t) => {
+    // one upstream connection per client: a socket left assigned to a finished
+    // exchange would make every later request to the origin wait forever
+    let early = 0
+    const server = createServer((req, res) => {
+      if (req.url === '/early') {
+        early++
+        res.writeHead(413, { 'content-type': 'text/plain', 'content-length': '2' })
+        res.end('no')
+        return
+      }
+      req.resume()
+      req.on('end', () => { res.writeHead(200, { 'content-length': '2' }); res.end('ok') })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { server.closeAllConnections(); server.close() })
+    const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`
+    const proxy = await proxyFor(t, largeBodyBytes, origin, origin, { upstream: { connections: 1 } })
+    const big = randomBytes(MiB)
+    const t0 = Date.now()
+    for (let i = 0; i < 3; i++) {
+      const r = await send(`${proxy.url}/early`, { method: 'POST', headers: { 'content-length': String(big.length) }, body: big })
+      t.equal(r.status, 413, `early answer ${i + 1} (Content-Length body)`)
+      t.equal(r.body.toString(), 'no')
+      const c = await send(`${proxy.url}/early`, { method: 'POST', body: Readable.from([big.subarray(0, 300 * KiB), big.subarray(300 * KiB)]) })
+      t.equal(c.status, 413, `early answer ${i + 1} (chunked body)`)
+    }
+    t.equal(early, 6, 'every early answer came from the upstream')
+    const after = await send(`${proxy.url}/after`, { method: 'POST', headers: { 'content-length': String(big.length) }, body: big })
+    t.equal(after.status, 200, 'a later upload to the same origin is served (no pinned socket)')
+    // a pinned socket is freed only when the upstream drops it (Node: 5 s keep-alive
+    // timeout), so each of the 6 early answers would stall the next request by seconds
+    t.ok(Date.now() - t0 < 4000, `no request waited for a pinned socket (${Date.now() - t0} ms in all)`)
+  })
+
+  await t.test('13. an HTTP/1.0 request without Host and with a large body: the upstream gets the origin as Host', async (t) => {
+    const up = await startUpstream('stable')
+    t.teardown(up.close)
+    const proxy = await proxyFor(t, largeBodyBytes, up.origin, up.origin)
+    const body = randomBytes(100 * KiB)
+    const r = await rawRequest(proxy.app.proxyAddress!.port, [`POST /h10 HTTP/1.0\r\nContent-Length: ${body.length}\r\n\r\n`, body], { waitMs: 5000 })
+    t.equal(r.status, 200)
+    t.equal(up.seen.length, 1)
+    t.equal(up.seen[0]?.headers.host, new URL(up.origin).host, 'Host set to the origin, as undici sets it')
+    t.equal(up.seen[0]?.bodySha256, sha256(body))
   })
 }
 
