@@ -8,7 +8,7 @@ import { connect, createServer as createNetServer, type Server, type Socket } fr
 import t, { type Test } from 'tap'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
-import { startUpstream } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream } from '../helpers/upstream.js'
 import { rawRequest, sleep, waitFor } from './raw.js'
 
 /** A net server whose `onRequest` sees each request's head (and the socket); counts requests by method, and idle closes. */
@@ -49,15 +49,6 @@ async function faultServer (onRequest: (sock: Socket, head: string, n: number) =
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   }
-}
-
-/** An origin where nothing listens (a port just freed). */
-async function refusedOrigin (): Promise<string> {
-  const s = createNetServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as { port: number }).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return `http://127.0.0.1:${port}`
 }
 
 const OK = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'

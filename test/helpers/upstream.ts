@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
 
 /** What a test upstream saw of one request. */
 export interface SeenRequest {
@@ -62,4 +62,13 @@ export async function startUpstream (name: string, handler?: (req: IncomingMessa
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   }
+}
+
+/** An origin where nothing listens: a loopback port bound, then closed (connections to it are refused). */
+export async function refusedOrigin (): Promise<string> {
+  const s = createNetServer()
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+  const port = (s.address() as AddressInfo).port
+  await new Promise<void>((resolve) => s.close(() => resolve()))
+  return `http://127.0.0.1:${port}`
 }

@@ -1,8 +1,7 @@
-import { createServer } from 'node:net'
 import t from 'tap'
 import { METRIC_NAMES } from '../../src/metrics/names.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
-import { startUpstream } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream } from '../helpers/upstream.js'
 import { scrape, scrapeText, sum } from '../metrics/scrape.js'
 
 /** Sends GETs for users u0…u(n-1), `concurrency` at a time; returns status and x-canaryd-version of each. */
@@ -19,15 +18,6 @@ async function drive (url: string, users: number, concurrency: number): Promise<
   }
   await Promise.all(Array.from({ length: concurrency }, worker))
   return out
-}
-
-/** A loopback port with nothing listening (bound, then closed). */
-async function deadPort (): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as { port: number }).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
 }
 
 t.test('1,000 users at 50/50: per-version requests_total and histogram _count grow by exactly what each version served', async (t) => {
@@ -69,8 +59,7 @@ t.test('1,000 users at 50/50: per-version requests_total and histogram _count gr
 
 t.test('a dead canary is counted under version="canary": upstream_errors{kind="connect"} and requests_total{code="502"}', async (t) => {
   const stable = await startUpstream('stable')
-  const port = await deadPort()
-  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, `http://127.0.0.1:${port}`, [50, 50])]))
+  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, await refusedOrigin(), [50, 50])]))
   t.teardown(async () => { await proxy.close(); await stable.close() })
 
   const before = await scrape(proxy)

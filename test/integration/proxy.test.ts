@@ -6,7 +6,7 @@ import { hashKey } from '../../src/routing/hash.js'
 import { pickVersion } from '../../src/routing/pick.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
-import { startUpstream, type SeenRequest } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream, type SeenRequest } from '../helpers/upstream.js'
 
 t.test('every part of a request and response passes through; hop-by-hop headers do not', async (t) => {
   const stable = await startUpstream('stable', (_req, res) => {
@@ -213,17 +213,14 @@ t.test('no matching route → 404 with a JSON body', async (t) => {
 })
 
 t.test('upstream refuses → 502; no headers in time → 504; the proxy keeps serving', async (t) => {
-  const dead = createNetServer()
-  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve))
-  const deadPort = (dead.address() as { port: number }).port
-  await new Promise<void>((resolve) => dead.close(() => resolve()))
+  const dead = await refusedOrigin()
   const sockets = new Set<import('node:net').Socket>()
   const silent = createNetServer((s) => { sockets.add(s); s.on('error', () => {}) })
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
   const silentPort = (silent.address() as { port: number }).port
   const ok = await startUpstream('ok')
   const proxy = await startProxy(testConfig([
-    twoVersionRoute(`http://127.0.0.1:${deadPort}`, ok.origin, [100, 0], { name: 'dead', match: { pathPrefix: '/dead' } }),
+    twoVersionRoute(dead, ok.origin, [100, 0], { name: 'dead', match: { pathPrefix: '/dead' } }),
     twoVersionRoute(`http://127.0.0.1:${silentPort}`, ok.origin, [100, 0], { name: 'silent', match: { pathPrefix: '/silent' } }),
     twoVersionRoute(ok.origin, ok.origin, [100, 0], { name: 'ok', match: { pathPrefix: '/' } })
   ], { timeouts: { upstreamResponseMs: 300 } }))

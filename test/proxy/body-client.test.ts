@@ -17,7 +17,7 @@ import { METRIC_NAMES } from '../../src/metrics/names.js'
 import { rawRequest, waitFor } from '../hardening/raw.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
-import { startUpstream, type SeenRequest } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream, type SeenRequest } from '../helpers/upstream.js'
 import { scrape, sum } from '../metrics/scrape.js'
 
 const KiB = 1024
@@ -37,15 +37,6 @@ async function proxyFor (t: Test, largeBodyBytes: number | undefined, stable: st
   const proxy = await startProxy(testConfig([twoVersionRoute(stable, canary, [100, 0])], { ...extra, ...upstream }))
   t.teardown(async () => { await proxy.close() })
   return proxy
-}
-
-/** An origin where nothing listens (a port just freed). */
-async function refusedOrigin (): Promise<string> {
-  const s = createNetServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as { port: number }).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return `http://127.0.0.1:${port}`
 }
 
 /** One counter of the proxy's /metrics for the route `web` (0 when absent). */
