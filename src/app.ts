@@ -1,9 +1,9 @@
 import type { AddressInfo } from 'node:net'
 import { AdminServer, type MetricsSource } from './admin/server.js'
 import type { Config } from './config/load.js'
-import { createLogger, type Logger } from './logger.js'
+import { createLogger, droppedLogLines, type Logger } from './logger.js'
 import { NOOP_OBSERVERS } from './metrics/observer.js'
-import { PrometheusMetrics } from './metrics/prometheus.js'
+import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
 import type { SubscribeFinish } from './rollout/controller.js'
 import { registerRolloutRoutes } from './rollout/http.js'
@@ -56,6 +56,8 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     maxHeaderSize: config.limits.maxHeaderBytes,
     maxHeaderCount: config.limits.maxHeaderCount,
     maxUrlBytes: config.limits.maxUrlBytes,
+    allowTrace: config.limits.allowTrace,
+    maxConnections: config.limits.maxConnections,
     underscoreHeaders: config.limits.underscoreHeaders,
     retries: config.upstream.retries,
     largeBodyBytes: config.upstream.largeBodyBytes,
@@ -63,7 +65,17 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     checkPath: config.health.checkPath,
     checkIntervalMs: config.health.checkIntervalMs
   })
+  if (metrics !== undefined) {
+    metrics.addReadout(METRIC_NAMES.connectionsOpen, 'Client connections open on the proxy listener now.', 'gauge', () => proxy.connections)
+    metrics.addReadout(METRIC_NAMES.connectionsRejected, 'Client connections closed at once because limits.maxConnections were already open.', 'counter', () => proxy.rejectedConnections)
+    addLogReadout(metrics)
+  }
   return { upstreams, metrics, proxy }
+}
+
+/** Exposes this process's dropped log lines (stdout closed or stalled) on `metrics`. */
+export function addLogReadout (metrics: PrometheusMetrics): void {
+  metrics.addReadout(METRIC_NAMES.logDropped, 'Log lines dropped because stdout was closed or more than log.maxBufferBytes were waiting (the proxy never blocks on its log).', 'counter', droppedLogLines)
 }
 
 /** The control plane: runtime state, the admin server and the rollouts. */
@@ -169,7 +181,7 @@ export class App {
 
   constructor (config: Config, opts: AppOptions = {}) {
     this.config = config
-    this.logger = opts.logger ?? createLogger(config.log.level)
+    this.logger = opts.logger ?? createLogger(config.log.level, undefined, { maxBufferBytes: config.log.maxBufferBytes })
     // the state file's weights (where still valid) override the config's before the first table is built
     this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger })
     this.holder = this.state.holder

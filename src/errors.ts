@@ -5,21 +5,29 @@
  * this table and the README's error table in step.
  */
 
-/** The registry: code → HTTP status and a one-line meaning (documented in README). */
+/**
+ * The registry: code → HTTP status, a one-line meaning (documented in README),
+ * and for the codes the proxy answers itself the `message` of its JSON body
+ * (one place, so a throw site never rewrites it). `refusal` marks the answers
+ * to a request canaryd will not process: they end the connection, because
+ * whatever the client pipelined behind such a request cannot be trusted to
+ * be framed the way the client meant.
+ */
 export const ERROR_CODES = {
   CANARYD_ERR_CONFIG_INVALID: { status: 500, doc: 'The configuration file or environment failed validation; canaryd refuses to start.' },
-  CANARYD_ERR_NO_ROUTE: { status: 404, doc: 'No route matches the request Host and path.' },
-  CANARYD_ERR_BAD_REQUEST: { status: 400, doc: 'The client request is malformed or ambiguous and was not forwarded.' },
-  CANARYD_ERR_UPSTREAM_CONNECT: { status: 502, doc: 'The chosen upstream refused or failed the TCP connection.' },
-  CANARYD_ERR_UPSTREAM_RESET: { status: 502, doc: 'The upstream closed or reset the connection before sending response headers.' },
-  CANARYD_ERR_UPSTREAM_PROTOCOL: { status: 502, doc: 'The upstream sent an invalid HTTP response (bad status line, ambiguous framing).' },
-  CANARYD_ERR_UPSTREAM_TIMEOUT: { status: 504, doc: 'The upstream sent no response headers within timeouts.upstreamResponseMs.' },
-  CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (all ejected or over their concurrency cap).' },
-  CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.' },
+  CANARYD_ERR_NO_ROUTE: { status: 404, doc: 'No route matches the request Host and path.', message: 'no route matches this host and path' },
+  CANARYD_ERR_BAD_REQUEST: { status: 400, doc: 'The client request is malformed or ambiguous and was not forwarded.', message: 'the request is malformed and was not forwarded', refusal: true },
+  CANARYD_ERR_INVALID_HOST: { status: 400, doc: 'The Host header is missing (HTTP/1.1), repeated, empty or not a valid authority (RFC 3986 reg-name or IP literal, optional port); the request was not forwarded.', message: 'the Host header is missing, repeated or not a valid authority', refusal: true },
+  CANARYD_ERR_UPSTREAM_CONNECT: { status: 502, doc: 'The chosen upstream refused or failed the TCP connection.', message: 'the upstream refused the connection' },
+  CANARYD_ERR_UPSTREAM_RESET: { status: 502, doc: 'The upstream closed or reset the connection before sending response headers.', message: 'the upstream closed the connection before responding' },
+  CANARYD_ERR_UPSTREAM_PROTOCOL: { status: 502, doc: 'The upstream sent an invalid HTTP response (bad status line, ambiguous framing).', message: 'the upstream sent an invalid HTTP response' },
+  CANARYD_ERR_UPSTREAM_TIMEOUT: { status: 504, doc: 'The upstream sent no response headers within timeouts.upstreamResponseMs.', message: 'the upstream did not respond in time' },
+  CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (all ejected or over their concurrency cap).', message: 'no upstream is available for this route' },
+  CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.', message: 'forwarding to the upstream failed' },
   CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
   CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },
   CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.' },
-  CANARYD_ERR_METHOD_NOT_ALLOWED: { status: 405, doc: 'Admin API: the path exists but not for this method (see the Allow header).' },
+  CANARYD_ERR_METHOD_NOT_ALLOWED: { status: 405, doc: 'Admin API: the path exists but not for this method (see the Allow header). Proxy: a TRACE request while limits.allowTrace is false.', message: 'this method is not allowed', refusal: true },
   CANARYD_ERR_INVALID_JSON: { status: 400, doc: 'Admin API: the request body is not valid JSON.' },
   CANARYD_ERR_INVALID_WEIGHTS: { status: 400, doc: 'Admin API: the weights are incomplete, out of range, too precise or do not sum to 100.' },
   CANARYD_ERR_INVALID_BODY: { status: 400, doc: 'Admin API: the JSON body does not have the expected shape.' },
@@ -27,20 +35,32 @@ export const ERROR_CODES = {
   CANARYD_ERR_PAYLOAD_TOO_LARGE: { status: 413, doc: 'Admin API: the request body is over 64 KiB.' },
   CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, doc: 'Admin API: the request body is not `application/json`.' },
   CANARYD_ERR_STATE_PERSIST: { status: 500, doc: 'Admin API: the new state could not be written to state.file; nothing was changed.' },
-  CANARYD_ERR_REQUEST_TIMEOUT: { status: 408, doc: 'The client did not send its request headers within timeouts.clientHeadersMs, or its body stalled for timeouts.clientBodyMs before it was forwarded.' },
-  CANARYD_ERR_URI_TOO_LONG: { status: 414, doc: 'The request target is longer than limits.maxUrlBytes.' },
-  CANARYD_ERR_HEADERS_TOO_LARGE: { status: 431, doc: 'The request headers are over limits.maxHeaderBytes or limits.maxHeaderCount.' },
-  CANARYD_ERR_EXPECTATION_FAILED: { status: 417, doc: 'The request has an Expect header other than `100-continue`.' },
-  CANARYD_ERR_NOT_IMPLEMENTED: { status: 501, doc: 'The request uses a transfer coding or method the proxy does not forward (only a single `chunked` coding; no CONNECT).' },
-  CANARYD_ERR_UPSTREAM_OVERLOADED: { status: 503, doc: 'The upstream already has upstream.maxInFlight requests in flight; answered at once instead of queueing.' },
+  CANARYD_ERR_REQUEST_TIMEOUT: { status: 408, doc: 'The client did not send its request headers within timeouts.clientHeadersMs, or its body stalled for timeouts.clientBodyMs before it was forwarded.', message: 'the request headers or body did not arrive in time', refusal: true },
+  CANARYD_ERR_URI_TOO_LONG: { status: 414, doc: 'The request target is longer than limits.maxUrlBytes.', message: 'the request target is too long', refusal: true },
+  CANARYD_ERR_HEADERS_TOO_LARGE: { status: 431, doc: 'The request headers are over limits.maxHeaderBytes or limits.maxHeaderCount.', message: 'the request headers are too large or too many', refusal: true },
+  CANARYD_ERR_EXPECTATION_FAILED: { status: 417, doc: 'The request has an Expect header other than `100-continue`.', message: 'only Expect: 100-continue is supported', refusal: true },
+  CANARYD_ERR_NOT_IMPLEMENTED: { status: 501, doc: 'The request uses a transfer coding or method the proxy does not forward (only a single `chunked` coding; no CONNECT).', message: 'this transfer coding or method is not forwarded', refusal: true },
+  CANARYD_ERR_UPSTREAM_OVERLOADED: { status: 503, doc: 'The upstream already has upstream.maxInFlight requests in flight; answered at once instead of queueing.', message: 'the upstream has too many requests in flight' },
   CANARYD_ERR_INVALID_PLAN: { status: 400, doc: 'Admin API / config: the rollout plan is invalid (steps, intervalMs, analysis, promotion, webhooks); the message lists every problem.' },
   CANARYD_ERR_ROLLOUT_CONFLICT: { status: 409, doc: 'Admin API: the route already has a rollout running, or the action (pause, resume, promote) does not apply to the rollout\'s state.' },
   CANARYD_ERR_NO_ROLLOUT: { status: 404, doc: 'Admin API: the route has no rollout.' },
-  CANARYD_ERR_INTERNAL: { status: 500, doc: 'An unexpected error; the cause is logged.' },
-} as const satisfies Record<string, { status: number; doc: string }>
+  CANARYD_ERR_INTERNAL: { status: 500, doc: 'An unexpected error; the cause is logged.', message: 'internal error' },
+} as const satisfies Record<string, { status: number; doc: string; message?: string; refusal?: true }>
 
 /** A stable error code from the registry. */
 export type ErrorCode = keyof typeof ERROR_CODES
+
+/** The message of a proxy-made answer (the registry's `message`, else the code itself). */
+export function errorMessage (code: ErrorCode): string {
+  const e: { status: number; message?: string } = ERROR_CODES[code]
+  return e.message ?? code
+}
+
+/** True for the codes that refuse a request: the connection is closed after the answer. */
+export function isRefusal (code: ErrorCode): boolean {
+  const e: { status: number; refusal?: true } = ERROR_CODES[code]
+  return e.refusal === true
+}
 
 /** Base class of every error canaryd raises on purpose: a code, its status, the cause. */
 export class CanarydError extends Error {

@@ -3,7 +3,7 @@
 // in its own process so its CPU time and memory can be read from /proc/<pid>,
 // and wrk driven as a separate process.
 import { execFile, execFileSync, fork, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -14,9 +14,9 @@ const root = join(here, '..')
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
 /** Every target startTargets knows, in the order it starts them. */
-export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-nometrics', 'canaryd-workers2', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
+export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
 /** Started only when asked for by name (not part of the full run). */
-export const OPT_IN = ['http-bare']
+export const OPT_IN = ['http-bare', 'canaryd-base']
 
 const children = new Set()
 const tmpDirs = []
@@ -225,6 +225,19 @@ export async function startTargets ({ names, log = () => {} } = {}) {
       const port = await freePort()
       const file = config({ listen: { host: '127.0.0.1', port } })
       const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
+      return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
+    },
+    // an earlier build of canaryd for a same-run before/after A/B: CANARYD_BASE is
+    // another checkout (e.g. `git worktree add /tmp/base main && cd /tmp/base &&
+    // npm ci && npm run build`), run with its own bench/peers/canaryd.js and dist/
+    'canaryd-base': async () => {
+      const base = process.env.CANARYD_BASE
+      if (base === undefined || base === '') throw new Error('set CANARYD_BASE to a built checkout of the canaryd to compare with')
+      const peer = join(base, 'bench/peers/canaryd.js')
+      if (!existsSync(peer) || !existsSync(join(base, 'dist/app.js'))) throw new Error(`${base} has no bench/peers/canaryd.js or no dist/ (npm ci && npm run build there)`)
+      const port = await freePort()
+      const file = config({ listen: { host: '127.0.0.1', port } })
+      const pid = await forkReady(peer, [file])
       return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
     },
     'canaryd-nometrics': async () => {

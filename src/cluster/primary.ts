@@ -18,7 +18,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { announceStarted, createControlPlane, type ControlPlane } from '../app.js'
+import { addLogReadout, announceStarted, createControlPlane, type ControlPlane } from '../app.js'
 import type { Config } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
@@ -73,6 +73,7 @@ export class ClusterPrimary {
     this.#metricsOn = opts.metrics ?? true
     // the primary's own registry: process metrics of the primary and the rollout metrics
     this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
+    if (this.#own !== undefined) addLogReadout(this.#own)
     this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger })
     this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', weights: weightsOf(table), generation: table.generation }) })
     const own = this.#own
@@ -84,6 +85,17 @@ export class ClusterPrimary {
       isReady: () => !this.#stopping && this.readyWorkers === this.#n
     })
     cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker.js', import.meta.url)), args: [] })
+  }
+
+  /**
+   * The config a worker serves with: limits.maxConnections is the instance's
+   * cap, so each of the N workers (which the primary hands connections to in
+   * turn) holds its share of it.
+   */
+  #workerConfig (): Config {
+    const max = this.config.limits.maxConnections
+    if (max === 0) return this.config
+    return { ...this.config, limits: { ...this.config.limits, maxConnections: Math.max(1, Math.ceil(max / this.#n)) } }
   }
 
   /** Workers listening now. */
@@ -136,7 +148,7 @@ export class ClusterPrimary {
         // the worker's handler is attached: hand it the config and the weights in force
         const table = this.state.holder.current
         const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
-        this.#send(ws.worker, { canaryd: 'init', config: this.config, weights: weightsOf(table), generation: table.generation, subscriptions, metrics: this.#metricsOn })
+        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), weights: weightsOf(table), generation: table.generation, subscriptions, metrics: this.#metricsOn })
         return
       }
       case 'ready':

@@ -21,9 +21,9 @@ export interface Config {
     drainTimeoutMs: number
   }
   upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number; largeBodyBytes: number }
-  limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }
+  limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; allowTrace: boolean; maxConnections: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }
   health: { consecutiveFailures: number; ejectionMs: number; checkPath: string; checkIntervalMs: number }
-  log: { level: string; access: boolean }
+  log: { level: string; access: boolean; maxBufferBytes: number }
   routes: RouteSpec[]
   /** Absolute path of the file this came from ('' when built from an object). */
   source: string

@@ -40,6 +40,8 @@ export const schema = {
     maxHeaderBytes: { doc: 'Most bytes of request line plus headers; past it, 431.', format: 'nat', default: 16384, env: 'CANARYD_MAX_HEADER_BYTES' },
     maxHeaderCount: { doc: 'Most request header fields; past it, 431.', format: 'nat', default: 100, env: 'CANARYD_MAX_HEADER_COUNT' },
     maxUrlBytes: { doc: 'Longest request target; past it, 414.', format: 'nat', default: 8192, env: 'CANARYD_MAX_URL_BYTES' },
+    allowTrace: { doc: 'Forward TRACE requests; when false (default, as nginx and Envoy), TRACE is answered 405 and never reaches an upstream.', format: Boolean, default: false, env: 'CANARYD_ALLOW_TRACE' },
+    maxConnections: { doc: 'Most client connections the proxy listener holds open at once (per process: each cluster worker gets its share); past it a new connection is closed at once, without a response, and counted in canaryd_connections_rejected_total. Connections already served are unaffected (0 = no cap).', format: 'nat', default: 10000, env: 'CANARYD_MAX_CONNECTIONS' },
     underscoreHeaders: { doc: 'Request header names containing `_`: drop them (as Envoy), reject the request with 400, or allow them.', format: ['drop', 'reject', 'allow'], default: 'drop', env: 'CANARYD_UNDERSCORE_HEADERS' }
   },
   health: {
@@ -50,7 +52,8 @@ export const schema = {
   },
   log: {
     level: { doc: 'pino log level (LOG_LEVEL wins).', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', env: 'CANARYD_LOG_LEVEL' },
-    access: { doc: 'Log one line per request at info (route, version, status, duration). Off by default.', format: Boolean, default: false, env: 'CANARYD_ACCESS_LOG' }
+    access: { doc: 'Log one line per request at info (route, version, status, duration). Off by default.', format: Boolean, default: false, env: 'CANARYD_ACCESS_LOG' },
+    maxBufferBytes: { doc: 'Most log bytes waiting for a slow stdout; past it (and once stdout is closed) lines are dropped and counted in canaryd_log_dropped_total instead of blocking the proxy.', format: 'nat', default: 1048576, env: 'CANARYD_LOG_MAX_BUFFER_BYTES' }
   },
   routes: {
     doc: 'Routes: match, sticky keys, override, versions with weights. See README.',

@@ -12,7 +12,10 @@ export const METRIC_NAMES = Object.freeze({
   ejections: 'canaryd_outlier_ejections_total',
   websockets: 'canaryd_websocket_connections_total',
   websocketsOpen: 'canaryd_websocket_connections_open',
-  weight: 'canaryd_route_weight'
+  weight: 'canaryd_route_weight',
+  connectionsOpen: 'canaryd_connections_open',
+  connectionsRejected: 'canaryd_connections_rejected_total',
+  logDropped: 'canaryd_log_dropped_total'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

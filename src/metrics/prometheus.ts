@@ -303,6 +303,16 @@ export class PrometheusMetrics implements ObserverFactory {
     return { route, version, codes, count: s.count, sum: s.sum, inFlight: s.inFlight, upstreamErrors, ejections: s.ejections }
   }
 
+  /**
+   * Registers a process-level family with one unlabelled sample read from
+   * `read` at scrape time (open connections, dropped log lines): the owner
+   * keeps a plain counter, the exposition reads it, nothing is done per event.
+   */
+  addReadout (name: string, help: string, type: 'counter' | 'gauge', read: () => number): void {
+    const f = new Family(name, help, type, () => [{ labels: {}, value: read() }], () => {})
+    this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
+  }
+
   /** Content-Type of `expose()`'s text (Prometheus text format 0.0.4). */
   get contentType (): string {
     return this.registry.contentType

@@ -1,7 +1,8 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
+import type { Duplex } from 'node:stream'
 import type { Dispatcher, Pool } from 'undici'
-import { ERROR_CODES, errorBody, type ErrorCode } from '../errors.js'
+import { ERROR_CODES, errorBody, errorMessage, isRefusal, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { VersionObserver } from '../metrics/observer.js'
 import { classifyUpstreamError } from '../upstream/classify.js'
@@ -36,41 +37,28 @@ export function recordFailure (rt: VersionRuntime, connect: boolean, log: Logger
   }
 }
 
-/** Proxy-made error responses, serialised once. */
+/** Proxy-made error responses, serialised once from the registry's messages. */
 const ERROR_BODIES = new Map<ErrorCode, Buffer>()
-const ERROR_MESSAGES: Partial<Record<ErrorCode, string>> = {
-  CANARYD_ERR_NO_ROUTE: 'no route matches this host and path',
-  CANARYD_ERR_BAD_REQUEST: 'the request is malformed and was not forwarded',
-  CANARYD_ERR_UPSTREAM_CONNECT: 'the upstream refused the connection',
-  CANARYD_ERR_UPSTREAM_RESET: 'the upstream closed the connection before responding',
-  CANARYD_ERR_UPSTREAM_PROTOCOL: 'the upstream sent an invalid HTTP response',
-  CANARYD_ERR_UPSTREAM_TIMEOUT: 'the upstream did not respond in time',
-  CANARYD_ERR_UPSTREAM_UNAVAILABLE: 'no upstream is available for this route',
-  CANARYD_ERR_UPSTREAM_OTHER: 'forwarding to the upstream failed',
-  CANARYD_ERR_UPSTREAM_OVERLOADED: 'the upstream has too many requests in flight',
-  CANARYD_ERR_REQUEST_TIMEOUT: 'the request headers or body did not arrive in time',
-  CANARYD_ERR_URI_TOO_LONG: 'the request target is too long',
-  CANARYD_ERR_HEADERS_TOO_LARGE: 'the request headers are too large or too many',
-  CANARYD_ERR_EXPECTATION_FAILED: 'only Expect: 100-continue is supported',
-  CANARYD_ERR_NOT_IMPLEMENTED: 'this transfer coding or method is not forwarded',
-  CANARYD_ERR_INTERNAL: 'internal error'
-}
-for (const [code, msg] of Object.entries(ERROR_MESSAGES)) ERROR_BODIES.set(code as ErrorCode, Buffer.from(errorBody(code as ErrorCode, msg)))
+for (const code of Object.keys(ERROR_CODES) as ErrorCode[]) ERROR_BODIES.set(code, Buffer.from(errorBody(code, errorMessage(code))))
 
 /**
  * Sends a proxy-made JSON error (404 no route, 502/503/504 upstream failures,
  * 400 bad request). Safe to call once per response; ignores a closed client.
+ * A refusal (see the registry) and an answer sent before the request body
+ * was read carry `Connection: close`: Node then ends the connection after
+ * this response, and the proxy's per-connection queue drops whatever the
+ * client pipelined behind it (see ProxyServer).
  */
 export function sendError (res: ServerResponse, code: ErrorCode, version: string): void {
   if (res.headersSent || res.destroyed) {
     res.destroy()
     return
   }
-  const body = ERROR_BODIES.get(code) ?? Buffer.from(errorBody(code, code))
+  const body = ERROR_BODIES.get(code)!
   const headers = ['content-type', 'application/json', 'content-length', String(body.length), 'cache-control', 'no-store']
   if (version.length !== 0) headers.push('x-canaryd-version', version)
   // an unread request body leaves the connection's framing unknown: close it after the answer
-  if (!res.req.complete || ERROR_CODES[code].status === 400) headers.push('connection', 'close')
+  if (!res.req.complete || isRefusal(code)) headers.push('connection', 'close')
   const status = ERROR_CODES[code].status
   // the reason phrase is always given: a failed writeHead (an upstream reason
   // Node refuses) leaves its bad statusMessage behind, which would be reused
@@ -95,6 +83,8 @@ export interface ForwardContext {
   readonly largeBodyBytes: number
   /** Called once per request when the client response closes, after the metrics. */
   readonly done: (h: ForwardHandler, status: number, seconds: number) => void
+  /** The listener is draining: responses that start now carry `Connection: close`. */
+  draining: boolean
 }
 
 /**
@@ -144,6 +134,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#ctx = ctx
     this.#t0 = t0
     this.#retries = ctx.retries
+    this.socket = req.socket
     rt.observer.start()
     // 'close' is emitted once: `on` spares the wrapper `once` would allocate
     res.on('close', this.#onClose)
@@ -153,6 +144,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   get runtime (): VersionRuntime {
     return this.#rt
   }
+
+  /** The client connection (it carries the pipeline queue; Node unsets req.socket once the exchange is over). */
+  readonly socket: Duplex
 
   /** The request's method (for the access log). */
   get method (): string {
@@ -299,6 +293,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#resume = resume
     this.#responded = true
     const res = this.#res
+    // a drain began while this request was in flight: close the connection after this answer
+    if (this.#ctx.draining) res.shouldKeepAlive = false
     // no cork here: undici delivers the head, the body and the end of a small
     // response in one tick, and Node's first res.write() corks the socket until
     // the next tick itself, so they leave in one writev (checked with strace)

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http'
+import { isIPv6 } from 'node:net'
 
 /**
  * Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy Proxy-Connection:
@@ -49,12 +50,72 @@ export interface RequestFraming {
 }
 
 /** Why a request is refused before forwarding: the error code it is answered with. */
-export type RequestProblem = 'CANARYD_ERR_BAD_REQUEST' | 'CANARYD_ERR_NOT_IMPLEMENTED'
+export type RequestProblem = 'CANARYD_ERR_BAD_REQUEST' | 'CANARYD_ERR_NOT_IMPLEMENTED' | 'CANARYD_ERR_INVALID_HOST'
+
+/**
+ * Header names a client's `Connection` value never removes: without Host the
+ * upstream would see the internal origin as Host (another virtual host), and
+ * Content-Length frames the body we forward. Transfer-Encoding is hop-by-hop
+ * anyway (undici frames the body itself).
+ */
+const NEVER_LISTED = new Set(['host', 'content-length'])
+
+/** 1 for the characters of an RFC 3986 reg-name besides `%` (unreserved and sub-delims), by char code. */
+const REG_NAME = new Uint8Array(128)
+for (const c of 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&\'()*+,;=') REG_NAME[c.charCodeAt(0)] = 1
+
+function isHexDigit (c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102)
+}
+
+/** `h` from `from` on is a port: 1–5 digits, at most 65535. */
+function isPort (h: string, from: number): boolean {
+  const n = h.length - from
+  if (n < 1 || n > 5) return false
+  let v = 0
+  for (let i = from; i < h.length; i++) {
+    const c = h.charCodeAt(i)
+    if (c < 48 || c > 57) return false
+    v = v * 10 + c - 48
+  }
+  return v <= 65535
+}
+
+/**
+ * True when `h` is a valid Host value (RFC 9110 §7.2: uri-host [":" port]):
+ * a non-empty RFC 3986 reg-name (which covers IPv4) or a bracketed IPv6
+ * literal, then an optional port of 1–5 digits. Userinfo (`a@b`), paths,
+ * queries, fragments, spaces and backslashes are refused: an upstream or a
+ * log reader that splits the value differently from us would see another
+ * host (nginx refuses the same). One pass over the characters, no
+ * allocation but for an IPv6 literal.
+ */
+export function isValidHost (h: string): boolean {
+  const n = h.length
+  if (n === 0) return false
+  if (h.charCodeAt(0) === 91 /* [ */) {
+    const close = h.indexOf(']')
+    if (close < 3 || !isIPv6(h.slice(1, close))) return false
+    if (close === n - 1) return true
+    return h.charCodeAt(close + 1) === 58 /* : */ && isPort(h, close + 2)
+  }
+  for (let i = 0; i < n; i++) {
+    const c = h.charCodeAt(i)
+    if (c === 58 /* : */) return i !== 0 && isPort(h, i + 1)
+    if (c === 37 /* % */) {
+      if (i + 2 >= n || !isHexDigit(h.charCodeAt(i + 1)) || !isHexDigit(h.charCodeAt(i + 2))) return false
+      i += 2
+      continue
+    }
+    if (c >= 128 || REG_NAME[c] === 0) return false
+  }
+  return true
+}
 
 /**
  * Builds the upstream request's headers as a flat [name, value, …] array from
  * the client's raw headers: hop-by-hop headers and those named in Connection
- * removed, X-Forwarded-For appended to, X-Forwarded-Proto and -Host kept when
+ * removed (never Host or Content-Length), X-Forwarded-For appended to, X-Forwarded-Proto and -Host kept when
  * an outer proxy set them (else set), `x-canaryd-version` set, Host preserved.
  *
  * The same single pass refuses what llhttp lets through but an upstream could
@@ -106,14 +167,15 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
       lengths++
       contentLength = raw[i + 1]!
     }
-    if (listed !== undefined && listed.has(lower)) continue
+    if (listed !== undefined && listed.has(lower) && !NEVER_LISTED.has(lower)) continue
     if (opts.underscoreHeaders !== 'allow' && name.includes('_')) {
       if (opts.underscoreHeaders === 'reject') return 'CANARYD_ERR_BAD_REQUEST'
       continue
     }
     out.push(name, raw[i + 1]!)
   }
-  if (hosts > 1 || lengths > 1 || codings > 1) return 'CANARYD_ERR_BAD_REQUEST'
+  if (hosts > 1) return 'CANARYD_ERR_INVALID_HOST'
+  if (lengths > 1 || codings > 1) return 'CANARYD_ERR_BAD_REQUEST'
   if (codings === 1) {
     if (lengths !== 0 || req.httpVersionMinor === 0) return 'CANARYD_ERR_BAD_REQUEST'
     if (te.toLowerCase() !== 'chunked') return te.toLowerCase().includes('chunked') || te.includes(',') ? 'CANARYD_ERR_BAD_REQUEST' : 'CANARYD_ERR_NOT_IMPLEMENTED'

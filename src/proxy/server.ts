@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto'
-import { createServer, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http'
+import { createServer, STATUS_CODES, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { LRUCache } from 'lru-cache'
-import { ERROR_CODES, type ErrorCode } from '../errors.js'
+import { ERROR_CODES, errorMessage, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { ObserverFactory, VersionObserver } from '../metrics/observer.js'
 import { hashKey } from '../routing/hash.js'
@@ -17,7 +17,7 @@ import type { Route, RoutingTable } from '../routing/types.js'
 import { RouteHealth, VersionHealth, type Clock, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
 import { ForwardHandler, recordFailure, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
-import { buildUpstreamHeaders, isSecure, type RequestFraming, type RequestHeaderOptions } from './headers.js'
+import { buildUpstreamHeaders, isSecure, isValidHost, type RequestFraming, type RequestHeaderOptions } from './headers.js'
 
 /** Proxy settings taken from the startup config. */
 export interface ProxyOptions {
@@ -40,6 +40,10 @@ export interface ProxyOptions {
   maxHeaderCount?: number
   /** Longest request target (past it 414). */
   maxUrlBytes?: number
+  /** Forward TRACE (default false: 405). */
+  allowTrace?: boolean
+  /** Most open client connections; past it new ones are closed at once (0 = no cap). Default 10000. */
+  maxConnections?: number
   /** Extra upstream attempts (see ForwardHandler's retry policy); default 1. */
   retries?: number
   /** Request bodies from this size (and chunked ones) go through Node's http client (0 = never); default 65536. */
@@ -73,17 +77,68 @@ interface Bound {
 }
 
 /** Raw replies written on a socket that has no ServerResponse (clientError, upgrade, CONNECT), built once. */
-function rawReply (code: ErrorCode, reason: string): string {
-  const body = JSON.stringify({ error: { code, message: reason } })
-  return `HTTP/1.1 ${ERROR_CODES[code].status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+function rawReply (code: ErrorCode): string {
+  const body = JSON.stringify({ error: { code, message: errorMessage(code) } })
+  const status = ERROR_CODES[code].status
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
 }
-const REPLY_400 = rawReply('CANARYD_ERR_BAD_REQUEST', 'Bad Request')
-const REPLY_408 = rawReply('CANARYD_ERR_REQUEST_TIMEOUT', 'Request Timeout')
-const REPLY_431 = rawReply('CANARYD_ERR_HEADERS_TOO_LARGE', 'Request Header Fields Too Large')
-const REPLY_501 = rawReply('CANARYD_ERR_NOT_IMPLEMENTED', 'Not Implemented')
-const REPLY_404 = rawReply('CANARYD_ERR_NO_ROUTE', 'Not Found')
-const REPLY_502 = rawReply('CANARYD_ERR_UPSTREAM_CONNECT', 'Bad Gateway')
-const REPLY_503 = rawReply('CANARYD_ERR_UPSTREAM_UNAVAILABLE', 'Service Unavailable')
+const REPLY_400 = rawReply('CANARYD_ERR_BAD_REQUEST')
+const REPLY_400_HOST = rawReply('CANARYD_ERR_INVALID_HOST')
+const REPLY_408 = rawReply('CANARYD_ERR_REQUEST_TIMEOUT')
+const REPLY_431 = rawReply('CANARYD_ERR_HEADERS_TOO_LARGE')
+const REPLY_501 = rawReply('CANARYD_ERR_NOT_IMPLEMENTED')
+const REPLY_404 = rawReply('CANARYD_ERR_NO_ROUTE')
+const REPLY_414 = rawReply('CANARYD_ERR_URI_TOO_LONG')
+const REPLY_502 = rawReply('CANARYD_ERR_UPSTREAM_CONNECT')
+const REPLY_503 = rawReply('CANARYD_ERR_UPSTREAM_UNAVAILABLE')
+
+/**
+ * Pipelined requests waiting on one connection past which the proxy stops
+ * reading from it (Node's parser would otherwise turn a stream of pipelined
+ * bytes into an unbounded queue while the first request is slow); reading
+ * resumes when the queue is down to `PIPELINE_RESUME`.
+ */
+const PIPELINE_PAUSE = 32
+const PIPELINE_RESUME = 8
+
+/** What arrived on a connection while another request of it was being handled. */
+type Queued =
+  | { kind: 'request', req: IncomingMessage, res: ServerResponse }
+  | { kind: 'expect', req: IncomingMessage, res: ServerResponse }
+  | { kind: 'upgrade', req: IncomingMessage, socket: Duplex, head: Buffer }
+  | { kind: 'connect', socket: Duplex }
+
+/**
+ * One client connection's pipeline state, made on accept and kept on its
+ * socket. HTTP/1.1 lets a client send requests before the answers to earlier
+ * ones; Node parses them all and emits every one at once. The proxy instead
+ * handles a connection's requests strictly one at a time, in order (as
+ * nginx does): the next is routed and dispatched only when the previous
+ * response has closed. So one connection never holds more than one upstream
+ * slot, a refused request stops everything behind it before a byte of it
+ * is sent, and a malformed tail is answered after the requests before it.
+ */
+class Connection {
+  /** A request of this connection is being handled, until its response closes. */
+  active = false
+  /** The request being handled (for the clientError decision), and its response. */
+  req: IncomingMessage | undefined = undefined
+  res: ServerResponse | undefined = undefined
+  /** Requests that arrived while one was active, oldest first (undefined until the first). */
+  queue: Queued[] | undefined = undefined
+  /** Nothing more is processed: a refusal ended the connection, or it is gone. */
+  closed = false
+  /** llhttp failed on this connection (later clientError calls repeat the same failure). */
+  failed = false
+  /** The raw error reply owed once the requests queued before a parse error are answered. */
+  owed: string | undefined = undefined
+  /** The proxy paused reading because the queue is long. */
+  paused = false
+}
+
+/** The socket property holding its Connection (a symbol: no clash with Node's own fields). */
+const kConn = Symbol('canaryd.connection')
+type ConnSocket = Duplex & { [kConn]?: Connection, _paused?: boolean, parser?: { resume: () => void } | null }
 
 /** The outcome of routing one request, in a scratch object reused by every request (single-threaded, used synchronously). */
 interface Selection {
@@ -111,6 +166,7 @@ export class ProxyServer {
   readonly #now: Clock
   readonly #maxHeaderCount: number
   readonly #maxUrlBytes: number
+  readonly #allowTrace: boolean
   readonly #retries: number
   readonly #sel: Selection = { rt: undefined, url: '', setCookie: '', ip: '' }
   readonly #framing: RequestFraming = { contentLength: undefined, chunked: false }
@@ -122,6 +178,8 @@ export class ProxyServer {
   #checkTimer: NodeJS.Timeout | undefined
   #bound: Bound
   #inFlight = 0
+  #connections = 0
+  #rejected = 0
   #draining = false
   #drained: (() => void) | undefined
 
@@ -133,8 +191,9 @@ export class ProxyServer {
     this.#now = opts.now ?? Date.now
     this.#maxHeaderCount = opts.maxHeaderCount ?? 100
     this.#maxUrlBytes = opts.maxUrlBytes ?? 8192
+    this.#allowTrace = opts.allowTrace ?? false
     this.#retries = opts.retries ?? 1
-    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone }
+    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone, draining: false }
     // WebSocket upgrades go through http-proxy (raw socket piping); plain requests never do.
     // xfwd off: #upgrade hands it headers already sanitised, X-Forwarded-* included
     this.#ws = httpProxy.createProxyServer({ ws: true, xfwd: false })
@@ -152,19 +211,162 @@ export class ProxyServer {
       // how often Node checks headersTimeout; the default (30 s) would make 408 late
       connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(opts.clientHeadersMs / 4))),
       maxHeaderSize: opts.maxHeaderSize ?? 16384,
-      requireHostHeader: true
-    }, (req, res) => { this.#handle(req, res) })
+      // checked in #handle instead: Node's own 400 has no JSON body and does not stop the pipeline behind it
+      requireHostHeader: false
+    }, (req, res) => { this.#onRequest(req, res) })
+    // a client that half-closes after its last request (FIN) still gets every
+    // answer: Node then closes after the last one instead of at once, which
+    // would drop the answers to the requests still queued behind the active one
+    ;(this.server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true
+    const maxConnections = opts.maxConnections ?? 10_000
+    if (maxConnections > 0) this.server.maxConnections = maxConnections
+    // past maxConnections Node closes the new socket before any byte is read
+    this.server.on('drop', () => { this.#rejected++ })
+    this.server.on('connection', (socket: Socket) => { this.#accepted(socket) })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => { this.#clientError(err, socket) })
     // Node would answer 417 itself but keep the connection, reading the unsent body as the next request
-    this.server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => { sendError(res, 'CANARYD_ERR_EXPECTATION_FAILED', '') })
-    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => { this.#upgrade(req, socket, head) })
+    this.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      const conn = this.#conn(req.socket)
+      if (conn.closed) return
+      if (conn.active) this.#enqueue(conn, req.socket, { kind: 'expect', req, res })
+      else this.#run(conn, { kind: 'expect', req, res })
+    })
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      socket.on('error', () => { socket.destroy() })
+      const conn = this.#conn(socket)
+      if (conn.closed) socket.destroy()
+      else if (conn.active) this.#enqueue(conn, socket, { kind: 'upgrade', req, socket, head })
+      else this.#run(conn, { kind: 'upgrade', req, socket, head })
+    })
     // CONNECT would turn the proxy into an open TCP tunnel: refused. Node removed
     // its own socket 'error' listener before emitting 'connect': without ours a
     // client reset while the 501 is written would crash the process
     this.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
       socket.on('error', () => { socket.destroy() })
-      socket.end(REPLY_501)
+      const conn = this.#conn(socket)
+      if (conn.closed) socket.destroy()
+      else if (conn.active) this.#enqueue(conn, socket, { kind: 'connect', socket })
+      else this.#run(conn, { kind: 'connect', socket })
     })
+  }
+
+  /** A client connection was accepted: give it its pipeline state. */
+  #accepted (socket: Socket): void {
+    (socket as ConnSocket)[kConn] = new Connection()
+    this.#connections++
+    socket.on('close', this.#connectionClosed)
+  }
+
+  readonly #connectionClosed = (): void => {
+    this.#connections--
+  }
+
+  /** The socket's pipeline state (made here for a socket handed to the server some other way). */
+  #conn (socket: Duplex): Connection {
+    const s = socket as ConnSocket
+    return s[kConn] ??= new Connection()
+  }
+
+  /** A parsed request: handled now, or queued behind the connection's active one. */
+  #onRequest (req: IncomingMessage, res: ServerResponse): void {
+    const socket = req.socket as ConnSocket
+    const conn = socket[kConn] ?? this.#conn(socket)
+    // after a refusal nothing on this connection is processed: it is closing
+    if (conn.closed) return
+    if (conn.active) {
+      this.#enqueue(conn, socket, { kind: 'request', req, res })
+      return
+    }
+    conn.active = true
+    conn.req = req
+    conn.res = res
+    this.#handle(req, res)
+  }
+
+  #enqueue (conn: Connection, socket: Duplex, item: Queued): void {
+    const q = conn.queue ??= []
+    q.push(item)
+    if (q.length >= PIPELINE_PAUSE && !conn.paused) {
+      // the way Node itself pauses a connection whose answers are not read:
+      // `_paused` keeps Node's body reads from resuming it, and Node pauses
+      // the parser after the current chunk
+      const s = socket as ConnSocket
+      conn.paused = true
+      s._paused = true
+      s.pause()
+    }
+  }
+
+  /**
+   * The connection's active request is over (its response closed): run the
+   * next queued one, or, when a refusal or the client ended the connection,
+   * drop the queue: nothing behind a refusal is ever routed or forwarded.
+   */
+  #next (socket: Duplex): void {
+    const conn = (socket as ConnSocket)[kConn]
+    if (conn === undefined) return
+    conn.active = false
+    conn.req = undefined
+    conn.res = undefined
+    if (conn.closed) return
+    if (socket.destroyed || socket.writableEnded) {
+      conn.closed = true
+      conn.queue = undefined
+      return
+    }
+    const q = conn.queue
+    if (q !== undefined && q.length !== 0) {
+      const item = q.shift()!
+      if (conn.paused && q.length <= PIPELINE_RESUME) {
+        const s = socket as ConnSocket
+        conn.paused = false
+        if (s._paused === true) {
+          s._paused = false
+          s.parser?.resume()
+          s.resume()
+        }
+      }
+      this.#run(conn, item)
+      return
+    }
+    if (conn.owed !== undefined) {
+      // the requests before the bytes llhttp refused are all answered: now the refusal
+      conn.closed = true
+      endWith(socket, conn.owed)
+    }
+  }
+
+  /** Handles one arrival as the connection's active request. */
+  #run (conn: Connection, item: Queued): void {
+    conn.active = true
+    switch (item.kind) {
+      case 'request':
+        conn.req = item.req
+        conn.res = item.res
+        this.#handle(item.req, item.res)
+        return
+      case 'expect':
+        conn.req = item.req
+        conn.res = item.res
+        this.#answer(item.res, 'CANARYD_ERR_EXPECTATION_FAILED')
+        return
+      case 'upgrade':
+        // an upgrade ends HTTP on this connection either way (Node stopped parsing it)
+        conn.closed = true
+        this.#upgrade(item.req, item.socket, item.head)
+        return
+      case 'connect':
+        conn.closed = true
+        item.socket.end(REPLY_501)
+    }
+  }
+
+  /** Answers a request with a proxy-made error before any version is charged; the pipeline goes on when it closes. */
+  #answer (res: ServerResponse, code: ErrorCode): void {
+    // the socket now: Node unsets req.socket once the exchange is over
+    const socket = res.req.socket
+    res.on('close', () => { this.#next(socket) })
+    sendError(res, code, '')
   }
 
   /**
@@ -255,17 +457,28 @@ export class ProxyServer {
     const t0 = performance.now()
     if (this.#draining) res.shouldKeepAlive = false // answer, then close: the listener is going away
     if (req.rawHeaders.length > this.#maxHeaderCount * 2) {
-      sendError(res, 'CANARYD_ERR_HEADERS_TOO_LARGE', '')
+      this.#answer(res, 'CANARYD_ERR_HEADERS_TOO_LARGE')
       return
     }
     // llhttp accepts `HTTP/0.9` and `HTTP/2.0` request lines; we only speak 1.x upstream
     if (req.httpVersionMajor !== 1) {
-      sendError(res, 'CANARYD_ERR_BAD_REQUEST', '')
+      this.#answer(res, 'CANARYD_ERR_BAD_REQUEST')
+      return
+    }
+    // HTTP/1.1 requires Host (RFC 9112 §3.2); 1.0 may omit it. A value that is not
+    // a plain authority is refused before it can pick a route or reach a log
+    const host = req.headers.host
+    if (host === undefined ? req.httpVersionMinor !== 0 : !isValidHost(host)) {
+      this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
+      return
+    }
+    if (req.method === 'TRACE' && !this.#allowTrace) {
+      this.#answer(res, 'CANARYD_ERR_METHOD_NOT_ALLOWED')
       return
     }
     const problem = this.#select(req, this.#bound)
     if (problem !== undefined) {
-      sendError(res, problem, '')
+      this.#answer(res, problem)
       return
     }
     const sel = this.#sel
@@ -289,6 +502,7 @@ export class ProxyServer {
       this.#log.info({ route: rt.route, version: rt.version, method: h.method, status, ms: Math.round(seconds * 1e4) / 10 }, 'access')
     }
     if (--this.#inFlight === 0 && this.#draining) this.#drained?.()
+    this.#next(h.socket)
   }
 
   /**
@@ -298,7 +512,6 @@ export class ProxyServer {
    * client unless the upstream itself switched protocols).
    */
   #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => { socket.destroy() })
     if (this.#draining) {
       socket.end(REPLY_503)
       return
@@ -311,15 +524,20 @@ export class ProxyServer {
       socket.end(REPLY_431)
       return
     }
+    const host = req.headers.host
+    if (host === undefined ? req.httpVersionMinor !== 0 : !isValidHost(host)) {
+      socket.end(REPLY_400_HOST)
+      return
+    }
     const problem = this.#select(req, this.#bound)
     if (problem !== undefined) {
-      socket.end(problem === 'CANARYD_ERR_NO_ROUTE' ? REPLY_404 : problem === 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' ? REPLY_503 : REPLY_400)
+      socket.end(problem === 'CANARYD_ERR_NO_ROUTE' ? REPLY_404 : problem === 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' ? REPLY_503 : problem === 'CANARYD_ERR_URI_TOO_LONG' ? REPLY_414 : REPLY_400)
       return
     }
     const rt = this.#sel.rt!
     const headers = buildUpstreamHeaders(req, rt.version, this.#sel.ip, this.#headerOpts)
     if (typeof headers === 'string') {
-      socket.end(headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : REPLY_400)
+      socket.end(headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : headers === 'CANARYD_ERR_INVALID_HOST' ? REPLY_400_HOST : REPLY_400)
       return
     }
     // http-proxy sends req.headers as they are: replace them with the plain
@@ -362,19 +580,59 @@ export class ProxyServer {
   /**
    * Requests llhttp cannot parse (bad framing, invalid characters, oversized
    * or slow headers) never reach an upstream: answer a JSON 400/408/431 and
-   * close the connection, since its framing can no longer be trusted.
+   * close the connection, since its framing can no longer be trusted. The
+   * requests the client sent before the bad bytes are answered first, in
+   * order (a pipeline GET, GET, garbage gets 200, 200, 400, as from nginx);
+   * the one whose own body failed to parse cannot be, and is cut.
    */
   #clientError (err: NodeJS.ErrnoException, socket: Socket): void {
-    if (!socket.writable || err.code === 'ECONNRESET' || socket.bytesWritten !== 0) {
-      // bytes already went out on this connection (e.g. a pipelined request's answer): no clean reply possible
+    const conn = this.#conn(socket)
+    // llhttp stays failed: more bytes from the client report the same error again
+    if (conn.failed) return
+    conn.failed = true
+    if (!socket.writable || err.code === 'ECONNRESET' || conn.closed) {
+      conn.closed = true
       socket.destroy()
       return
     }
     let reply = REPLY_400
     if (err.code === 'HPE_HEADER_OVERFLOW') reply = REPLY_431
     else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') reply = REPLY_408
-    socket.end(reply)
     this.#log.debug({ code: err.code }, 'malformed request refused')
+    const q = conn.queue
+    if (q !== undefined && q.length !== 0) {
+      // the last request parsed is the one whose body broke: it never runs
+      const last = q[q.length - 1]!
+      if ((last.kind === 'request' || last.kind === 'expect') && !last.req.complete) q.pop()
+    }
+    if (conn.active) {
+      if (conn.req !== undefined && !conn.req.complete) {
+        // the active request's own body is what failed: it cannot finish
+        conn.closed = true
+        if (conn.res !== undefined && conn.res.headersSent) socket.destroy()
+        else endWith(socket, reply)
+        return
+      }
+      conn.owed = reply
+      return
+    }
+    if (q !== undefined && q.length !== 0) {
+      conn.owed = reply
+      return
+    }
+    // nothing in flight: every earlier response on this connection is complete
+    conn.closed = true
+    endWith(socket, reply)
+  }
+
+  /** Client connections open now. */
+  get connections (): number {
+    return this.#connections
+  }
+
+  /** Client connections closed at once because limits.maxConnections were open. */
+  get rejectedConnections (): number {
+    return this.#rejected
   }
 
   /** Starts listening; resolves with the bound address. */
@@ -452,6 +710,7 @@ export class ProxyServer {
    */
   async drain (timeoutMs: number): Promise<boolean> {
     this.#draining = true
+    this.#ctx.draining = true
     if (this.#checkTimer !== undefined) clearInterval(this.#checkTimer)
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     this.server.closeIdleConnections()
@@ -471,6 +730,17 @@ export class ProxyServer {
     await closed
     return clean
   }
+}
+
+/**
+ * Writes a raw reply and closes the connection once it is flushed. Not just
+ * `end()`: the server's sockets allow half-open, and one whose client never
+ * closes its side would linger (with the request it was cut from still
+ * holding its upstream) until the client did.
+ */
+function endWith (socket: Duplex, reply: string): void {
+  socket.write(reply)
+  ;(socket as Socket).destroySoon()
 }
 
 /**

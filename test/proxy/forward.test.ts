@@ -24,7 +24,7 @@ t.test('undici refusing a header → 400, no exception, upstream untouched', asy
   const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, http: new HttpOrigin(up.origin, { connectTimeoutMs: 1000, responseTimeoutMs: 1000, bodyTimeoutMs: 1000, connections: 1, keepAliveMs: 1000 }), cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
   let threw: unknown
   const server = createServer((req, res) => {
-    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {} })
+    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {}, draining: false })
     try {
       handler.forward('/', ['x-bad', 'a\nb'], undefined, false)
     } catch (err) {
