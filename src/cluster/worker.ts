@@ -7,7 +7,7 @@
  */
 import cluster from 'node:cluster'
 import { createDataPlane, type DataPlane } from '../app.js'
-import { createLogger, type Logger } from '../logger.js'
+import { createLogger, flushLogs, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
 import type { Config } from '../config/load.js'
@@ -31,7 +31,7 @@ class Worker {
 
   constructor (init: Extract<ToWorker, { canaryd: 'init' }>) {
     this.#config = init.config
-    this.#log = createLogger(init.config.log.level).child({ worker: cluster.worker?.id })
+    this.#log = createLogger(init.config.log.level, undefined, { maxBufferBytes: init.config.log.maxBufferBytes }).child({ worker: cluster.worker?.id })
     this.#holder = new TableHolder(buildRoutingTable(withRuntimeWeights(init.config.routes, init.weights), init.generation))
     this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
     for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
@@ -112,6 +112,8 @@ class Worker {
     this.#flush()
     await this.#data.upstreams.close()
     this.#log.debug({ clean }, 'worker drained')
+    // bounded: a stdout nobody reads never holds the exit (see LogSink)
+    await flushLogs(1000)
     process.exit(0)
   }
 }
