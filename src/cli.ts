@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util'
 import { App } from './app.js'
 import { DEFAULT_CONFIG_PATH, loadConfig, type Config } from './config/load.js'
 import { CanarydError } from './errors.js'
-import { createLogger, type Logger } from './logger.js'
+import { createLogger, flushLogs, type Logger } from './logger.js'
+import { checkStateDir } from './state/file.js'
 
 const HELP = `canaryd — a reverse proxy for canary releases
 
@@ -70,6 +71,8 @@ async function serve (argv: string[]): Promise<void> {
   let config
   try {
     config = loadConfig(path)
+    // a state file that cannot be written would only fail at the first weight change: refuse now
+    checkStateDir(config.state.file)
   } catch (err) {
     if (err instanceof CanarydError) fail(`invalid config ${path}: ${err.message}`, 1)
     throw err
@@ -90,7 +93,7 @@ async function serve (argv: string[]): Promise<void> {
 /** `serve --workers N`: the primary runs the control plane, N workers serve traffic. */
 async function serveCluster (config: Config, workers: number): Promise<void> {
   const { ClusterPrimary } = await import('./cluster/primary.js')
-  const logger = createLogger(config.log.level)
+  const logger = createLogger(config.log.level, undefined, { maxBufferBytes: config.log.maxBufferBytes })
   const primary = new ClusterPrimary({ config, workers, logger })
   try {
     await primary.start()
@@ -104,9 +107,15 @@ async function serveCluster (config: Config, workers: number): Promise<void> {
   }, () => { primary.kill() })
 }
 
+/** How long shutdown waits for stdout to take the buffered log lines. */
+const LOG_FLUSH_MS = 1000
+
 /**
  * SIGTERM/SIGINT: drain (readiness 503, in-flight requests finish up to
- * timeouts.drainTimeoutMs) then exit 0; a second signal exits at once.
+ * timeouts.drainTimeoutMs), give stdout at most LOG_FLUSH_MS to take the
+ * buffered log lines, then exit 0; a second signal exits at once. The log
+ * sink never decides whether canaryd stops: a closed or stalled stdout only
+ * loses lines.
  */
 function onStopSignals (logger: Logger, describe: () => Record<string, unknown>, stop: () => Promise<void>, kill: () => void): void {
   let signals = 0
@@ -118,9 +127,12 @@ function onStopSignals (logger: Logger, describe: () => Record<string, unknown>,
       process.exit(1)
     }
     logger.info({ signal: sig, ...describe() }, 'draining')
-    stop().then(() => process.exit(0), (err: unknown) => {
+    void stop().then(() => 0, (err: unknown) => {
       logger.error({ err }, 'error while stopping')
-      process.exit(1)
+      return 1
+    }).then(async (code) => {
+      await flushLogs(LOG_FLUSH_MS) // bounded and asynchronous: never a synchronous flush that could hang
+      process.exit(code)
     })
   }
   process.on('SIGTERM', onSignal)
@@ -168,6 +180,8 @@ async function main (argv: string[]): Promise<void> {
 
 main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true) fail(err.message)
+  // e.g. LOG_LEVEL=verbose, found when the logger is created: one line, as config errors are
+  if (err instanceof CanarydError && err.code === 'CANARYD_ERR_CONFIG_INVALID') fail(err.message, 1)
   process.stderr.write(`canaryd: ${(err as Error).stack ?? String(err)}\n`)
   process.exit(1)
 })

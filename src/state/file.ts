@@ -1,6 +1,7 @@
-import { mkdirSync, renameSync, readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { mkdir, open, rename, rm } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
+import { ConfigError } from '../errors.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 
 /**
@@ -104,7 +105,9 @@ export function readStateFile (path: string, now: Date = new Date()): StateRead 
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
+    // mkdir -p of a path that is itself a regular file says EEXIST; a write there would say ENOTDIR
+    const raw = (err as NodeJS.ErrnoException).code
+    const code = raw === 'EEXIST' ? 'ENOTDIR' : raw
     if (code === 'ENOENT' || code === 'ENOTDIR') return { kind: 'absent' }
     return moveAside(path, `cannot read: ${code ?? (err as Error).message}`, now)
   }
@@ -131,9 +134,53 @@ function moveAside (path: string, reason: string, now: Date): StateRead {
   }
 }
 
-/** Creates the state file's directory at start so a missing `./data` does not fail the first change. */
-export function ensureStateDir (path: string): void {
-  mkdirSync(dirname(path), { recursive: true })
+/** Each errno a state write can fail with, in words: the bare code is cryptic to an operator. */
+const WRITE_FAILURES: Readonly<Record<string, string>> = {
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EROFS: 'read-only file system',
+  ENOTDIR: 'a file, not a directory, is in the path',
+  EISDIR: 'the state file path is a directory',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded'
+}
+
+/**
+ * Start-up check of `state.file`: creates its directory when missing
+ * (mkdir -p) and proves a file can be created in it, the same operation the
+ * atomic save does (temp file + rename). Without it a read-only or missing
+ * volume is only found by the first weight change (500
+ * CANARYD_ERR_STATE_PERSIST) while /readyz already says 200.
+ *
+ * A real write probe rather than access(W_OK): root passes access() on a
+ * 0555 directory, and a read-only mount is only certain on an actual write.
+ * `file` '' (runtime state in memory only) is not checked. Throws a
+ * ConfigError for key `state.file` whose one-line message names the
+ * directory, the errno and, when the path came from CANARYD_STATE_FILE in
+ * `env`, that variable (it overrides the config file, which is easy to miss
+ * in a container image that sets it).
+ */
+export function checkStateDir (file: string, env: NodeJS.ProcessEnv = process.env): void {
+  if (file === '') return
+  const target = resolve(file)
+  const dir = dirname(target)
+  try {
+    mkdirSync(dir, { recursive: true })
+    if (statSync(target, { throwIfNoEntry: false })?.isDirectory() === true) throw Object.assign(new Error(`${target} is a directory`), { code: 'EISDIR' })
+    const probe = join(dir, `.${basename(target)}.${process.pid}.probe`)
+    writeFileSync(probe, '', { mode: 0o600 })
+    rmSync(probe, { force: true })
+  } catch (err) {
+    // mkdir -p of a path that is itself a regular file says EEXIST; a write there would say ENOTDIR
+    const raw = (err as NodeJS.ErrnoException).code
+    const code = raw === 'EEXIST' ? 'ENOTDIR' : raw
+    const what = code === undefined ? (err as Error).message : `${code} (${WRITE_FAILURES[code] ?? (err as Error).message})`
+    const source = env.CANARYD_STATE_FILE !== undefined && env.CANARYD_STATE_FILE === file
+      ? `; the path is set by CANARYD_STATE_FILE=${file}, which overrides the config file`
+      : ''
+    throw new ConfigError('state.file', `cannot write to ${code === 'EISDIR' ? target : dir}: ${what}${source}. ` +
+      `Mount a writable volume there, or set state.file (env CANARYD_STATE_FILE) to a writable path ("" keeps runtime state in memory only)`)
+  }
 }
 
 let tmpCounter = 0

@@ -5,7 +5,7 @@ import { withWeights, type RouteSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
-import { ensureStateDir, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc } from './file.js'
+import { checkStateDir, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc } from './file.js'
 
 /** Options of the runtime store. */
 export interface RuntimeStoreOptions {
@@ -145,10 +145,12 @@ export class RuntimeStore {
   }
 
   #load (): void {
+    // `canaryd serve` refuses to start on this (cli.ts); an embedded store only logs it, so
+    // tests and library users can still exercise the CANARYD_ERR_STATE_PERSIST path
     try {
-      ensureStateDir(this.file)
+      checkStateDir(this.file)
     } catch (err) {
-      this.#log.error({ stateFile: this.file, err }, 'cannot create the state file directory; weight changes will fail until it exists')
+      this.#log.error({ stateFile: this.file }, `${(err as Error).message}; weight changes will fail (CANARYD_ERR_STATE_PERSIST) until it is writable`)
     }
     const read = readStateFile(this.file, this.#now())
     if (read.kind === 'absent') {

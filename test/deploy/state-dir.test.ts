@@ -1,0 +1,105 @@
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import t, { type Test } from 'tap'
+import { configFromObject } from '../../src/config/load.js'
+import { ConfigError } from '../../src/errors.js'
+import { createLogger } from '../../src/logger.js'
+import { checkStateDir } from '../../src/state/file.js'
+import { RuntimeStore } from '../../src/state/store.js'
+import { twoVersionRoute } from '../helpers/proxy.js'
+
+// The start-up check of state.file (src/state/file.ts): what a container with a read-only root
+// file system or a missing volume hits. Kept with the deploy tests because that is where it bites.
+
+function scratch (t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-statedir-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  return dir
+}
+
+/** Runs `fn` and returns the ConfigError it throws (fails the test if it throws nothing or something else). */
+function configError (t: Test, fn: () => void): ConfigError | undefined {
+  try {
+    fn()
+  } catch (err) {
+    t.ok(err instanceof ConfigError, `a ConfigError: ${String(err)}`)
+    return err as ConfigError
+  }
+  t.fail('did not throw')
+  return undefined
+}
+
+t.test('creates a missing directory (mkdir -p) and leaves nothing else behind', async (t) => {
+  const dir = scratch(t)
+  const file = join(dir, 'a', 'b', 'state.json')
+  checkStateDir(file, {})
+  t.ok(statSync(join(dir, 'a', 'b')).isDirectory())
+  t.same(readdirSync(join(dir, 'a', 'b')), [], 'the write probe is removed')
+  t.notOk(existsSync(file), 'the state file itself is not created')
+  checkStateDir(file, {})
+  t.pass('a second check of an existing directory passes')
+})
+
+t.test('state.file "" (in memory only) is not checked', async (t) => {
+  t.doesNotThrow(() => { checkStateDir('', { CANARYD_STATE_FILE: '' }) })
+})
+
+t.test('a directory that cannot be created: one line naming the key, the directory and the errno, even as root', async (t) => {
+  const dir = scratch(t)
+  const blocker = join(dir, 'file.txt')
+  writeFileSync(blocker, 'a regular file where a directory should be')
+  const file = join(blocker, 'state.json')
+  const err = configError(t, () => { checkStateDir(file, {}) })
+  t.equal(err?.code, 'CANARYD_ERR_CONFIG_INVALID')
+  t.equal(err?.key, 'state.file')
+  t.equal(err?.message, `state.file: cannot write to ${blocker}: ENOTDIR (a file, not a directory, is in the path). ` +
+    'Mount a writable volume there, or set state.file (env CANARYD_STATE_FILE) to a writable path ("" keeps runtime state in memory only)')
+  t.notOk(err?.message.includes('\n'), 'one line')
+  const deeper = configError(t, () => { checkStateDir(join(blocker, 'x', 'state.json'), {}) })
+  t.match(deeper?.message, `cannot write to ${join(blocker, 'x')}: ENOTDIR`)
+})
+
+t.test('names CANARYD_STATE_FILE when the path came from it (it overrides the config file)', async (t) => {
+  const dir = scratch(t)
+  writeFileSync(join(dir, 'f'), '')
+  const file = join(dir, 'f', 'state.json')
+  t.match(configError(t, () => { checkStateDir(file, { CANARYD_STATE_FILE: file }) })?.message,
+    `; the path is set by CANARYD_STATE_FILE=${file}, which overrides the config file. Mount`)
+  t.notMatch(configError(t, () => { checkStateDir(file, { CANARYD_STATE_FILE: '/elsewhere/state.json' }) })?.message, 'is set by CANARYD_STATE_FILE',
+    'not when the variable holds another path')
+})
+
+t.test('the state file path is a directory: refused (the atomic rename could never replace it)', async (t) => {
+  const dir = scratch(t)
+  const file = join(dir, 'state.json')
+  mkdirSync(file)
+  t.equal(configError(t, () => { checkStateDir(file, {}) })?.message.split('. ')[0], `state.file: cannot write to ${file}: EISDIR (the state file path is a directory)`)
+})
+
+t.test('a directory without write permission: EACCES (skipped as root, whom chmod does not stop)', { skip: process.getuid?.() === 0 ? 'running as root' : false }, async (t) => {
+  const dir = scratch(t)
+  const locked = join(dir, 'locked')
+  mkdirSync(locked)
+  chmodSync(locked, 0o555)
+  t.teardown(() => { chmodSync(locked, 0o755) })
+  t.match(configError(t, () => { checkStateDir(join(locked, 'state.json'), {}) })?.message, `state.file: cannot write to ${locked}: EACCES (permission denied)`)
+})
+
+t.test('an embedded RuntimeStore logs the same line at error and still starts (serve refuses instead)', async (t) => {
+  const dir = scratch(t)
+  writeFileSync(join(dir, 'f'), '')
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      cb()
+    }
+  })
+  const routes = configFromObject({ routes: [twoVersionRoute('http://127.0.0.1:3001', 'http://127.0.0.1:3002', [90, 10])] }, '(test)', {}).routes
+  const store = new RuntimeStore({ routes, file: join(dir, 'f', 'state.json'), logger: createLogger('info', stream) })
+  t.same(store.weights('web'), { stable: 90, canary: 10 })
+  const line = lines.find((l) => l.level === 50)
+  t.match(line?.msg, /^state\.file: cannot write to .*: ENOTDIR .*; weight changes will fail \(CANARYD_ERR_STATE_PERSIST\) until it is writable$/)
+})
