@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_BAD_REQUEST: { status: 400, doc: 'The client request is malformed or ambiguous and was not forwarded.', message: 'the request is malformed and was not forwarded', refusal: true },
   CANARYD_ERR_INVALID_HOST: { status: 400, doc: 'The Host header is missing (HTTP/1.1), repeated, empty or not a valid authority (RFC 3986 reg-name or IP literal, optional port); the request was not forwarded.', message: 'the Host header is missing, repeated or not a valid authority', refusal: true },
   CANARYD_ERR_UPSTREAM_CONNECT: { status: 502, doc: 'The chosen upstream refused or failed the TCP connection.', message: 'the upstream refused the connection' },
+  CANARYD_ERR_UPSTREAM_TLS: { status: 502, doc: 'The TLS handshake with an https upstream failed (an origin that speaks plain HTTP, an unknown CA, an expired or mismatched certificate); logged at warn once per origin per minute with the cause.', message: 'the TLS handshake with the upstream failed' },
   CANARYD_ERR_UPSTREAM_RESET: { status: 502, doc: 'The upstream closed or reset the connection before sending response headers.', message: 'the upstream closed the connection before responding' },
   CANARYD_ERR_UPSTREAM_PROTOCOL: { status: 502, doc: 'The upstream sent an invalid HTTP response (bad status line, ambiguous framing).', message: 'the upstream sent an invalid HTTP response' },
   CANARYD_ERR_UPSTREAM_TIMEOUT: { status: 504, doc: 'The upstream sent no response headers within timeouts.upstreamResponseMs.', message: 'the upstream did not respond in time' },

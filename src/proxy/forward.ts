@@ -37,6 +37,26 @@ export function recordFailure (rt: VersionRuntime, connect: boolean, log: Logger
   }
 }
 
+/** Origin → when its last TLS failure was logged (ms): one warn line per origin per minute. */
+const tlsWarned = new Map<string, number>()
+const TLS_WARN_EVERY_MS = 60_000
+
+/**
+ * Logs a failed TLS handshake with an upstream at warn, at most once per
+ * origin per minute: it is a configuration fault (wrong scheme, CA,
+ * certificate) an operator must see, while every request to the origin
+ * repeats it. Cold path: failures only.
+ */
+function warnTls (rt: VersionRuntime, err: Error, log: Logger): void {
+  const now = Date.now()
+  const origin = rt.slot.origin
+  const last = tlsWarned.get(origin)
+  if (last !== undefined && now - last < TLS_WARN_EVERY_MS) return
+  tlsWarned.set(origin, now)
+  const code = (err as NodeJS.ErrnoException).code ?? ''
+  log.warn({ route: rt.route, version: rt.version, origin, code, cause: err.message }, 'TLS handshake with the upstream failed (answered 502; logged once per origin per minute)')
+}
+
 /** Proxy-made error responses, serialised once from the registry's messages. */
 const ERROR_BODIES = new Map<ErrorCode, Buffer>()
 for (const code of Object.keys(ERROR_CODES) as ErrorCode[]) ERROR_BODIES.set(code, Buffer.from(errorBody(code, errorMessage(code))))
@@ -360,7 +380,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#rt.observer.upstreamError(failure.kind)
     const connect = failure.kind === 'connect'
     recordFailure(this.#rt, connect, this.#log)
-    this.#log.debug({ err, route: this.#rt.route, version: this.#rt.version, kind: failure.kind }, 'upstream error')
+    if (failure.code === 'CANARYD_ERR_UPSTREAM_TLS') warnTls(this.#rt, err, this.#log)
+    else this.#log.debug({ err, route: this.#rt.route, version: this.#rt.version, kind: failure.kind }, 'upstream error')
     if (this.#responded) {
       // headers already went out: a truncated body must not look complete, so close the connection
       this.#res.destroy(err)
@@ -368,7 +389,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     }
     this.#responded = true
     // every version of the route known unreachable (ejected or failing to connect): 503, as Envoy's "no healthy upstream"
-    const code = connect && this.#rt.health.othersUnreachable(this.#rt.index) ? 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' : failure.code
+    // (a TLS failure keeps its own code: the origin answers, its certificate or scheme is wrong)
+    const code = failure.code === 'CANARYD_ERR_UPSTREAM_CONNECT' && this.#rt.health.othersUnreachable(this.#rt.index) ? 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' : failure.code
     sendError(this.#res, code, this.#rt.version)
   }
 
