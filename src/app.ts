@@ -1,12 +1,12 @@
 import type { AddressInfo } from 'node:net'
+import { registerRolloutRoutes } from './admin/rollout-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
-import type { Config } from './config/load.js'
+import { listenError, type Config } from './config/load.js'
 import { createLogger, droppedLogLines, type Logger } from './logger.js'
 import { NOOP_OBSERVERS } from './metrics/observer.js'
 import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
 import type { SubscribeFinish } from './rollout/controller.js'
-import { registerRolloutRoutes } from './rollout/http.js'
 import { RolloutManager } from './rollout/manager.js'
 import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
@@ -208,7 +208,9 @@ export class App {
    */
   async start (): Promise<void> {
     this.adminAddress = await this.admin.listen()
-    this.proxyAddress = await this.proxy.listen(this.config.listen.port, this.config.listen.host)
+    const { host, port } = this.config.listen
+    // the admin server names itself in its listen errors; the proxy's are named here
+    this.proxyAddress = await this.proxy.listen(port, host).catch((err: unknown) => { throw listenError(err, 'proxy', host, port) })
     await announceStarted(this.logger, this.config, this.holder, this.rollouts, {
       proxy: `${this.proxyAddress.address}:${this.proxyAddress.port}`,
       admin: `${this.adminAddress.address}:${this.adminAddress.port}`

@@ -3,10 +3,10 @@ import { readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { App } from './app.js'
-import { DEFAULT_CONFIG_PATH, loadConfig, type Config } from './config/load.js'
+import { DEFAULT_CONFIG_PATH, type Config } from './config/load.js'
 import { CanarydError } from './errors.js'
 import { createLogger, flushLogs, type Logger } from './logger.js'
-import { checkStateDir } from './state/file.js'
+import { checkServeConfig, configErrorLine, runConfig } from './commands/config.js'
 
 const HELP = `canaryd — a reverse proxy for canary releases
 
@@ -16,13 +16,19 @@ Usage:
                                         ${DEFAULT_CONFIG_PATH}; JSON or YAML); --workers (or
                                         CANARYD_WORKERS): N node:cluster workers serve traffic,
                                         the primary keeps the admin API, state and rollouts
+  canaryd validate [--config FILE]      check the config, the environment and the state directory
+                                        as serve would, without starting; exit 0 (one ok line) or 1
+  canaryd config print [--config FILE] [--yaml]
+                                        the effective config (file + environment) as JSON (or
+                                        YAML), secrets masked
   canaryd weights ROUTE VERSION=PERCENT... [--reason TEXT] [--admin URL] [--token T] [--json]
                                         change a route's weights live (e.g. stable=80 canary=20);
                                         validated, persisted and audited by the admin server
   canaryd status [ROUTE] [--admin URL] [--token T] [--json]
                                         routes, versions, weights, upstreams, rollout state
-  canaryd rollout start ROUTE [--plan FILE] [--admin URL] [--token T]
-                                        start a progressive rollout (plan: JSON/YAML; README "Progressive delivery")
+  canaryd rollout start ROUTE [--plan FILE] [--canary NAME] [--admin URL] [--token T]
+                                        start a progressive rollout (plan: JSON/YAML, docs/rollouts.md;
+                                        --canary NAME sets the plan's canary version)
   canaryd rollout status|pause|resume|promote|abort ROUTE [--admin URL] [--token T] [--json]
                                         show or steer the route's rollout
   canaryd top [--admin URL] [--token T] [--interval MS] [--once]
@@ -34,10 +40,10 @@ Usage:
   canaryd --version | -v                the version
 
 Environment:
-  CANARYD_CONFIG        config file path
+  CANARYD_CONFIG        config file path (serve, validate, config print)
   LOG_LEVEL             log level (fatal, error, warn, info, debug, trace, silent)
-  CANARYD_ADMIN_URL     admin URL for weights/status/top (default http://127.0.0.1:9901)
-  CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see README "Configuration"
+  CANARYD_ADMIN_URL     admin URL for weights/status/rollout/top (default http://127.0.0.1:9901)
+  CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see docs/configuration.md
 `
 
 /** The package version, read from package.json next to dist/. */
@@ -70,11 +76,12 @@ async function serve (argv: string[]): Promise<void> {
   }
   let config
   try {
-    config = loadConfig(path)
-    // a state file that cannot be written would only fail at the first weight change: refuse now
-    checkStateDir(config.state.file)
+    // config, state directory (a state file that cannot be written would only fail at the
+    // first weight change), log level and admin binding: the same checks as `canaryd validate`
+    config = checkServeConfig(path)
   } catch (err) {
-    if (err instanceof CanarydError) fail(`invalid config ${path}: ${err.message}`, 1)
+    const line = configErrorLine(path, err)
+    if (line !== undefined) fail(line, 1)
     throw err
   }
   if (workers > 1) return await serveCluster(config, workers)
@@ -155,6 +162,9 @@ async function main (argv: string[]): Promise<void> {
       return
     case 'serve':
       return await serve(rest)
+    case 'validate':
+    case 'config':
+      return await runConfig(cmd, rest)
     case 'weights':
     case 'status': {
       const { runClient } = await import('./commands/client.js')

@@ -4,7 +4,7 @@ import { isIP } from 'node:net'
 import { CanarydError } from '../errors.js'
 
 /** Largest admin request body, bytes; past it 413 and reading stops. */
-export const MAX_BODY_BYTES = 64 * 1024
+const MAX_BODY_BYTES = 64 * 1024
 
 /**
  * True when `host` can only be reached from this machine: `localhost`, any
@@ -47,7 +47,7 @@ export function tokenDigest (token: string): Buffer {
 }
 
 /** True for `application/json` and `application/*+json`, with any parameters. */
-export function isJsonContentType (ct: string | undefined): boolean {
+function isJsonContentType (ct: string | undefined): boolean {
   if (ct === undefined) return false
   const type = ct.split(';', 1)[0]!.trim().toLowerCase()
   return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'))

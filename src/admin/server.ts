@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { CanarydError, ConfigError } from '../errors.js'
+import { listenError } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import type { RuntimeStore } from '../state/store.js'
 import { checkBearer, isLoopbackHost, readJsonBody, tokenDigest } from './http.js'
@@ -10,12 +11,23 @@ import { AdminRouter, type AdminHandler, type AdminMethod, type AdminReply, type
 // Type-only reference: it makes tsc copy openapi.json to dist/admin/, where
 // the server reads it at run time (a JSON import would print Node 20's
 // experimental-feature warning on every start).
-export type OpenApiDocument = typeof import('./openapi.json')
+type OpenApiDocument = typeof import('./openapi.json')
 
 /** What the admin server needs of the metrics: the exposition text and its content type. */
 export interface MetricsSource {
   expose: () => Promise<string>
   registry: { contentType: string }
+}
+
+/**
+ * Throws a ConfigError (CANARYD_ERR_CONFIG_INVALID) when the admin server
+ * would be reachable from other machines without a token. AdminServer.listen
+ * checks it before opening a socket; `canaryd validate` checks it too.
+ */
+export function checkAdminBinding (host: string, token: string): void {
+  if (token === '' && !isLoopbackHost(host)) {
+    throw new ConfigError('admin.host', `${host} is not a loopback address and no admin token is set; refusing to expose the admin API unauthenticated. Set admin.token (or CANARYD_ADMIN_TOKEN), or bind admin.host to 127.0.0.1`)
+  }
 }
 
 /** Options of the admin server. */
@@ -33,10 +45,10 @@ export interface AdminServerOptions {
 }
 
 /** Longest `reason` accepted with a weight change, characters. */
-export const MAX_REASON_LENGTH = 1000
+const MAX_REASON_LENGTH = 1000
 
 /** Largest `limit` of GET /api/v1/audit. */
-export const MAX_AUDIT_LIMIT = 1000
+const MAX_AUDIT_LIMIT = 1000
 
 function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
@@ -45,7 +57,7 @@ function isObj (v: unknown): v is Record<string, unknown> {
 let openApiText: string | undefined
 
 /** The OpenAPI 3 document of the admin API, as kept in src/admin/openapi.json. */
-export function openApiDocument (): OpenApiDocument {
+function openApiDocument (): OpenApiDocument {
   openApiText ??= readFileSync(new URL('./openapi.json', import.meta.url), 'utf8')
   return JSON.parse(openApiText) as OpenApiDocument
 }
@@ -97,13 +109,13 @@ export class AdminServer {
    */
   async listen (): Promise<AddressInfo> {
     const { host, port } = this.#opts
-    if (this.#token === undefined && !isLoopbackHost(host)) {
-      throw new ConfigError('admin.host', `${host} is not a loopback address and no admin token is set; refusing to expose the admin API unauthenticated. Set admin.token (or CANARYD_ADMIN_TOKEN), or bind admin.host to 127.0.0.1`)
-    }
+    checkAdminBinding(host, this.#opts.token)
     await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject)
+      // a taken port must say it is the admin server's, and which key sets it
+      const onError = (err: Error): void => { reject(listenError(err, 'admin', host, port)) }
+      this.server.once('error', onError)
       this.server.listen(port, host, () => {
-        this.server.off('error', reject)
+        this.server.off('error', onError)
         resolve()
       })
     })

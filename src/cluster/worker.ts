@@ -7,6 +7,7 @@
  */
 import cluster from 'node:cluster'
 import { createDataPlane, type DataPlane } from '../app.js'
+import { listenError } from '../config/load.js'
 import { createLogger, flushLogs, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
@@ -132,8 +133,10 @@ process.on('message', (m: unknown) => {
       process.exit(1)
     }
     for (const e of early.splice(0)) worker.handle(e)
+    const { host, port } = msg.config.listen
     worker.start().catch((err: unknown) => {
-      process.stderr.write(`canaryd worker: cannot listen: ${(err as Error).message}\n`)
+      // the same line as a single process: which listener, which key and env var
+      process.stderr.write(`canaryd: ${(listenError(err, 'proxy', host, port) as Error).message}\n`)
       process.exit(1)
     })
     return

@@ -50,14 +50,33 @@ export function parseWeightArgs (args: readonly string[]): Record<string, number
   return out
 }
 
-/** Formats a rollout summary for one table cell: its `state` (or `phase`) when it has one, compact JSON otherwise. */
-function rolloutCell (r: unknown): string {
+/** Rollout states that no longer own the route's weights: the record stays, the weights may have moved on. */
+const FINAL_STATES = new Set(['promoted', 'rolled-back', 'aborted'])
+
+/**
+ * Formats a route's rollout summary (`state, canary, step, steps, weight`)
+ * for one table cell. An active rollout shows its step out of every step,
+ * the promotion to 100 % included (`progressing (step 2/6)`). A finished
+ * rollout's record says `promoted` forever, so the cell only says so while
+ * the canary still has the weight the rollout left it; after a later weight
+ * change it says `promoted earlier; weights changed since`.
+ */
+export function rolloutCell (r: unknown, versions: ReadonlyArray<{ name: string; weight: number }> = []): string {
   if (r === null || r === undefined) return '-'
   if (typeof r === 'string') return r
   if (typeof r === 'object') {
     const o = r as Record<string, unknown>
     const state = typeof o.state === 'string' ? o.state : typeof o.phase === 'string' ? o.phase : undefined
-    if (state !== undefined) return typeof o.step === 'number' ? `${state} (step ${o.step})` : state
+    if (state !== undefined && FINAL_STATES.has(state)) {
+      const canary = versions.find((v) => v.name === o.canary)
+      const unchanged = typeof o.weight !== 'number' || canary?.weight === o.weight
+      return unchanged ? state : `${state} earlier; weights changed since`
+    }
+    if (state !== undefined) {
+      if (typeof o.step !== 'number') return state
+      // `steps` counts the analysed steps; the promotion to 100 % is one more
+      return typeof o.steps === 'number' ? `${state} (step ${o.step}/${o.steps + 1})` : `${state} (step ${o.step})`
+    }
   }
   const s = JSON.stringify(r)
   return s.length > 40 ? `${s.slice(0, 39)}…` : s
@@ -68,7 +87,7 @@ export function formatRoutes (routes: readonly RouteJson[]): string {
   const rows: string[][] = [['ROUTE', 'VERSION', 'WEIGHT', 'UPSTREAM', 'ROLLOUT']]
   for (const r of routes) {
     r.versions.forEach((v, i) => {
-      rows.push([i === 0 ? r.name : '', v.name, `${v.weight}%`, v.upstream, i === 0 ? rolloutCell(r.rollout) : ''])
+      rows.push([i === 0 ? r.name : '', v.name, `${v.weight}%`, v.upstream, i === 0 ? rolloutCell(r.rollout, r.versions) : ''])
     })
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))

@@ -21,11 +21,17 @@ Options:
 
 const ACTIONS = ['start', 'status', 'pause', 'resume', 'promote', 'abort'] as const
 
-/** One-screen summary of a rollout body. */
+/**
+ * One-screen summary of a rollout body. The plan's `steps` are the analysed
+ * weights; the promotion to 100 % is the last step, so a plan of
+ * 1, 5, 10, 25, 50 (and 100) reads `step 1/6 (1 → 5 → 10 → 25 → 50 → 100)`,
+ * and a promoted rollout is at step 6/6.
+ */
 export function formatRollout (r: Record<string, unknown>): string {
-  const steps = (r.steps as number[] | undefined) ?? []
+  const steps = [...((r.steps as number[] | undefined) ?? []), 100]
+  const step = r.state === 'promoted' ? steps.length : r.step
   const lines = [
-    `route ${String(r.route)}: ${String(r.state)}  canary ${String(r.canary)} at ${String(r.weight)}%  step ${String(r.step)}/${steps.length} (${steps.join(' → ')} → 100)`,
+    `route ${String(r.route)}: ${String(r.state)}  canary ${String(r.canary)} at ${String(r.weight)}%  step ${String(step)}/${steps.length} (${steps.join(' → ')})`,
     `failed checks ${String(r.failedChecks)}${r.reason === null || r.reason === undefined ? '' : `  reason: ${String(r.reason)}`}`
   ]
   const checks = (r.checks as Array<Record<string, unknown>> | undefined) ?? []
@@ -93,6 +99,26 @@ export async function runRollout (argv: string[]): Promise<void> {
     if (api !== undefined) return apiError(`${api.status} ${api.code ?? ''}: ${api.message ?? JSON.stringify(api.body)}`)
     return err.exitCode === 2 ? usageError(err.message) : apiError(err.message)
   }
-  if (values.json === true) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
-  else process.stdout.write(formatRollout(json) + (json.held === true ? 'promotion held by the confirm-promotion gate\n' : ''))
+  if (values.json === true) {
+    process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
+    return
+  }
+  const since = action === 'status' ? await weightsSince(base, token, route, json) : ''
+  process.stdout.write(formatRollout(json) + since + (json.held === true ? 'promotion held by the confirm-promotion gate\n' : ''))
+}
+
+/**
+ * For a finished rollout, a line saying the route's weights moved on since
+ * it ended (the record keeps saying `promoted` or `rolled-back`), else ''.
+ * Best effort: the rollout answer is printed even when this call fails.
+ */
+async function weightsSince (base: string, token: string, route: string, r: Record<string, unknown>): Promise<string> {
+  if (r.state !== 'promoted' && r.state !== 'rolled-back' && r.state !== 'aborted') return ''
+  try {
+    const cur = await callAdmin(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as { versions: Array<{ name: string; weight: number }> }
+    if (cur.versions.find((v) => v.name === r.canary)?.weight === r.weight) return ''
+    return `weights changed since the rollout ended: now ${cur.versions.map((v) => `${v.name} ${v.weight}%`).join(', ')}\n`
+  } catch {
+    return ''
+  }
 }

@@ -32,6 +32,74 @@ export interface Config {
 /** Default config path when neither --config nor CANARYD_CONFIG is given. */
 export const DEFAULT_CONFIG_PATH = 'config/default.json'
 
+/** A schema leaf: its dotted key and its spec (format, default, env var, sensitive). */
+export interface SchemaLeaf {
+  key: string
+  format: unknown
+  env?: string
+  sensitive?: boolean
+}
+
+let leaves: readonly SchemaLeaf[] | undefined
+
+/** Every leaf of the schema but `routes`, in schema order (walked once). */
+export function schemaLeaves (): readonly SchemaLeaf[] {
+  if (leaves !== undefined) return leaves
+  const out: SchemaLeaf[] = []
+  const walk = (node: Record<string, unknown>, prefix: string): void => {
+    for (const [k, v] of Object.entries(node)) {
+      if (typeof v !== 'object' || v === null) continue
+      if ('default' in v) out.push({ key: `${prefix}${k}`, ...(v as unknown as Omit<SchemaLeaf, 'key'>) })
+      else walk(v as Record<string, unknown>, `${prefix}${k}.`)
+    }
+  }
+  walk(schema, '')
+  leaves = out.filter((l) => l.key !== 'routes')
+  return leaves
+}
+
+/**
+ * A config value that came from an environment variable and is invalid. The
+ * message names the variable first: the file may not even contain the key,
+ * so blaming the file would send the operator to the wrong place.
+ */
+export class EnvConfigError extends ConfigError {
+  /** The environment variable, e.g. CANARYD_LISTEN_PORT. */
+  readonly variable: string
+  constructor (key: string, variable: string, reason: string) {
+    super(key, reason)
+    this.name = 'EnvConfigError'
+    this.variable = variable
+    this.message = `environment variable ${variable} (${key}): ${reason}`
+  }
+}
+
+/**
+ * The reason an environment string is not a valid value of `format`, or
+ * undefined. Stricter than convict's coercion on purpose: convict reads
+ * `80x` as 80, `1.5` as 1 and `0` as true for a Boolean, so a typo in a
+ * Deployment would silently become another value.
+ */
+function envProblem (format: unknown, value: string): string | undefined {
+  const got = `got ${JSON.stringify(value)}`
+  if (format === 'port') return /^\d{1,5}$/.test(value) && Number(value) <= 65535 ? undefined : `must be a port (0–65535), ${got}`
+  if (format === 'nat') return /^\d+$/.test(value) && Number.isSafeInteger(Number(value)) ? undefined : `must be a whole number >= 0, ${got}`
+  if (format === Boolean) return value === 'true' || value === 'false' ? undefined : `must be true or false, ${got}`
+  if (Array.isArray(format)) return format.includes(value) ? undefined : `must be one of ${format.join(', ')}, ${got}`
+  return undefined
+}
+
+/** Throws an EnvConfigError for the first schema variable set in `env` to an invalid value. */
+function checkEnv (env: NodeJS.ProcessEnv): void {
+  for (const leaf of schemaLeaves()) {
+    if (leaf.env === undefined) continue
+    const value = env[leaf.env]
+    if (value === undefined) continue
+    const problem = envProblem(leaf.format, value)
+    if (problem !== undefined) throw new EnvConfigError(leaf.key, leaf.env, problem)
+  }
+}
+
 /** convict names the unknown leaf (`lisen.port`); name the first segment the schema does not know (`lisen`). */
 function unknownKeyPath (path: string): string {
   let node: Record<string, unknown> = schema
@@ -44,30 +112,202 @@ function unknownKeyPath (path: string): string {
   return path
 }
 
-/** Turns convict's multi-line error into one `key: reason` line per problem. */
-function convictMessage (err: Error): ConfigError {
+/**
+ * Turns convict's multi-line error into one `key: reason` line for the first
+ * problem; a key whose variable is set in `env` is blamed on the variable.
+ */
+function convictMessage (err: Error, env: NodeJS.ProcessEnv): ConfigError {
   const first = err.message.split('\n').map((l) => l.trim()).filter((l) => l.length > 0)[0] ?? err.message
   const undeclared = /configuration param '([^']+)' not declared in the schema/.exec(first)
   if (undeclared !== null) return new ConfigError(unknownKeyPath(undeclared[1]!), 'unknown key')
   const m = /^([\w.]+): (.*)$/.exec(first)
-  if (m !== null) return new ConfigError(m[1]!, m[2]!)
-  return new ConfigError('', first)
+  if (m === null) return new ConfigError('', first)
+  const variable = schemaLeaves().find((l) => l.key === m[1])?.env
+  if (variable !== undefined && env[variable] !== undefined) return new EnvConfigError(m[1]!, variable, m[2]!)
+  return new ConfigError(m[1]!, m[2]!)
 }
 
-/** Parses a config file's text by extension: .json, .yaml or .yml. */
-function parseFile (path: string): unknown {
+/**
+ * A config file that cannot be read or parsed. Its message names the file
+ * (as given) once, so the CLI prints it without its usual
+ * `invalid config FILE:` prefix; a syntax error adds the line, the column
+ * and a snippet with a caret under the column.
+ */
+export class ConfigFileError extends ConfigError {
+  /** The path as given (--config or CANARYD_CONFIG). */
+  readonly path: string
+  /** 1-based line and column of a syntax error. */
+  readonly line: number | undefined
+  readonly column: number | undefined
+  constructor (path: string, message: string, at?: { line: number; column: number; text: string }) {
+    super('', at === undefined ? message : `${message}\n${codeFrame(at.text, at.line, at.column)}`)
+    this.name = 'ConfigFileError'
+    this.path = path
+    this.line = at?.line
+    this.column = at?.column
+  }
+}
+
+/** Widest snippet line shown: a minified one-line JSON file must not flood the terminal. */
+const FRAME_WIDTH = 100
+
+/**
+ * The line before (for context), the offending line and a caret under
+ * `column`, each numbered. Long lines are cut to a window around the column;
+ * the caret's padding copies the line's own tabs so it lines up in any terminal.
+ */
+export function codeFrame (text: string, line: number, column: number): string {
+  const lines = text.split(/\r?\n/)
+  const numWidth = String(line).length
+  const out: string[] = []
+  let start = Math.max(0, column - 1 - Math.floor(FRAME_WIDTH / 2))
+  const target = lines[line - 1] ?? ''
+  if (target.length - start < FRAME_WIDTH) start = Math.max(0, target.length - FRAME_WIDTH)
+  const cut = (s: string): string => {
+    const part = s.slice(start, start + FRAME_WIDTH)
+    return `${start > 0 ? '…' : ''}${part}${s.length > start + FRAME_WIDTH ? '…' : ''}`
+  }
+  if (line >= 2 && (lines[line - 2] ?? '').trim() !== '') out.push(`  ${String(line - 1).padStart(numWidth)} | ${cut(lines[line - 2]!)}`)
+  out.push(`  ${String(line).padStart(numWidth)} | ${cut(target)}`)
+  const lead = target.slice(start, Math.max(start, column - 1)).replace(/[^\t]/g, ' ')
+  out.push(`  ${' '.repeat(numWidth)} | ${start > 0 ? ' ' : ''}${lead}^`)
+  return out.join('\n')
+}
+
+/** 1-based line and column of a 0-based offset into `text`. */
+function lineColumn (text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, Math.min(offset, text.length))
+  const nl = before.lastIndexOf('\n')
+  return { line: before.split('\n').length, column: offset - nl }
+}
+
+/** Where jsonErrorOffset's scan stopped. */
+class JsonScanStop extends Error {
+  constructor (readonly at: number) {
+    super(`JSON scan stopped at ${at}`)
+  }
+}
+
+/**
+ * The offset of the first character JSON.parse rejects in `text` (a small
+ * recursive-descent scan of the JSON grammar), or undefined when the scan
+ * finds none. Only used when V8's message gives no position, as for
+ * `Unexpected token 'x', "…" is not valid JSON` (a bare word or single quotes).
+ */
+export function jsonErrorOffset (text: string): number | undefined {
+  let i = 0
+  const fail = (): never => { throw new JsonScanStop(i) }
+  const ws = (): void => { while (i < text.length && ' \t\n\r'.includes(text[i]!)) i++ }
+  const str = (): void => {
+    i++ // the opening quote
+    for (;;) {
+      const c = text[i]
+      if (c === undefined || c < ' ') fail()
+      if (c === '"') { i++; return }
+      if (c === '\\') {
+        i++
+        if (text[i] === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 1, i + 5))) fail()
+          i += 5
+        } else if (text[i] !== undefined && '"\\/bfnrt'.includes(text[i]!)) i++
+        else fail()
+      } else i++
+    }
+  }
+  const NUM = /-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/y
+  const value = (): void => {
+    ws()
+    const c = text[i]
+    if (c === '{' || c === '[') {
+      const close = c === '{' ? '}' : ']'
+      i++
+      ws()
+      if (text[i] === close) { i++; return }
+      for (;;) {
+        if (c === '{') {
+          ws()
+          if (text[i] !== '"') fail()
+          str()
+          ws()
+          if (text[i] !== ':') fail()
+          i++
+        }
+        value()
+        ws()
+        if (text[i] === ',') { i++; continue }
+        if (text[i] === close) { i++; return }
+        fail()
+      }
+    }
+    if (c === '"') return str()
+    NUM.lastIndex = i
+    if (NUM.exec(text) !== null) { i = NUM.lastIndex; return }
+    for (const lit of ['true', 'false', 'null']) if (text.startsWith(lit, i)) { i += lit.length; return }
+    fail()
+  }
+  try {
+    value()
+    ws()
+    return i < text.length ? i : undefined
+  } catch (err) {
+    // a RangeError is a nesting deep enough to overflow the stack: no position then
+    return err instanceof JsonScanStop ? err.at : undefined
+  }
+}
+
+/** A YAML syntax error: yaml's reason without its own location and frame, and where. */
+function yamlFailure (path: string, text: string, err: Error): ConfigFileError {
+  const linePos = (err as Error & { linePos?: Array<{ line: number; col: number }> }).linePos
+  const reason = /^([\s\S]*?) at line \d+, column \d+/.exec(err.message)?.[1] ?? err.message.split('\n')[0]!
+  const at = linePos?.[0]
+  if (at === undefined) return new ConfigFileError(path, `${path} is not valid YAML: ${reason}`)
+  return new ConfigFileError(path, `${path} is not valid YAML: line ${at.line}, column ${at.col}: ${reason}`, { text, line: at.line, column: at.col })
+}
+
+/** A JSON syntax error: V8's reason without its position, and the line and column computed from it. */
+function jsonFailure (path: string, text: string, err: Error): ConfigFileError {
+  const msg = err.message.split('\n')[0]!
+  let offset: number | undefined
+  let reason = msg
+  const pos = /^(.*?) in JSON at position (\d+)/.exec(msg)
+  if (pos !== null) {
+    reason = pos[1]!
+    offset = Number(pos[2])
+  } else if (/^Unexpected end of JSON input/.test(msg)) {
+    reason = 'unexpected end of input'
+    offset = text.trimEnd().length
+  } else {
+    // `Unexpected token 'u', "{"a": undefined}" is not valid JSON`: the quoted text is the file, not a location
+    reason = /^(Unexpected token '.+?'), /s.exec(err.message)?.[1] ?? msg
+    offset = jsonErrorOffset(text)
+  }
+  if (offset === undefined) return new ConfigFileError(path, `${path} is not valid JSON: ${reason}`)
+  const { line, column } = lineColumn(text, offset)
+  return new ConfigFileError(path, `${path} is not valid JSON: line ${line}, column ${column}: ${reason}`, { text, line, column })
+}
+
+/** Reads and parses a config file by extension: .json, .yaml or .yml. `shown` is the path as the user gave it. */
+function parseFile (path: string, shown: string): unknown {
   let text: string
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    throw new ConfigError('', `cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    throw new ConfigFileError(shown, `cannot read config file ${shown}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
+  // an editor's UTF-8 byte order mark is not part of the document (JSON.parse rejects it)
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1)
   const ext = extname(path).toLowerCase()
+  if (ext === '.yaml' || ext === '.yml') {
+    try {
+      return parseYaml(text)
+    } catch (err) {
+      throw yamlFailure(shown, text, err as Error)
+    }
+  }
   try {
-    if (ext === '.yaml' || ext === '.yml') return parseYaml(text)
     return JSON.parse(text)
   } catch (err) {
-    throw new ConfigError('', `${path} is not valid ${ext === '.yaml' || ext === '.yml' ? 'YAML' : 'JSON'}: ${(err as Error).message.split('\n')[0]}`)
+    throw jsonFailure(shown, text, err as Error)
   }
 }
 
@@ -78,6 +318,8 @@ function parseFile (path: string): unknown {
  */
 export function configFromObject (raw: unknown, source: string = '', env: NodeJS.ProcessEnv = process.env): Config {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError('', 'the config must be a JSON/YAML object')
+  // before convict, whose coercion would turn some typos into other values (see envProblem)
+  checkEnv(env)
   const c = createConvict(env)
   try {
     // env vars win over the file: convict re-applies them after load()
@@ -85,15 +327,58 @@ export function configFromObject (raw: unknown, source: string = '', env: NodeJS
     c.validate({ allowed: 'strict' })
   } catch (err) {
     if (err instanceof ConfigError) throw err
-    throw convictMessage(err as Error)
+    throw convictMessage(err as Error, env)
   }
   const props = c.getProperties() as Omit<Config, 'routes' | 'source'> & { routes: unknown }
   const routes = validateRoutes(props.routes)
   return { ...props, routes, source }
 }
 
-/** Loads, parses and validates a config file (JSON or YAML). */
+/**
+ * Loads, parses and validates a config file (JSON or YAML). A file that
+ * cannot be read or parsed throws a ConfigFileError naming `path` as given;
+ * a bad value from an environment variable throws an EnvConfigError.
+ */
 export function loadConfig (path: string, env: NodeJS.ProcessEnv = process.env): Config {
   const abs = resolve(path)
-  return configFromObject(parseFile(abs), abs, env)
+  return configFromObject(parseFile(abs, path), abs, env)
+}
+
+/** The two listeners canaryd opens: the proxy (listen.*) and the admin server (admin.*). */
+export type Listener = 'proxy' | 'admin'
+
+/** What a failed listen() means, and which of the listener's keys (host or port) to change. */
+const LISTEN_FAILURES: Record<string, { key: 'host' | 'port'; reason: string }> = {
+  EADDRINUSE: { key: 'port', reason: 'address already in use' },
+  EACCES: { key: 'port', reason: 'permission denied' },
+  EADDRNOTAVAIL: { key: 'host', reason: 'address not available on this machine' },
+  EAFNOSUPPORT: { key: 'host', reason: 'address family not supported' },
+  ENOTFOUND: { key: 'host', reason: 'host name not found' },
+  EAI_AGAIN: { key: 'host', reason: 'host name lookup failed (temporary)' },
+  EAI_FAIL: { key: 'host', reason: 'host name lookup failed' }
+}
+
+/**
+ * Wraps a listen() failure of the proxy or the admin server into an Error
+ * whose one-line message says which listener failed and which key (and
+ * environment variable) sets what to change:
+ * `cannot listen on 127.0.0.1:8080 (proxy: listen.port / CANARYD_LISTEN_PORT): address already in use`.
+ * The errno `code`, `listener` and the original error (`cause`) are kept.
+ * Anything but a socket error (no errno code) is returned unchanged.
+ */
+export function listenError (err: unknown, listener: Listener, host: string, port: number): unknown {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
+  // errno codes only (EADDRINUSE, EAI_AGAIN): not Node's ERR_… nor canaryd's CANARYD_ERR_…
+  if (typeof e?.code !== 'string' || !/^E[A-Z0-9_]+$/.test(e.code) || e.code.startsWith('ERR_')) return err
+  const known = LISTEN_FAILURES[e.code]
+  const section = listener === 'proxy' ? 'listen' : 'admin'
+  const leaves = schemaLeaves()
+  const name = (k: 'host' | 'port'): string => `${section}.${k} / ${leaves.find((l) => l.key === `${section}.${k}`)?.env ?? '?'}`
+  const keys = known === undefined ? `${name('host')}, ${name('port')}` : name(known.key)
+  let reason = known?.reason ?? `${e.code} (${e.message})`
+  const p = e.port ?? port
+  if (e.code === 'EACCES' && p > 0 && p < 1024) reason += ': ports below 1024 need root or CAP_NET_BIND_SERVICE'
+  const h = e.address ?? host
+  const where = `${h.includes(':') ? `[${h}]` : h}:${p}`
+  return Object.assign(new Error(`cannot listen on ${where} (${listener}: ${keys}): ${reason}`, { cause: err }), { code: e.code, listener })
 }

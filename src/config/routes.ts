@@ -1,6 +1,6 @@
 import { ConfigError } from '../errors.js'
 import type { RouteSpec, VersionSpec } from '../routing/spec.js'
-import { PlanError, validatePlan } from '../rollout/plan.js'
+import { PlanError, validatePlan } from './plan.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 

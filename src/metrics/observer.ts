@@ -1,4 +1,4 @@
-import type { UpstreamErrorKind } from '../upstream/classify.js'
+import type { UpstreamErrorKind } from './kinds.js'
 
 /**
  * What the hot path reports about one (route, version): bound once per table

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Registry } from 'prom-client'
-import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../upstream/classify.js'
+import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from './kinds.js'
 import { DEFAULT_METRICS_PREFIX, METRIC_NAMES } from './names.js'
 import type { ObserverFactory, VersionObserver } from './observer.js'
 

@@ -9,7 +9,7 @@
 import { CanarydError } from '../errors.js'
 import type { Clock } from './clock.js'
 import { judgeCheck, type CheckResult, type Verdict } from './judge.js'
-import { ACTIVE_STATES, type RolloutEvent, type RolloutPlan, type RolloutStateName, type WebhookSpec } from './plan.js'
+import { ACTIVE_STATES, type RolloutEvent, type RolloutPlan, type RolloutStateName, type WebhookSpec } from '../config/plan.js'
 import { SampleWindow } from './window.js'
 
 /** How many recent checks and history entries a record keeps (the state file stays small). */
@@ -177,7 +177,7 @@ export class RolloutController {
     const record: RolloutRecord = { v: 1, route, plan, stable, versions: [...versions], state: 'progressing', stepIndex: 0, weight, failedChecks: 0, startedAt: now, updatedAt: now, checks: [], history: [] }
     const c = new RolloutController(record, deps)
     c.#event('started', `rollout of ${plan.canary} on ${route} started at ${weight}%`)
-    await c.#save(`rollout started: step 1/${plan.steps.length}, ${plan.canary} at ${weight}%`)
+    await c.#save(`rollout started: step 1/${plan.steps.length + 1}, ${plan.canary} at ${weight}%`)
     c.#arm()
     return c
   }
@@ -342,8 +342,8 @@ export class RolloutController {
           if (r.stepIndex < r.plan.steps.length - 1) {
             r.stepIndex++
             r.weight = r.plan.steps[r.stepIndex]!
-            weightReason = `rollout step ${this.#step()}/${r.plan.steps.length}: ${r.plan.canary} at ${r.weight}%`
-            this.#event('step', `rollout of ${r.plan.canary} on ${this.route}: step ${this.#step()}/${r.plan.steps.length}, ${r.weight}%`)
+            weightReason = `rollout step ${this.#step()}/${r.plan.steps.length + 1}: ${r.plan.canary} at ${r.weight}%`
+            this.#event('step', `rollout of ${r.plan.canary} on ${this.route}: step ${this.#step()}/${r.plan.steps.length + 1}, ${r.weight}%`)
           } else if (r.plan.promotion === 'auto') {
             if (gate.ok) weightReason = this.#end(r, 'promoted', 100, 'all steps passed')
             else this.#held(r, gate.detail)

@@ -2,7 +2,7 @@
  * The judge of one check: canary and stable windows in, a verdict and its
  * figures out. Pure: the controller records the result and acts on it.
  */
-import type { AnalysisSpec } from './plan.js'
+import type { AnalysisSpec } from '../config/plan.js'
 import { mannWhitneyTest, quantileSorted, twoProportionTest } from './stats.js'
 import type { WindowSnapshot } from './window.js'
 

@@ -8,7 +8,7 @@ import { CanarydError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
 import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeEjection, type SubscribeFinish } from './controller.js'
-import { PlanError, validatePlan } from './plan.js'
+import { PlanError, validatePlan } from '../config/plan.js'
 
 /** What the manager needs of the runtime store (src/state/store.ts RuntimeStore fits). */
 export interface RolloutStore {

@@ -6,7 +6,7 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
 import type { RolloutObserver, RolloutRecord } from './controller.js'
 import type { Verdict } from './judge.js'
-import { ROLLOUT_STATES } from './plan.js'
+import { ROLLOUT_STATES } from '../config/plan.js'
 
 const VERDICTS: readonly Verdict[] = ['pass', 'fail', 'inconclusive']
 

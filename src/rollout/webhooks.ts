@@ -7,7 +7,7 @@
 import { request } from 'undici'
 import type { Logger } from '../logger.js'
 import type { RolloutRecord, RolloutNotifier } from './controller.js'
-import type { RolloutEvent, WebhookSpec } from './plan.js'
+import type { RolloutEvent, WebhookSpec } from '../config/plan.js'
 
 /** The JSON body of every webhook: Slack-compatible `text`, plus structured fields for machines. */
 export interface WebhookPayload {

@@ -36,15 +36,13 @@ function buildRoute (spec: RouteSpec, index: number): Route {
   const attributes = `; Max-Age=${c.maxAge}; Path=/${c.domain !== undefined ? `; Domain=${c.domain}` : ''}; HttpOnly; SameSite=Lax`
   const keys = spec.sticky.keys.map(parseKeySource)
   keys.push(Object.freeze({ kind: KeyKind.Cookie, name: c.name }))
-  const saltText = spec.sticky.salt ?? spec.name
   const host = spec.match.host?.toLowerCase()
   return Object.freeze({
     name: spec.name,
     index,
     host,
     pathPrefix: spec.match.pathPrefix,
-    salt: saltState(saltText),
-    saltText,
+    salt: saltState(spec.sticky.salt ?? spec.name),
     versions: Object.freeze(versions),
     active: Object.freeze(versions.filter((v) => v.ppm > 0)),
     versionByName: new Map(versions.map((v) => [v.name, v])),

@@ -51,7 +51,6 @@ export interface Route {
   readonly pathPrefix: string
   /** FNV state after the salt; see `hash.ts`. */
   readonly salt: number
-  readonly saltText: string
   readonly versions: readonly Version[]
   /** Versions with weight > 0, in config order: the candidates of the pick. */
   readonly active: readonly Version[]

@@ -5,7 +5,7 @@
  */
 
 /** Parts per million in 100 %. */
-export const PPM_TOTAL = 1_000_000
+const PPM_TOTAL = 1_000_000
 
 /** Converts a percentage to whole parts per million, or returns undefined if it has more than 4 decimals. */
 export function toPpm (weight: number): number | undefined {
@@ -16,7 +16,7 @@ export function toPpm (weight: number): number | undefined {
 }
 
 /** Formats a ppm sum back to percent for messages (80, 99.9999). */
-export function formatPercent (ppm: number): string {
+function formatPercent (ppm: number): string {
   return String(ppm / 10_000)
 }
 

@@ -179,7 +179,7 @@ export function checkStateDir (file: string, env: NodeJS.ProcessEnv = process.en
       ? `; the path is set by CANARYD_STATE_FILE=${file}, which overrides the config file`
       : ''
     throw new ConfigError('state.file', `cannot write to ${code === 'EISDIR' ? target : dir}: ${what}${source}. ` +
-      `Mount a writable volume there, or set state.file (env CANARYD_STATE_FILE) to a writable path ("" keeps runtime state in memory only)`)
+      'Mount a writable volume there, or set state.file (env CANARYD_STATE_FILE) to a writable path ("" keeps runtime state in memory only)')
   }
 }
 

@@ -1,10 +1,5 @@
 import type { ErrorCode } from '../errors.js'
-
-/** Kinds of upstream failure, the `kind` label of canaryd_upstream_errors_total. */
-export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'protocol' | 'other'
-
-/** All kinds, in label order (so every series can be created at zero). */
-export const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect', 'timeout', 'reset', 'protocol', 'other']
+import type { UpstreamErrorKind } from '../metrics/kinds.js'
 
 /** What an upstream failure means for the client and the metrics. */
 export interface UpstreamFailure {

@@ -27,8 +27,6 @@ export class VersionHealth {
   connectFailing = false
   /** Clock time the current ejection ends; 0 when not ejected. */
   ejectedUntil = 0
-  /** Ejections so far (for logs and tests). */
-  ejections = 0
 
   constructor (route: string, version: string) {
     this.route = route
@@ -122,7 +120,6 @@ export class RouteHealth {
   eject (index: number, now: number = this.#now()): void {
     const v = this.versions[index]!
     v.ejectedUntil = now + this.#opts.ejectionMs
-    v.ejections++
   }
 
   /** Ends an ejection early (the active check saw the version healthy again). */

@@ -55,7 +55,7 @@ export class HttpOrigin {
   readonly #tls: boolean
   /** host[:port] of the origin, the Host sent when the client sent none (HTTP/1.0), as undici does. */
   readonly #host: string
-  readonly opts: HttpClientOptions
+  readonly #opts: HttpClientOptions
 
   constructor (origin: string, opts: HttpClientOptions) {
     const u = new URL(origin)
@@ -74,7 +74,7 @@ export class HttpOrigin {
     this.#base = { protocol: u.protocol, hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (tls ? 443 : 80) : Number(u.port), agent: this.#agent }
     this.#tls = tls
     this.#host = u.host
-    this.opts = opts
+    this.#opts = opts
   }
 
   /** Sends one request; the handler hears everything that happens to it. */
@@ -96,18 +96,10 @@ export class HttpOrigin {
       handler.onError(Object.assign(new errors.InvalidArgumentError((err as Error).message), { cause: err }))
       return
     }
-    void new Exchange(cr, req.body, handler, this.opts, this.#tls)
+    void new Exchange(cr, req.body, handler, this.#opts, this.#tls)
   }
 
-  /** Drops the idle sockets; in-flight exchanges finish on theirs, which are then closed, not kept (after a config change). */
-  closeIdle (): void {
-    noKeepAlive(this.#agent)
-    for (const list of Object.values(this.#agent.freeSockets)) {
-      for (const s of list ?? []) s.destroy()
-    }
-  }
-
-  /** Destroys every socket (after the drain, or on a second signal). */
+  /** Destroys every socket (after the drain). */
   destroy (): void {
     noKeepAlive(this.#agent)
     this.#agent.destroy()

@@ -31,10 +31,10 @@ export interface UpstreamSlot {
  * One undici Pool per upstream origin, with keep-alive, shared by every route
  * and version that points at that origin and kept across table swaps (a
  * weight change opens no connection). Pools are made when a table that needs
- * them is bound, never on the hot path.
+ * them is bound, never on the hot path. Pools live until `close`: the
+ * origins are fixed at start-up, so none ever becomes unused.
  */
 export class Upstreams {
-  readonly #pools = new Map<string, Pool>()
   readonly #slots = new Map<string, UpstreamSlot>()
   readonly #opts: UpstreamOptions
 
@@ -42,12 +42,12 @@ export class Upstreams {
     this.#opts = opts
   }
 
-  /** The pool for an origin, created on first use. */
-  get (origin: string): Pool {
-    let p = this.#pools.get(origin)
-    if (p === undefined) {
+  /** The pool and in-flight counter of an origin, created on first use (kept across table swaps). */
+  slot (origin: string): UpstreamSlot {
+    let s = this.#slots.get(origin)
+    if (s === undefined) {
       const o = this.#opts
-      p = new Pool(origin, {
+      const pool = new Pool(origin, {
         connections: o.connections === 0 ? null : o.connections,
         connect: { timeout: o.connectTimeoutMs },
         headersTimeout: o.responseTimeoutMs,
@@ -59,51 +59,18 @@ export class Upstreams {
         keepAliveTimeoutThreshold: 1000,
         pipelining: 1
       })
-      this.#pools.set(origin, p)
-    }
-    return p
-  }
-
-  /** The pool and in-flight counter of an origin, created on first use (kept across table swaps). */
-  slot (origin: string): UpstreamSlot {
-    let s = this.#slots.get(origin)
-    if (s === undefined) {
-      const o = this.#opts
       const http = new HttpOrigin(origin, { connectTimeoutMs: o.connectTimeoutMs, responseTimeoutMs: o.responseTimeoutMs, bodyTimeoutMs: o.bodyTimeoutMs, connections: o.connections, keepAliveMs: o.keepAliveMs })
-      s = { origin, pool: this.get(origin), http, cap: o.maxInFlight ?? 0, inFlight: 0 }
+      s = { origin, pool, http, cap: o.maxInFlight ?? 0, inFlight: 0 }
       this.#slots.set(origin, s)
     }
     return s
   }
 
-  /** Closes pools no longer used by any of `origins` (after a config change). */
-  async retain (origins: ReadonlySet<string>): Promise<void> {
-    const closing: Promise<void>[] = []
-    for (const [origin, pool] of this.#pools) {
-      if (!origins.has(origin)) {
-        this.#pools.delete(origin)
-        this.#slots.get(origin)?.http.closeIdle()
-        this.#slots.delete(origin)
-        closing.push(pool.close())
-      }
-    }
-    await Promise.all(closing)
-  }
-
   /** Closes every pool, letting in-flight requests finish. */
   async close (): Promise<void> {
-    await Promise.all([...this.#pools.values()].map((p) => p.close()))
+    await Promise.all([...this.#slots.values()].map(async (s) => { await s.pool.close() }))
     // called after the drain: what is left on the http client is idle keep-alive sockets
     for (const s of this.#slots.values()) s.http.destroy()
-    this.#pools.clear()
-    this.#slots.clear()
-  }
-
-  /** Destroys every pool at once (second signal). */
-  async destroy (): Promise<void> {
-    await Promise.all([...this.#pools.values()].map((p) => p.destroy()))
-    for (const s of this.#slots.values()) s.http.destroy()
-    this.#pools.clear()
     this.#slots.clear()
   }
 }

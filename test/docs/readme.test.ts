@@ -36,7 +36,7 @@ function proseLines (text: string): string[] {
 function tableRows (text: string): string[][] {
   return proseLines(text)
     .filter((l) => l.startsWith('|'))
-    .map((l) => l.replace(/\\\|/g, '\u0000').split('|').slice(1, -1).map((c) => c.replace(/\u0000/g, '|').trim()))
+    .map((l) => l.replaceAll('\\|', '\u0000').split('|').slice(1, -1).map((c) => c.replaceAll('\u0000', '|').trim()))
 }
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, repeats numbered. */

@@ -52,7 +52,7 @@ const REFUSED: Array<[string, string, string | Buffer, number]> = [
   ['headers', 'bare CR inside a header value', get('X-A: b\rc\r\n'), 400],
   ['headers', 'NUL inside a header value', get('X-A: b\x00c\r\n'), 400],
   ['headers', 'bare LF ending a header line', get('X-A: b\nX-B: c\r\n'), 400],
-  ['headers', 'space before the colon (Host : …)', `GET / HTTP/1.1\r\nHost : app.test\r\n\r\n`, 400],
+  ['headers', 'space before the colon (Host : …)', 'GET / HTTP/1.1\r\nHost : app.test\r\n\r\n', 400],
   ['headers', 'invalid character in a header name', get('X(A): b\r\n'), 400],
   ['headers', 'empty header name', get(': b\r\n'), 400],
   ['headers', 'non-ASCII header name', Buffer.from(get('X-\u00e9: b\r\n'), 'latin1'), 400],
@@ -62,6 +62,8 @@ const REFUSED: Array<[string, string, string | Buffer, number]> = [
   ['headers', 'no Host in HTTP/1.1', 'GET / HTTP/1.1\r\nX-A: b\r\n\r\n', 400],
   ['headers', 'a Trailer request field', post('Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n', '3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n'), 400],
   ['headers', 'Expect other than 100-continue', post('Content-Length: 3\r\nExpect: 200-ok\r\n', 'abc'), 417],
+  ['headers', 'Expect: 100-continue-x (Node alone would take it as 100-continue)', post('Content-Length: 3\r\nExpect: 100-continue-x\r\n', 'abc'), 417],
+  ['headers', 'Expect: foo, 100-continue (an expectation besides 100-continue)', post('Content-Length: 3\r\nExpect: foo, 100-continue\r\n', 'abc'), 417],
   // request line
   ['request line', 'invalid method token G@T', 'G@T / HTTP/1.1\r\nHost: app.test\r\n\r\n', 400],
   ['request line', 'lower-case method', 'get / HTTP/1.1\r\nHost: app.test\r\n\r\n', 400],

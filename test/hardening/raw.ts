@@ -52,7 +52,7 @@ export async function rawRequest (port: number, parts: Array<string | Buffer>, o
     s.on('connect', () => {
       void (async () => {
         for (let i = 0; i < parts.length; i++) {
-          if (i > 0 && opts.gapMs !== undefined) await new Promise((r) => setTimeout(r, opts.gapMs))
+          if (i > 0 && opts.gapMs !== undefined) await new Promise((resolve) => setTimeout(resolve, opts.gapMs))
           if (s.destroyed) return
           s.write(parts[i]!)
         }

@@ -194,7 +194,7 @@ t.test('a worker that cannot listen fails the start: exit 1, no restart loop', a
     child.on('exit', (c) => { clearTimeout(killer); resolve(c) })
   })
   t.equal(code, 1, 'serve exits 1')
-  t.match(out, /EADDRINUSE/, 'the worker\'s error is printed')
+  t.match(out, /canaryd: cannot listen on 127\.0\.0\.1:\d+ \(proxy: listen\.port \/ CANARYD_LISTEN_PORT\): address already in use/, 'the worker\'s error names the listener, key and env var, as a single process does')
   t.match(out, /exited during start-up/)
   t.ok(Date.now() - started < 10_000, 'fails fast instead of restarting workers forever')
 })

@@ -10,7 +10,7 @@ t.test('start --plan, status, pause, resume, abort', async (t) => {
 
   const start = await cli(['start', 'web', '--plan', file, ...admin])
   t.equal(start.code, 0, start.stderr)
-  t.match(start.stdout, /route web: progressing {2}canary canary at 5% {2}step 1\/3 \(5 → 25 → 50 → 100\)/)
+  t.match(start.stdout, /route web: progressing {2}canary canary at 5% {2}step 1\/4 \(5 → 25 → 50 → 100\)/)
   t.same(p.app.state.weights('web'), { stable: 95, canary: 5 }, 'the first step is live')
   t.equal(p.app.rollouts.get('web').plan.intervalMs, 3_600_000, 'the plan file was used')
 
@@ -21,7 +21,7 @@ t.test('start --plan, status, pause, resume, abort', async (t) => {
 
   const status = await cli(['status', 'web'], { CANARYD_ADMIN_URL: p.adminUrl })
   t.equal(status.code, 0, status.stderr)
-  t.match(status.stdout, /^route web: progressing {2}canary canary at 5% {2}step 1\/3/)
+  t.match(status.stdout, /^route web: progressing {2}canary canary at 5% {2}step 1\/4/)
   t.match(status.stdout, /failed checks 0/)
 
   const json = await cli(['status', 'web', '--json', ...admin])
@@ -57,7 +57,7 @@ t.test('start with a YAML plan and --canary, then promote', async (t) => {
   const file = planFile('plan.yaml', 'steps: [10, 40]\nintervalMs: 3600000\npromotion: manual\n')
   const start = await cli(['start', 'web', '--plan', file, '--canary', 'canary', ...admin])
   t.equal(start.code, 0, start.stderr)
-  t.match(start.stdout, /canary canary at 10% {2}step 1\/2/)
+  t.match(start.stdout, /canary canary at 10% {2}step 1\/3/)
   const promote = await cli(['promote', 'web', ...admin])
   t.equal(promote.code, 0, promote.stderr)
   t.match(promote.stdout, /route web: promoted {2}canary canary at 100%/)

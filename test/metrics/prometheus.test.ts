@@ -2,7 +2,9 @@ import t from 'tap'
 import { parseExposition, type Sample } from '../../src/metrics/exposition.js'
 import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
 import { DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, METRIC_NAMES, PRECREATED_CODES, PrometheusMetrics } from '../../src/metrics/prometheus.js'
-import { UPSTREAM_ERROR_KINDS } from '../../src/upstream/classify.js'
+import { UPSTREAM_ERROR_KINDS } from '../../src/metrics/kinds.js'
+import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
+import { refusedOrigin, startUpstream } from '../helpers/upstream.js'
 
 async function samples (m: PrometheusMetrics): Promise<Sample[]> {
   return [...parseExposition(await m.expose()).samples]
@@ -115,10 +117,33 @@ t.test('default metrics carry the canaryd_ prefix (event-loop lag, heap, handles
   t.notOk(parseExposition(await off.expose()).types.has('canaryd_nodejs_heap_size_used_bytes'))
 })
 
-t.test('the no-op observers do nothing and share one object (metrics off)', async (t) => {
+t.test('metrics off: traffic is served and counted nowhere, /metrics is 404, the no-op observer keeps no state', async (t) => {
+  const stable = await startUpstream('stable')
+  t.teardown(stable.close)
+  // the canary refuses connections: its 502 goes through upstreamError/finish of the no-op observer too
+  const p = await startProxy(testConfig([twoVersionRoute(stable.origin, await refusedOrigin(), [100, 0])]), { metrics: false })
+  t.teardown(p.close)
+  t.equal(p.app.metrics, undefined, 'no metrics object at all')
+
+  for (let i = 0; i < 3; i++) {
+    const r = await fetch(`${p.url}/x`, { headers: { 'x-user-id': `u${i}` } })
+    t.equal(r.status, 200)
+    t.equal((await r.json() as { version: string }).version, 'stable')
+  }
+  const failed = await fetch(`${p.url}/x`, { headers: { 'x-canary': 'canary' } })
+  t.equal(failed.status, 502, 'a failed upstream is still answered')
+  t.equal((await failed.json() as { error: { code: string } }).error.code, 'CANARYD_ERR_UPSTREAM_CONNECT')
+  t.equal(p.app.proxy.inFlight, 0, 'in-flight accounting does not depend on metrics')
+
+  const m = await fetch(`${p.adminUrl}/metrics`)
+  t.equal(m.status, 404)
+  t.same(await m.json(), { error: { code: 'CANARYD_ERR_NOT_FOUND', message: 'metrics are disabled in this instance' } })
+  t.equal((await fetch(`${p.adminUrl}/readyz`)).status, 200, 'the control plane works without metrics')
+
+  // one frozen object for every (route, version): a call has nowhere to keep a count
   const o = NOOP_OBSERVERS.bind('web', 'stable')
   t.equal(o, NOOP_OBSERVERS.bind('api', 'canary'))
-  o.start(); o.finish(200, 1, false); o.upstreamError('connect'); o.ejected()
-  NOOP_OBSERVERS.setWeights([])
-  t.pass()
+  t.ok(Object.isFrozen(o) && Object.isFrozen(NOOP_OBSERVERS))
+  t.same(Object.keys(o).sort(), ['ejected', 'finish', 'start', 'upstreamError'])
+  t.equal(o.websocket, undefined, 'no websocket hook: the proxy skips the call')
 })

@@ -35,4 +35,3 @@ export async function setup (t: Test, token = ''): Promise<TestProxy> {
   t.teardown(async () => { await p.close(); await stable.close(); await canary.close() })
   return p
 }
-

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { judgeCheck } from '../../src/rollout/judge.js'
-import { validatePlan } from '../../src/rollout/plan.js'
+import { validatePlan } from '../../src/config/plan.js'
 import { SampleWindow, type WindowSnapshot } from '../../src/rollout/window.js'
 
 const analysis = validatePlan({ canary: 'c', steps: [10], analysis: { minRequests: 50, successRate: { min: 99 } } }).analysis

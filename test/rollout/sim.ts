@@ -6,7 +6,7 @@
  */
 import { ManualClock } from '../../src/rollout/clock.js'
 import { RolloutController, type ControllerDeps, type RolloutHost, type RolloutNotifier, type RolloutRecord } from '../../src/rollout/controller.js'
-import { validatePlan, type RolloutEvent, type RolloutPlan } from '../../src/rollout/plan.js'
+import { validatePlan, type RolloutEvent, type RolloutPlan } from '../../src/config/plan.js'
 import type { SampleWindow } from '../../src/rollout/window.js'
 
 /** mulberry32: a tiny seeded PRNG, so every simulated rollout is reproducible. */

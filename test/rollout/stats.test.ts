@@ -1,7 +1,7 @@
 import t from 'tap'
 import { mannWhitneyTest, normalUpperTail, quantile, twoProportionTest } from '../../src/rollout/stats.js'
 import { judgeCheck } from '../../src/rollout/judge.js'
-import { validatePlan } from '../../src/rollout/plan.js'
+import { validatePlan } from '../../src/config/plan.js'
 
 // reference values computed with scipy 1.17 (norm.sf, mannwhitneyu asymptotic + continuity)
 t.test('normal upper tail matches scipy norm.sf', async (t) => {

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { ManualClock } from '../../src/rollout/clock.js'
 import { RolloutController, type RolloutRecord } from '../../src/rollout/controller.js'
-import { validatePlan, type WebhookSpec } from '../../src/rollout/plan.js'
+import { validatePlan, type WebhookSpec } from '../../src/config/plan.js'
 import { WebhookNotifier, type WebhookPayload } from '../../src/rollout/webhooks.js'
 import { memoryHost } from './sim.js'
 
@@ -51,8 +51,17 @@ function record (): RolloutRecord {
   const plan = validatePlan({ canary: 'canary', steps: [10, 50, 90] }, ['stable', 'canary'])
   const figures = { requests: 120, failures: 1, successRate: 99.1667, p50Ms: 3, p99Ms: 9, sampled: 119, ejections: 0, stillEjected: false }
   return {
-    v: 1, route: 'web', plan, stable: 'stable', versions: ['stable', 'canary'], state: 'progressing', stepIndex: 1, weight: 50, failedChecks: 1,
-    startedAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:01:00.000Z',
+    v: 1,
+    route: 'web',
+    plan,
+    stable: 'stable',
+    versions: ['stable', 'canary'],
+    state: 'progressing',
+    stepIndex: 1,
+    weight: 50,
+    failedChecks: 1,
+    startedAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:01:00.000Z',
     checks: [{ at: '2026-01-01T00:01:00.000Z', step: 1, weight: 10, failedChecks: 1, verdict: 'fail', reasons: ['canary success rate 99.1667% is below 99.5%'], canary: figures, stable: figures }],
     history: []
   }

@@ -1,22 +1,18 @@
 /**
- * The rollout endpoints of the admin API. Registered on the admin server
- * through its `addRoute` (typed structurally here, so rollout/ does not
- * import admin/): admin → rollout stays the only arrow.
+ * The rollout endpoints of the admin API. They live in admin/ (the control
+ * plane's API) and call into rollout/, the one arrow STYLE.md draws between
+ * the two: rollout/ knows nothing of HTTP.
  */
-import type { RolloutManager } from './manager.js'
-import { rolloutView } from './manager.js'
-
-/** The part of the admin server this needs. */
-export interface AdminRoutes {
-  addRoute (method: 'GET' | 'POST', pattern: string, handler: (r: { params: Readonly<Record<string, string>>; json: () => Promise<unknown> }) => { status?: number; json: unknown } | Promise<{ status?: number; json: unknown }>): void
-}
+import type { RolloutManager } from '../rollout/manager.js'
+import { rolloutView } from '../rollout/manager.js'
+import type { AdminServer } from './server.js'
 
 /**
  * Registers `POST /api/v1/routes/{route}/rollout` (201; 400 invalid plan,
  * 409 running), `GET …/rollout` (404 when none) and
  * `POST …/rollout/pause|resume|promote|abort` (409 when the state does not allow it).
  */
-export function registerRolloutRoutes (admin: AdminRoutes, manager: RolloutManager): void {
+export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, manager: RolloutManager): void {
   const base = '/api/v1/routes/{route}/rollout'
   admin.addRoute('POST', base, async (r) => ({ status: 201, json: rolloutView(await manager.start(r.params.route!, await r.json())) }))
   admin.addRoute('GET', base, (r) => ({ json: rolloutView(manager.get(r.params.route!)) }))
