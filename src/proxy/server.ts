@@ -214,23 +214,25 @@ export class ProxyServer {
       // checked in #handle instead: Node's own 400 has no JSON body and does not stop the pipeline behind it
       requireHostHeader: false
     }, (req, res) => { this.#onRequest(req, res) })
-    // a client that half-closes after its last request (FIN) still gets every
-    // answer: Node then closes after the last one instead of at once, which
-    // would drop the answers to the requests still queued behind the active one
-    ;(this.server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true
     const maxConnections = opts.maxConnections ?? 10_000
     if (maxConnections > 0) this.server.maxConnections = maxConnections
     // past maxConnections Node closes the new socket before any byte is read
     this.server.on('drop', () => { this.#rejected++ })
     this.server.on('connection', (socket: Socket) => { this.#accepted(socket) })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => { this.#clientError(err, socket) })
-    // Node would answer 417 itself but keep the connection, reading the unsent body as the next request
-    this.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-      const conn = this.#conn(req.socket)
-      if (conn.closed) return
-      if (conn.active) this.#enqueue(conn, req.socket, { kind: 'expect', req, res })
-      else this.#run(conn, { kind: 'expect', req, res })
+    // Node takes any Expect whose value merely contains `100-continue`
+    // (`100-continue-x`, `foo, 100-continue`) as 100-continue: only the exact
+    // expectation is one we meet; the rest are refused like any other
+    this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.headers.expect?.trim().toLowerCase() === '100-continue') {
+        res.writeContinue()
+        this.#onRequest(req, res)
+        return
+      }
+      this.#expectationFailed(req, res)
     })
+    // Node would answer 417 itself but keep the connection, reading the unsent body as the next request
+    this.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => { this.#expectationFailed(req, res) })
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       socket.on('error', () => { socket.destroy() })
       const conn = this.#conn(socket)
@@ -250,6 +252,14 @@ export class ProxyServer {
     })
   }
 
+  /** An Expect we do not meet: 417, in its turn on the connection (a refusal: the connection then closes). */
+  #expectationFailed (req: IncomingMessage, res: ServerResponse): void {
+    const conn = this.#conn(req.socket)
+    if (conn.closed) return
+    if (conn.active) this.#enqueue(conn, req.socket, { kind: 'expect', req, res })
+    else this.#run(conn, { kind: 'expect', req, res })
+  }
+
   /** A client connection was accepted: give it its pipeline state. */
   #accepted (socket: Socket): void {
     (socket as ConnSocket)[kConn] = new Connection()
@@ -264,7 +274,8 @@ export class ProxyServer {
   /** The socket's pipeline state (made here for a socket handed to the server some other way). */
   #conn (socket: Duplex): Connection {
     const s = socket as ConnSocket
-    return s[kConn] ??= new Connection()
+    s[kConn] ??= new Connection()
+    return s[kConn]
   }
 
   /** A parsed request: handled now, or queued behind the connection's active one. */
