@@ -214,8 +214,17 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   }
 
   #afterFirstBytes (): void {
-    const sock = this.#req.socket
-    if (!this.#responded && !this.#res.destroyed && !sock.destroyed && !sock.writableEnded) this.#take()
+    const req = this.#req
+    const sock = req.socket
+    if (this.#responded || this.#res.destroyed || sock.destroyed || sock.writableEnded) return
+    if (req.complete && req.readableLength === 0) {
+      // an empty chunked body (`0\r\n\r\n`): the request stream has ended (or is
+      // about to) with nothing to read, and a stream that already emitted 'end'
+      // would never feed the upstream request. Forward it with no body.
+      this.#opts!.body = null
+      this.#viaHttp = false
+    }
+    this.#take()
   }
 
   /** Takes a concurrency slot of the upstream and dispatches; past the cap, a fast 503. */
