@@ -27,7 +27,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.', message: 'forwarding to the upstream failed' },
   CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
   CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },
-  CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.' },
+  CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.', message: 'no route named {route} (routes: {routes})' },
   CANARYD_ERR_METHOD_NOT_ALLOWED: { status: 405, doc: 'Admin API: the path exists but not for this method (see the Allow header). Proxy: a TRACE request while limits.allowTrace is false.', message: 'this method is not allowed', refusal: true },
   CANARYD_ERR_INVALID_JSON: { status: 400, doc: 'Admin API: the request body is not valid JSON.' },
   CANARYD_ERR_INVALID_WEIGHTS: { status: 400, doc: 'Admin API: the weights are incomplete, out of range, too precise or do not sum to 100.' },
@@ -44,7 +44,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_UPSTREAM_OVERLOADED: { status: 503, doc: 'The upstream already has upstream.maxInFlight requests in flight; answered at once instead of queueing.', message: 'the upstream has too many requests in flight' },
   CANARYD_ERR_INVALID_PLAN: { status: 400, doc: 'Admin API / config: the rollout plan is invalid (steps, intervalMs, analysis, promotion, webhooks); the message lists every problem.' },
   CANARYD_ERR_ROLLOUT_CONFLICT: { status: 409, doc: 'Admin API: the route already has a rollout running, or the action (pause, resume, promote) does not apply to the rollout\'s state.' },
-  CANARYD_ERR_NO_ROLLOUT: { status: 404, doc: 'Admin API: the route has no rollout.' },
+  CANARYD_ERR_NO_ROLLOUT: { status: 404, doc: 'Admin API: the route has no rollout.', message: 'route {route} has no rollout' },
   CANARYD_ERR_INTERNAL: { status: 500, doc: 'An unexpected error; the cause is logged.', message: 'internal error' },
 } as const satisfies Record<string, { status: number; doc: string; message?: string; refusal?: true }>
 
@@ -79,6 +79,16 @@ export class CanarydError extends Error {
   toJSON (): { error: { code: ErrorCode; message: string } } {
     return { error: { code: this.code, message: this.message } }
   }
+}
+
+/**
+ * Builds the error of `code` from the registry's message template, filling
+ * each `{name}` from `params` (fastify's createError): one wording per code,
+ * whichever module throws it. A template without placeholders is the message.
+ */
+export function createError (code: ErrorCode, params: Readonly<Record<string, string>> = {}, options?: { cause?: unknown }): CanarydError {
+  const message = errorMessage(code).replace(/\{([a-zA-Z]+)\}/g, (m, name: string) => params[name] ?? m)
+  return new CanarydError(code, message, options)
 }
 
 /** A configuration error: `key` is the dotted path of the offending key (e.g. `routes[0].versions`). */

@@ -4,7 +4,7 @@
  * the per-version finish and ejection listeners of the metrics, the webhooks and the
  * rollout metrics. The admin endpoints and the CLI go through here.
  */
-import { CanarydError } from '../errors.js'
+import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
 import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeEjection, type SubscribeFinish } from './controller.js'
@@ -159,9 +159,14 @@ export class RolloutManager {
    * starts exactly one gets past them. The loser never builds a controller
    * (no orphan whose timer would keep moving the weights).
    */
+  /** The 404 of a route the store does not hold (the same wording as the admin API's). */
+  #noRoute (route: string): CanarydError {
+    return createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#opts.store.routeNames.join(', ') })
+  }
+
   async start (route: string, rawPlan: unknown): Promise<RolloutRecord> {
     const weights = this.#opts.store.weights(route)
-    if (weights === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)}`)
+    if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
     const plan = validatePlan(rawPlan, versions)
     if (this.#starting.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting; pause, promote or abort it first`)
@@ -186,8 +191,8 @@ export class RolloutManager {
   #get (route: string): RolloutController {
     const c = this.#controllers.get(route)
     if (c === undefined) {
-      if (this.#opts.store.weights(route) === undefined) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)}`)
-      throw new CanarydError('CANARYD_ERR_NO_ROLLOUT', `route ${route} has no rollout`)
+      if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
+      throw createError('CANARYD_ERR_NO_ROLLOUT', { route })
     }
     return c
   }

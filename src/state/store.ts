@@ -1,4 +1,4 @@
-import { CanarydError } from '../errors.js'
+import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { withWeights, type RouteSpec } from '../routing/spec.js'
@@ -220,7 +220,7 @@ export class RuntimeStore {
 
   #routeIndex (route: string): number {
     const i = this.#specs.findIndex((s) => s.name === route)
-    if (i === -1) throw new CanarydError('CANARYD_ERR_ROUTE_NOT_FOUND', `no route named ${JSON.stringify(route)} (routes: ${this.#specs.map((s) => s.name).join(', ')})`)
+    if (i === -1) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#specs.map((s) => s.name).join(', ') })
     return i
   }
 
