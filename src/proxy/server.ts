@@ -368,7 +368,7 @@ export class ProxyServer {
         return
       case 'connect':
         conn.closed = true
-        item.socket.end(REPLY_501)
+        endWith(item.socket, REPLY_501)
     }
   }
 
@@ -524,31 +524,31 @@ export class ProxyServer {
    */
   #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.#draining) {
-      socket.end(REPLY_503)
+      endWith(socket, REPLY_503)
       return
     }
     if (req.headers.upgrade?.toLowerCase() !== 'websocket' || req.method !== 'GET') {
-      socket.end(REPLY_400)
+      endWith(socket, REPLY_400)
       return
     }
     if (req.rawHeaders.length > this.#maxHeaderCount * 2) {
-      socket.end(REPLY_431)
+      endWith(socket, REPLY_431)
       return
     }
     const host = req.headers.host
     if (host === undefined ? req.httpVersionMinor !== 0 : !isValidHost(host)) {
-      socket.end(REPLY_400_HOST)
+      endWith(socket, REPLY_400_HOST)
       return
     }
     const problem = this.#select(req, this.#bound)
     if (problem !== undefined) {
-      socket.end(problem === 'CANARYD_ERR_NO_ROUTE' ? REPLY_404 : problem === 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' ? REPLY_503 : problem === 'CANARYD_ERR_URI_TOO_LONG' ? REPLY_414 : REPLY_400)
+      endWith(socket, problem === 'CANARYD_ERR_NO_ROUTE' ? REPLY_404 : problem === 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' ? REPLY_503 : problem === 'CANARYD_ERR_URI_TOO_LONG' ? REPLY_414 : REPLY_400)
       return
     }
     const rt = this.#sel.rt!
     const headers = buildUpstreamHeaders(req, rt.version, this.#sel.ip, this.#headerOpts)
     if (typeof headers === 'string') {
-      socket.end(headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : headers === 'CANARYD_ERR_INVALID_HOST' ? REPLY_400_HOST : REPLY_400)
+      endWith(socket, headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : headers === 'CANARYD_ERR_INVALID_HOST' ? REPLY_400_HOST : REPLY_400)
       return
     }
     // http-proxy sends req.headers as they are: replace them with the plain
@@ -567,7 +567,7 @@ export class ProxyServer {
       recordFailure(rt, connect, this.#log)
       this.#log.debug({ err, route: rt.route, version: rt.version }, 'websocket upstream error')
       // before the 101 the client still speaks HTTP: tell it; after, just close
-      if (socket.writable && (socket as Socket).bytesWritten === 0) socket.end(REPLY_502)
+      if (socket.writable && (socket as Socket).bytesWritten === 0) endWith(socket, REPLY_502)
       else socket.destroy()
     })
   }
