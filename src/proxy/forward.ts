@@ -78,7 +78,9 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   const headers = ['content-type', 'application/json', 'content-length', String(body.length), 'cache-control', 'no-store']
   if (version.length !== 0) headers.push('x-canaryd-version', version)
   // an unread request body leaves the connection's framing unknown: close it after the answer
-  if (!res.req.complete || isRefusal(code)) headers.push('connection', 'close')
+  const req = res.req
+  const bodyUnread = !req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
+  if (bodyUnread || isRefusal(code)) headers.push('connection', 'close')
   const status = ERROR_CODES[code].status
   // the reason phrase is always given: a failed writeHead (an upstream reason
   // Node refuses) leaves its bad statusMessage behind, which would be reused
@@ -324,6 +326,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     const res = this.#res
     // a drain began while this request was in flight: close the connection after this answer
     if (this.#ctx.draining) res.shouldKeepAlive = false
+    // an answer before the whole request body arrived: the body client may drop the rest, so close after it
+    if (!this.#req.complete) res.shouldKeepAlive = false
     // no cork here: undici delivers the head, the body and the end of a small
     // response in one tick, and Node's first res.write() corks the socket until
     // the next tick itself, so they leave in one writev (checked with strace)

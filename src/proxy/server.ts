@@ -235,10 +235,15 @@ export class ProxyServer {
     this.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => { this.#expectationFailed(req, res) })
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       socket.on('error', () => { socket.destroy() })
+      // Node has handed the socket over: its socketOnDrain (called by every
+      // response still written on it) must not resume it before http-proxy pipes it
+      ;(socket as ConnSocket)._paused = false
       const conn = this.#conn(socket)
-      if (conn.closed) socket.destroy()
-      else if (conn.active) this.#enqueue(conn, socket, { kind: 'upgrade', req, socket, head })
-      else this.#run(conn, { kind: 'upgrade', req, socket, head })
+      if (conn.closed || conn.failed) socket.destroy()
+      else if (conn.active) {
+        watchLeaving(socket)
+        this.#enqueue(conn, socket, { kind: 'upgrade', req, socket, head })
+      } else this.#run(conn, { kind: 'upgrade', req, socket, head })
     })
     // CONNECT would turn the proxy into an open TCP tunnel: refused. Node removed
     // its own socket 'error' listener before emitting 'connect': without ours a
@@ -246,24 +251,36 @@ export class ProxyServer {
     this.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
       socket.on('error', () => { socket.destroy() })
       const conn = this.#conn(socket)
-      if (conn.closed) socket.destroy()
-      else if (conn.active) this.#enqueue(conn, socket, { kind: 'connect', socket })
-      else this.#run(conn, { kind: 'connect', socket })
+      if (conn.closed || conn.failed) socket.destroy()
+      else if (conn.active) {
+        watchLeaving(socket)
+        this.#enqueue(conn, socket, { kind: 'connect', socket })
+      } else this.#run(conn, { kind: 'connect', socket })
     })
   }
 
   /** An Expect we do not meet: 417, in its turn on the connection (a refusal: the connection then closes). */
   #expectationFailed (req: IncomingMessage, res: ServerResponse): void {
     const conn = this.#conn(req.socket)
-    if (conn.closed) return
+    if (conn.closed || conn.failed) return
     if (conn.active) this.#enqueue(conn, req.socket, { kind: 'expect', req, res })
     else this.#run(conn, { kind: 'expect', req, res })
   }
 
   /** A client connection was accepted: give it its pipeline state. */
   #accepted (socket: Socket): void {
-    (socket as ConnSocket)[kConn] = new Connection()
+    const conn = new Connection()
+    ;(socket as ConnSocket)[kConn] = conn
     this.#connections++
+    // Node's socketOnDrain resumes any socket whose _paused is set: keep ours paused
+    socket.on('resume', () => {
+      const s = socket as ConnSocket
+      if (conn.paused && s.parser != null) {
+        s._paused = true
+        ;(s.parser as unknown as { pause: () => void }).pause()
+        s.pause()
+      }
+    })
     socket.on('close', this.#connectionClosed)
   }
 
@@ -282,8 +299,8 @@ export class ProxyServer {
   #onRequest (req: IncomingMessage, res: ServerResponse): void {
     const socket = req.socket as ConnSocket
     const conn = socket[kConn] ?? this.#conn(socket)
-    // after a refusal nothing on this connection is processed: it is closing
-    if (conn.closed) return
+    // after a refusal or a client error nothing on this connection is processed: it is closing
+    if (conn.closed || conn.failed) return
     if (conn.active) {
       this.#enqueue(conn, socket, { kind: 'request', req, res })
       return
@@ -300,7 +317,9 @@ export class ProxyServer {
     if (q.length >= PIPELINE_PAUSE && !conn.paused) {
       // the way Node itself pauses a connection whose answers are not read:
       // `_paused` keeps Node's body reads from resuming it, and Node pauses
-      // the parser after the current chunk
+      // the parser after the current chunk. Node's own drain handling resumes
+      // it again on every response write: the 'resume' listener set in
+      // #accepted pauses it back while the queue is long
       const s = socket as ConnSocket
       conn.paused = true
       s._paused = true
@@ -333,8 +352,10 @@ export class ProxyServer {
         conn.paused = false
         if (s._paused === true) {
           s._paused = false
-          s.parser?.resume()
-          s.resume()
+          if (s.parser != null) {
+            s.parser.resume()
+            s.resume()
+          }
         }
       }
       this.#run(conn, item)
@@ -364,10 +385,12 @@ export class ProxyServer {
       case 'upgrade':
         // an upgrade ends HTTP on this connection either way (Node stopped parsing it)
         conn.closed = true
+        if (stopWatching(item.socket)) return
         this.#upgrade(item.req, item.socket, item.head)
         return
       case 'connect':
         conn.closed = true
+        if (stopWatching(item.socket)) return
         endWith(item.socket, REPLY_501)
     }
   }
@@ -489,7 +512,8 @@ export class ProxyServer {
     }
     const problem = this.#select(req, this.#bound)
     if (problem !== undefined) {
-      this.#answer(res, problem)
+      const check = buildUpstreamHeaders(req, '', '', this.#headerOpts)
+      this.#answer(res, typeof check === 'string' ? check : problem)
       return
     }
     const sel = this.#sel
@@ -736,9 +760,11 @@ export class ProxyServer {
       })
     }
     this.server.closeAllConnections()
-    for (const s of this.#sockets) s.destroy()
+    for (const s of this.#sockets) s.destroy(new Error('draining'))
     this.#ws.close()
-    await closed
+    // bounded: a socket Node no longer tracks (handed over for an upgrade or
+    // CONNECT) must not hold the stop forever; every one was destroyed above
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 2000).unref())])
     return clean
   }
 }
@@ -794,4 +820,29 @@ function upgradeHeaders (flat: readonly string[], upgrade: string | undefined): 
   out.upgrade = upgrade ?? 'websocket'
   out.connection = 'Upgrade'
   return out as IncomingMessage['headers']
+}
+
+const kWatch = Symbol('canaryd.watchLeaving')
+/**
+ * A socket Node handed over (upgrade, CONNECT) while its turn has not come:
+ * Node no longer reads it for us, so watch for the client's FIN ourselves
+ * (without consuming a byte) and close it, which also aborts the request ahead.
+ */
+function watchLeaving (socket: Duplex): void {
+  const onReadable = (): void => {
+    if ((socket as unknown as { _readableState: { ended: boolean } })._readableState.ended) socket.destroy()
+  }
+  ;(socket as Duplex & { [kWatch]?: () => void })[kWatch] = onReadable
+  socket.on('readable', onReadable)
+}
+/** Stops watching; true when the client already left (the socket is then destroyed). */
+function stopWatching (socket: Duplex): boolean {
+  const s = socket as Duplex & { [kWatch]?: () => void }
+  const w = s[kWatch]
+  if (w !== undefined) socket.removeListener('readable', w)
+  if (socket.destroyed || (socket as unknown as { _readableState: { ended: boolean } })._readableState.ended) {
+    socket.destroy()
+    return true
+  }
+  return false
 }
