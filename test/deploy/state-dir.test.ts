@@ -1,6 +1,7 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { configFromObject } from '../../src/config/load.js'
@@ -8,6 +9,7 @@ import { ConfigError } from '../../src/errors.js'
 import { createLogger } from '../../src/logger.js'
 import { checkStateDir } from '../../src/state/file.js'
 import { RuntimeStore } from '../../src/state/store.js'
+import { ensureBuilt } from '../helpers/cli.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 
 // The start-up check of state.file (src/state/file.ts): what a container with a read-only root
@@ -78,13 +80,35 @@ t.test('the state file path is a directory: refused (the atomic rename could nev
   t.equal(configError(t, () => { checkStateDir(file, {}) })?.message.split('. ')[0], `state.file: cannot write to ${file}: EISDIR (the state file path is a directory)`)
 })
 
-t.test('a directory without write permission: EACCES (skipped as root, whom chmod does not stop)', { skip: process.getuid?.() === 0 ? 'running as root' : false }, async (t) => {
+t.test('a directory without write permission: EACCES (as root too: the check runs as nobody)', async (t) => {
   const dir = scratch(t)
   const locked = join(dir, 'locked')
   mkdirSync(locked)
   chmodSync(locked, 0o555)
   t.teardown(() => { chmodSync(locked, 0o755) })
-  t.match(configError(t, () => { checkStateDir(join(locked, 'state.json'), {}) })?.message, `state.file: cannot write to ${locked}: EACCES (permission denied)`)
+  const file = join(locked, 'state.json')
+  if (process.getuid?.() !== 0) {
+    t.match(configError(t, () => { checkStateDir(file, {}) })?.message, `state.file: cannot write to ${locked}: EACCES (permission denied)`)
+    return
+  }
+  // root passes any chmod: run the built check as nobody (uid 65534), as a pod's
+  // non-root user would. Its three modules are copied beside the scratch
+  // directory, since the checkout itself may sit where nobody cannot read
+  ensureBuilt()
+  chmodSync(dir, 0o755)
+  const lib = join(dir, 'lib')
+  for (const m of ['state/file.js', 'errors.js', 'routing/weights.js']) {
+    mkdirSync(join(lib, dirname(m)), { recursive: true })
+    copyFileSync(join('dist', m), join(lib, m))
+  }
+  writeFileSync(join(lib, 'package.json'), '{"type":"module"}')
+  writeFileSync(join(lib, 'run.js'), `import { checkStateDir } from './state/file.js'
+try { checkStateDir(${JSON.stringify(file)}, {}); process.exit(0) } catch (err) { process.stderr.write(err.message); process.exit(1) }
+`)
+  chmodSync(lib, 0o755)
+  const r = spawnSync(process.execPath, [join(lib, 'run.js')], { uid: 65534, gid: 65534, cwd: lib, env: { PATH: process.env.PATH ?? '' }, encoding: 'utf8', timeout: 20_000 })
+  t.equal(r.status, 1, 'the check run as nobody refuses')
+  t.match(r.stderr, `state.file: cannot write to ${locked}: EACCES (permission denied)`, 'one line naming the key, the directory and EACCES')
 })
 
 t.test('an embedded RuntimeStore logs the same line at error and still starts (serve refuses instead)', async (t) => {
