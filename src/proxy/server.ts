@@ -30,8 +30,6 @@ export interface ProxyOptions {
   /** Longest client silence while a request body is incomplete; past it 408 (0 = none). Default 30000. */
   clientBodyMs?: number
   accessLog: boolean
-  /** Most distinct Host values whose route candidates are cached (bounds memory under random Hosts). */
-  hostCacheSize?: number
   /** Header names with `_`: drop (default), reject with 400, or allow. */
   underscoreHeaders?: 'drop' | 'reject' | 'allow'
   /** Most bytes of request line + headers (llhttp's limit; past it 431). */
@@ -139,6 +137,9 @@ class Connection {
 /** The socket property holding its Connection (a symbol: no clash with Node's own fields). */
 const kConn = Symbol('canaryd.connection')
 type ConnSocket = Duplex & { [kConn]?: Connection, _paused?: boolean, parser?: { resume: () => void } | null }
+
+/** Most distinct Host values whose route candidates are cached per table (bounds memory under random Hosts). */
+const HOST_CACHE_SIZE = 10_000
 
 /** The outcome of routing one request, in a scratch object reused by every request (single-threaded, used synchronously). */
 interface Selection {
@@ -431,7 +432,7 @@ export class ProxyServer {
     }))
     this.#opts.observers.setWeights(table.routes.flatMap((r) => r.versions.map((v) => ({ route: r.name, version: v.name, weight: v.weight }))))
     const anyHost = Object.freeze(table.matchOrder.filter((r) => r.host === undefined))
-    return { table, runtime, hosts: new LRUCache({ max: this.#opts.hostCacheSize ?? 10_000 }), anyHost, hostless: anyHost.length === table.matchOrder.length, health }
+    return { table, runtime, hosts: new LRUCache({ max: HOST_CACHE_SIZE }), anyHost, hostless: anyHost.length === table.matchOrder.length, health }
   }
 
   /** Logs the end of an ejection (cold path). */
