@@ -134,6 +134,9 @@ class Connection {
   paused = false
 }
 
+/** Marks a request that expects 100-continue: #handle sends the 100 once the request is accepted. */
+const kContinue = Symbol('canaryd.continue')
+
 /** The socket property holding its Connection (a symbol: no clash with Node's own fields). */
 const kConn = Symbol('canaryd.connection')
 type ConnSocket = Duplex & { [kConn]?: Connection, _paused?: boolean, parser?: { resume: () => void } | null }
@@ -226,7 +229,8 @@ export class ProxyServer {
     // expectation is one we meet; the rest are refused like any other
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
       if (req.headers.expect?.trim().toLowerCase() === '100-continue') {
-        res.writeContinue()
+        // 100 Continue only once the request is accepted and its turn has come (see #handle)
+        ;(req as IncomingMessage & { [kContinue]?: true })[kContinue] = true
         this.#onRequest(req, res)
         return
       }
@@ -528,6 +532,8 @@ export class ProxyServer {
       handler.refuse(headers)
       return
     }
+    // the client holds its body until told to send it: never for a request we refuse
+    if ((req as IncomingMessage & { [kContinue]?: true })[kContinue] === true) res.writeContinue()
     handler.forward(sel.url, headers, framing.contentLength, framing.chunked)
   }
 

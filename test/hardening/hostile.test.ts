@@ -140,6 +140,13 @@ t.test('sanitised, not refused: forwarded with the dangerous part removed', asyn
     t.equal(last().bodyBytes, 5)
     t.equal(last().headers.expect, undefined)
   })
+  await t.test('Expect: 100-continue on a request that is refused: no 100, only the refusal', async (t) => {
+    for (const [head, status] of [[`TRACE / HTTP/1.1\r\n${H}Content-Length: 5\r\nExpect: 100-continue\r\n\r\n`, 405], ['POST / HTTP/1.1\r\nHost: evil@app.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n', 400]] as const) {
+      const r = await rawRequest(port, [head])
+      t.equal(r.status, status, `${head.split(' ')[0]}: ${status}`)
+      t.notMatch(r.text, /100 Continue/, 'the client was never told to send its body')
+    }
+  })
   await t.test('absolute-form target never picks the upstream from the URL', async (t) => {
     const before = stable.seen.length
     const r = await rawRequest(port, [`GET http://127.0.0.1:1/x?y=1 HTTP/1.1\r\n${H}Connection: close\r\n\r\n`])
