@@ -1,9 +1,8 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { App } from './app.js'
-import { DEFAULT_CONFIG_PATH, type Config } from './config/load.js'
+import { configPath, DEFAULT_CONFIG_PATH, parseWorkers, type Config } from './config/load.js'
 import { CanarydError } from './errors.js'
 import { createLogger, flushLogs, type Logger } from './logger.js'
 import { checkServeConfig, configErrorLine, runConfig } from './commands/config.js'
@@ -57,19 +56,16 @@ function fail (message: string, code = 2): never {
   process.exit(code)
 }
 
-/** Parses `--workers N|auto` (or CANARYD_WORKERS): 1 = single process. */
-export function parseWorkers (raw: string | undefined): number {
-  if (raw === undefined || raw === '') return 1
-  if (raw === 'auto') return availableParallelism()
-  if (!/^[1-9][0-9]{0,3}$/.test(raw)) throw new TypeError(`--workers must be a whole number from 1 or "auto", got ${JSON.stringify(raw)}`)
-  return Number(raw)
-}
-
 async function serve (argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string', short: 'w' } }, strict: true })
-  const path = values.config ?? process.env.CANARYD_CONFIG ?? DEFAULT_CONFIG_PATH
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string', short: 'w' }, help: { type: 'boolean', short: 'h' } }, strict: true })
+  if (values.help === true) {
+    process.stdout.write(HELP)
+    return
+  }
+  let path: string
   let workers: number
   try {
+    path = configPath(values.config)
     workers = parseWorkers(values.workers ?? process.env.CANARYD_WORKERS)
   } catch (err) {
     fail((err as Error).message)

@@ -8,7 +8,7 @@
 import { parseArgs } from 'node:util'
 import { stringify as stringifyYaml } from 'yaml'
 import { checkAdminBinding } from '../admin/server.js'
-import { ConfigFileError, DEFAULT_CONFIG_PATH, EnvConfigError, loadConfig, schemaLeaves, type Config } from '../config/load.js'
+import { ConfigFileError, configPath, DEFAULT_CONFIG_PATH, parseWorkers, EnvConfigError, loadConfig, schemaLeaves, type Config } from '../config/load.js'
 import { CanarydError, ConfigError } from '../errors.js'
 import { resolveLogLevel } from '../logger.js'
 import { checkStateDir } from '../state/file.js'
@@ -49,6 +49,11 @@ export function configErrorLine (path: string, err: unknown): string | undefined
  */
 export function checkServeConfig (path: string, env: NodeJS.ProcessEnv = process.env): Config {
   const config = loadConfig(path, env)
+  try {
+    parseWorkers(env.CANARYD_WORKERS)
+  } catch (err) {
+    throw new EnvConfigError('--workers', 'CANARYD_WORKERS', (err as Error).message.replace(/^--workers /, ''))
+  }
   checkStateDir(config.state.file, env)
   resolveLogLevel(config.log.level, env)
   checkAdminBinding(config.admin.host, config.admin.token)
@@ -150,7 +155,12 @@ export async function runConfig (cmd: 'validate' | 'config', argv: string[], env
   if (cmd === 'config' && sub !== 'print') return usage(sub === undefined ? 'config needs a subcommand: print' : `unknown config subcommand "${sub}"`)
   if (positionals.length > 0) return usage(`unexpected argument "${positionals[0]}"`)
   if (cmd === 'validate' && values.yaml === true) return usage('--yaml is an option of config print')
-  const path = values.config ?? env.CANARYD_CONFIG ?? DEFAULT_CONFIG_PATH
+  let path: string
+  try {
+    path = configPath(values.config, env)
+  } catch (err) {
+    return usage((err as Error).message)
+  }
   if (cmd === 'validate') {
     let config: Config
     try {

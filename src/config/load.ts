@@ -4,7 +4,8 @@ import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../errors.js'
 import type { RouteSpec } from '../routing/spec.js'
 import { validateRoutes } from './routes.js'
-import { createConvict, schema } from './schema.js'
+import { createConvict, MAX_MS, schema } from './schema.js'
+import { availableParallelism } from 'node:os'
 
 /** The validated startup configuration. */
 export interface Config {
@@ -29,8 +30,31 @@ export interface Config {
   source: string
 }
 
+/** Parses `--workers N|auto` (or CANARYD_WORKERS): 1 = single process. Throws a TypeError naming the flag. */
+export function parseWorkers (raw: string | undefined): number {
+  if (raw === undefined || raw === '') return 1
+  if (raw === 'auto') return availableParallelism()
+  if (!/^[1-9][0-9]{0,3}$/.test(raw)) throw new TypeError(`--workers must be a whole number from 1 or "auto", got ${JSON.stringify(raw)}`)
+  return Number(raw)
+}
+
 /** Default config path when neither --config nor CANARYD_CONFIG is given. */
 export const DEFAULT_CONFIG_PATH = 'config/default.json'
+
+/**
+ * The config path: `--config`, else CANARYD_CONFIG, else the default. An
+ * empty one is a usage error naming where it came from (as a path, '' would
+ * read the current directory and fail with EISDIR).
+ */
+export function configPath (flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  if (flag !== undefined) {
+    if (flag === '') throw new TypeError('--config is empty; give the path of a JSON or YAML config file')
+    return flag
+  }
+  const fromEnv = env.CANARYD_CONFIG
+  if (fromEnv === '') throw new TypeError('CANARYD_CONFIG is set but empty; unset it or give the path of a JSON or YAML config file')
+  return fromEnv ?? DEFAULT_CONFIG_PATH
+}
 
 /** A schema leaf: its dotted key and its spec (format, default, env var, sensitive). */
 export interface SchemaLeaf {
@@ -84,9 +108,56 @@ function envProblem (format: unknown, value: string): string | undefined {
   const got = `got ${JSON.stringify(value)}`
   if (format === 'port') return /^\d{1,5}$/.test(value) && Number(value) <= 65535 ? undefined : `must be a port (0–65535), ${got}`
   if (format === 'nat') return /^\d+$/.test(value) && Number.isSafeInteger(Number(value)) ? undefined : `must be a whole number >= 0, ${got}`
+  if (format === 'ms' || format === 'positive-ms') return /^\d+$/.test(value) ? msProblem(format, Number(value), got) : `must be a whole number of milliseconds, ${got}`
   if (format === Boolean) return value === 'true' || value === 'false' ? undefined : `must be true or false, ${got}`
   if (Array.isArray(format)) return format.includes(value) ? undefined : `must be one of ${format.join(', ')}, ${got}`
   return undefined
+}
+
+/** The reason `v` is not a duration of `format` ('ms': 0 to MAX_MS, 'positive-ms': 1 to MAX_MS), or undefined. */
+function msProblem (format: 'ms' | 'positive-ms', v: number, got: string): string | undefined {
+  const min = format === 'ms' ? 0 : 1
+  return Number.isInteger(v) && v >= min && v <= MAX_MS ? undefined : `must be a whole number of milliseconds from ${min} to ${MAX_MS}, ${got}`
+}
+
+/**
+ * The reason a value from the config file is not of `format`, or undefined.
+ * convict would coerce a string (`"no"` → true for a Boolean, `"1e3"` → 1),
+ * so a quoted value in YAML would silently become another one; types must
+ * match exactly, and numbers must be finite (a huge literal parses as Infinity).
+ */
+function fileProblem (format: unknown, value: unknown): string | undefined {
+  const got = `got ${typeof value === 'number' ? String(value) : JSON.stringify(value)}`
+  if (format === Boolean) return typeof value === 'boolean' ? undefined : `must be true or false, ${got}`
+  if (format === String) return typeof value === 'string' ? undefined : `must be a string, ${got}`
+  if (Array.isArray(format)) return typeof value === 'string' && format.includes(value) ? undefined : `must be one of ${format.join(', ')}, ${got}`
+  if (format === 'port' || format === 'nat' || format === 'ms' || format === 'positive-ms') {
+    if (typeof value !== 'number' || !Number.isFinite(value)) return `must be a number, ${got}`
+    if (format === 'port') return Number.isInteger(value) && value >= 0 && value <= 65535 ? undefined : `must be a port (0–65535), ${got}`
+    if (format === 'nat') return Number.isSafeInteger(value) && value >= 0 ? undefined : `must be a whole number >= 0, ${got}`
+    return msProblem(format, value, got)
+  }
+  return undefined
+}
+
+/** Checks the file's sections are objects and its values have their key's type, before convict coerces anything. */
+function checkFile (raw: Record<string, unknown>): void {
+  const walk = (node: Record<string, unknown>, values: Record<string, unknown>, prefix: string): void => {
+    for (const [k, v] of Object.entries(values)) {
+      const spec = node[k]
+      if (typeof spec !== 'object' || spec === null || v === undefined) continue // unknown keys: convict's strict check names them
+      const key = `${prefix}${k}`
+      if ('default' in spec) {
+        const problem = fileProblem((spec as unknown as { format: unknown }).format, v)
+        if (problem !== undefined) throw new ConfigError(key, problem)
+      } else if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+        throw new ConfigError(key, `must be an object (a section of settings), got ${Array.isArray(v) ? 'a list' : JSON.stringify(v)}`)
+      } else {
+        walk(spec as Record<string, unknown>, v as Record<string, unknown>, `${key}.`)
+      }
+    }
+  }
+  walk(schema, raw, '')
 }
 
 /** Throws an EnvConfigError for the first schema variable set in `env` to an invalid value. */
@@ -318,7 +389,8 @@ function parseFile (path: string, shown: string): unknown {
  */
 export function configFromObject (raw: unknown, source: string = '', env: NodeJS.ProcessEnv = process.env): Config {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError('', 'the config must be a JSON/YAML object')
-  // before convict, whose coercion would turn some typos into other values (see envProblem)
+  // before convict, whose coercion would turn some typos into other values (see envProblem, fileProblem)
+  checkFile(raw as Record<string, unknown>)
   checkEnv(env)
   const c = createConvict(env)
   try {

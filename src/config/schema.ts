@@ -1,5 +1,25 @@
 import convict from 'convict'
 
+/** The longest delay Node's timers take (2^31 - 1 ms, about 24.8 days); past it Node fires at once. */
+export const MAX_MS = 2_147_483_647
+
+// Durations are timer delays: a larger one would make Node fire the timer after
+// 1 ms (a check loop) or throw at start-up (keepAliveTimeout), so it is refused here
+convict.addFormat({
+  name: 'ms',
+  validate (v: unknown) {
+    if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > MAX_MS) throw new Error(`must be a whole number of milliseconds from 0 to ${MAX_MS}`)
+  },
+  coerce: (v: unknown) => Number(v)
+})
+convict.addFormat({
+  name: 'positive-ms',
+  validate (v: unknown) {
+    if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > MAX_MS) throw new Error(`must be a whole number of milliseconds from 1 to ${MAX_MS}`)
+  },
+  coerce: (v: unknown) => Number(v)
+})
+
 /**
  * The startup configuration schema (convict): every key has a doc, a format,
  * a default and, where it is a port, address or secret, an environment
@@ -21,17 +41,17 @@ export const schema = {
     file: { doc: 'File holding runtime state (weights, rollouts), written atomically.', format: String, default: './data/state.json', env: 'CANARYD_STATE_FILE' }
   },
   timeouts: {
-    upstreamConnectMs: { doc: 'TCP (and TLS) connect timeout to an upstream.', format: 'nat', default: 5000, env: 'CANARYD_UPSTREAM_CONNECT_MS' },
-    upstreamResponseMs: { doc: 'Time allowed for the upstream to send response headers; past it the client gets 504.', format: 'nat', default: 30000, env: 'CANARYD_UPSTREAM_RESPONSE_MS' },
-    upstreamBodyMs: { doc: 'Largest silence allowed between two chunks of the upstream response body (0 = none).', format: 'nat', default: 30000, env: 'CANARYD_UPSTREAM_BODY_MS' },
-    clientHeadersMs: { doc: 'Time a client has to send its request headers; past it, 408.', format: 'nat', default: 10000, env: 'CANARYD_CLIENT_HEADERS_MS' },
-    clientIdleMs: { doc: 'How long an idle client keep-alive connection is kept open.', format: 'nat', default: 60000, env: 'CANARYD_CLIENT_IDLE_MS' },
-    clientBodyMs: { doc: 'Longest silence allowed from a client whose request body is incomplete (before or during forwarding); past it, 408 and the connection is closed (0 = none).', format: 'nat', default: 30000, env: 'CANARYD_CLIENT_BODY_MS' },
-    drainTimeoutMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'nat', default: 30000, env: 'CANARYD_DRAIN_TIMEOUT_MS' }
+    upstreamConnectMs: { doc: 'TCP (and TLS) connect timeout to an upstream.', format: 'ms', default: 5000, env: 'CANARYD_UPSTREAM_CONNECT_MS' },
+    upstreamResponseMs: { doc: 'Time allowed for the upstream to send response headers; past it the client gets 504.', format: 'ms', default: 30000, env: 'CANARYD_UPSTREAM_RESPONSE_MS' },
+    upstreamBodyMs: { doc: 'Largest silence allowed between two chunks of the upstream response body (0 = none).', format: 'ms', default: 30000, env: 'CANARYD_UPSTREAM_BODY_MS' },
+    clientHeadersMs: { doc: 'Time a client has to send its request headers; past it, 408.', format: 'ms', default: 10000, env: 'CANARYD_CLIENT_HEADERS_MS' },
+    clientIdleMs: { doc: 'How long an idle client keep-alive connection is kept open.', format: 'ms', default: 60000, env: 'CANARYD_CLIENT_IDLE_MS' },
+    clientBodyMs: { doc: 'Longest silence allowed from a client whose request body is incomplete (before or during forwarding); past it, 408 and the connection is closed (0 = none).', format: 'ms', default: 30000, env: 'CANARYD_CLIENT_BODY_MS' },
+    drainTimeoutMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'ms', default: 30000, env: 'CANARYD_DRAIN_TIMEOUT_MS' }
   },
   upstream: {
     connections: { doc: 'Most keep-alive connections per upstream origin, for each of the two upstream clients (undici, and Node\'s http client for large bodies).', format: 'nat', default: 128, env: 'CANARYD_UPSTREAM_CONNECTIONS' },
-    keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'nat', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
+    keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'ms', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
     maxInFlight: { doc: 'Most requests in flight to one upstream origin; past it the proxy answers 503 at once instead of queueing (0 = no cap).', format: 'nat', default: 1024, env: 'CANARYD_UPSTREAM_MAX_IN_FLIGHT' },
     retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' },
     largeBodyBytes: { doc: 'Requests whose body is at least this many bytes (by Content-Length), and every chunked request body, go upstream through Node\'s http client, which uploads with less CPU than undici; smaller requests use undici (0 = always undici).', format: 'nat', default: 65536, env: 'CANARYD_UPSTREAM_LARGE_BODY_BYTES' }
@@ -46,9 +66,9 @@ export const schema = {
   },
   health: {
     consecutiveFailures: { doc: 'Outlier detection: consecutive connect failures or 5xx responses that eject a version (0 = off).', format: 'nat', default: 5, env: 'CANARYD_HEALTH_CONSECUTIVE_FAILURES' },
-    ejectionMs: { doc: 'How long an ejected version gets no new users.', format: 'nat', default: 30000, env: 'CANARYD_HEALTH_EJECTION_MS' },
+    ejectionMs: { doc: 'How long an ejected version gets no new users.', format: 'ms', default: 30000, env: 'CANARYD_HEALTH_EJECTION_MS' },
     checkPath: { doc: 'Active health check: `GET` this path on every version\'s upstream ("" = off); a connect error, timeout or any status but 2xx/3xx (4xx included) ejects, a 2xx/3xx brings the version back.', format: String, default: '', env: 'CANARYD_HEALTH_CHECK_PATH' },
-    checkIntervalMs: { doc: 'Active health check period.', format: 'nat', default: 5000, env: 'CANARYD_HEALTH_CHECK_INTERVAL_MS' }
+    checkIntervalMs: { doc: 'Active health check period.', format: 'positive-ms', default: 5000, env: 'CANARYD_HEALTH_CHECK_INTERVAL_MS' }
   },
   log: {
     level: { doc: 'pino log level (LOG_LEVEL wins).', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', env: 'CANARYD_LOG_LEVEL' },

@@ -26,7 +26,7 @@ t.test('a bad environment value names the variable and the key, not the file', a
     [{ CANARYD_ADMIN_PORT: '80x' }, 'environment variable CANARYD_ADMIN_PORT (admin.port): must be a port (0–65535), got "80x"'],
     [{ CANARYD_ADMIN_PORT: '70000' }, 'environment variable CANARYD_ADMIN_PORT (admin.port): must be a port (0–65535), got "70000"'],
     [{ CANARYD_UPSTREAM_RETRIES: '1.5' }, 'environment variable CANARYD_UPSTREAM_RETRIES (upstream.retries): must be a whole number >= 0, got "1.5"'],
-    [{ CANARYD_DRAIN_TIMEOUT_MS: '-1' }, 'environment variable CANARYD_DRAIN_TIMEOUT_MS (timeouts.drainTimeoutMs): must be a whole number >= 0, got "-1"'],
+    [{ CANARYD_DRAIN_TIMEOUT_MS: '-1' }, 'environment variable CANARYD_DRAIN_TIMEOUT_MS (timeouts.drainTimeoutMs): must be a whole number of milliseconds, got "-1"'],
     [{ CANARYD_ALLOW_TRACE: '0' }, 'environment variable CANARYD_ALLOW_TRACE (limits.allowTrace): must be true or false, got "0"'],
     [{ CANARYD_LOG_LEVEL: 'verbose' }, 'environment variable CANARYD_LOG_LEVEL (log.level): must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"'],
     [{ CANARYD_UNDERSCORE_HEADERS: 'keep' }, 'environment variable CANARYD_UNDERSCORE_HEADERS (limits.underscoreHeaders): must be one of drop, reject, allow, got "keep"']
