@@ -144,6 +144,14 @@ function onStopSignals (logger: Logger, describe: () => Record<string, unknown>,
 
 async function main (argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv
+  // a reader that stops early (`canaryd status | head -1`, `top | less` quit) is
+  // not an error of ours: exit quietly instead of an unhandled EPIPE stack.
+  // serve never exits for it: its log sink drops lines instead (src/logger.ts)
+  if (cmd !== 'serve') {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0)
+    })
+  }
   switch (cmd) {
     case undefined:
     case '--help':

@@ -99,3 +99,16 @@ t.test('demo --once shows the split and that every user stayed on one version', 
   t.match(out, /every one of the 1000 users stayed on one version/)
   t.match(out, /anonymous: 100\/100/)
 })
+
+t.test('a reader that closes early (`canaryd … | head -1`): exit 0, no EPIPE stack', async (t) => {
+  for (const args of [['--help'], ['config', 'print', '--config', 'config/default.json']]) {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'silent' } })
+    // closed long before the child (≈ 0.4 s to start) writes a byte
+    child.stdout.destroy()
+    let stderr = ''
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+    t.equal(code, 0, `${args.join(' ')}: exit 0`)
+    t.notMatch(stderr, /EPIPE|Error/, `${args.join(' ')}: nothing on stderr (${stderr.slice(0, 80)})`)
+  }
+})
