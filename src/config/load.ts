@@ -106,16 +106,29 @@ export class EnvConfigError extends ConfigError {
  */
 function envProblem (format: unknown, value: string): string | undefined {
   const got = `got ${JSON.stringify(value)}`
-  if (format === 'port') return /^\d{1,5}$/.test(value) && Number(value) <= 65535 ? undefined : `must be a port (0–65535), ${got}`
-  if (format === 'nat') return /^\d+$/.test(value) && Number.isSafeInteger(Number(value)) ? undefined : `must be a whole number >= 0, ${got}`
-  if (format === 'ms' || format === 'positive-ms') return /^\d+$/.test(value) ? msProblem(format, Number(value), got) : `must be a whole number of milliseconds, ${got}`
+  if (isNumberFormat(format)) {
+    // digits only: `80x`, `1.5`, `-1` and `1e3` are not read as numbers
+    if (/^\d+$/.test(value)) return numberProblem(format, Number(value), got)
+    return format === 'ms' || format === 'positive-ms' ? `must be a whole number of milliseconds, ${got}` : numberProblem(format, Number.NaN, got)
+  }
   if (format === Boolean) return value === 'true' || value === 'false' ? undefined : `must be true or false, ${got}`
   if (Array.isArray(format)) return format.includes(value) ? undefined : `must be one of ${format.join(', ')}, ${got}`
   return undefined
 }
 
-/** The reason `v` is not a duration of `format` ('ms': 0 to MAX_MS, 'positive-ms': 1 to MAX_MS), or undefined. */
-function msProblem (format: 'ms' | 'positive-ms', v: number, got: string): string | undefined {
+type NumberFormat = 'port' | 'nat' | 'ms' | 'positive-ms'
+
+function isNumberFormat (format: unknown): format is NumberFormat {
+  return format === 'port' || format === 'nat' || format === 'ms' || format === 'positive-ms'
+}
+
+/**
+ * The reason the number `v` is out of the range of `format`, or undefined:
+ * one check for a value from the file and one from the environment.
+ */
+function numberProblem (format: NumberFormat, v: number, got: string): string | undefined {
+  if (format === 'port') return Number.isInteger(v) && v >= 0 && v <= 65535 ? undefined : `must be a port (0–65535), ${got}`
+  if (format === 'nat') return Number.isSafeInteger(v) && v >= 0 ? undefined : `must be a whole number >= 0, ${got}`
   const min = format === 'ms' ? 0 : 1
   return Number.isInteger(v) && v >= min && v <= MAX_MS ? undefined : `must be a whole number of milliseconds from ${min} to ${MAX_MS}, ${got}`
 }
@@ -131,11 +144,9 @@ function fileProblem (format: unknown, value: unknown): string | undefined {
   if (format === Boolean) return typeof value === 'boolean' ? undefined : `must be true or false, ${got}`
   if (format === String) return typeof value === 'string' ? undefined : `must be a string, ${got}`
   if (Array.isArray(format)) return typeof value === 'string' && format.includes(value) ? undefined : `must be one of ${format.join(', ')}, ${got}`
-  if (format === 'port' || format === 'nat' || format === 'ms' || format === 'positive-ms') {
+  if (isNumberFormat(format)) {
     if (typeof value !== 'number' || !Number.isFinite(value)) return `must be a number, ${got}`
-    if (format === 'port') return Number.isInteger(value) && value >= 0 && value <= 65535 ? undefined : `must be a port (0–65535), ${got}`
-    if (format === 'nat') return Number.isSafeInteger(value) && value >= 0 ? undefined : `must be a whole number >= 0, ${got}`
-    return msProblem(format, value, got)
+    return numberProblem(format, value, got)
   }
   return undefined
 }

@@ -82,6 +82,16 @@ function isPort (h: string, from: number): boolean {
 }
 
 /**
+ * The request's Host is acceptable: present on HTTP/1.1 (RFC 9112 §3.2; 1.0
+ * may omit it) and, when present, a plain authority (see isValidHost). A
+ * repeated Host is refused later, by buildUpstreamHeaders' count.
+ */
+export function hasValidHost (req: IncomingMessage): boolean {
+  const host = req.headers.host
+  return host === undefined ? req.httpVersionMinor === 0 : isValidHost(host)
+}
+
+/**
  * True when `h` is a valid Host value (RFC 9110 §7.2: uri-host [":" port]):
  * a non-empty RFC 3986 reg-name (which covers IPv4) or a bracketed IPv6
  * literal, then an optional port of 1–5 digits. Userinfo (`a@b`), paths,

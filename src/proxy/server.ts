@@ -17,7 +17,7 @@ import type { Route, RoutingTable } from '../routing/types.js'
 import { RouteHealth, VersionHealth, type Clock, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
 import { ForwardHandler, recordFailure, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
-import { buildUpstreamHeaders, isSecure, isValidHost, type RequestFraming, type RequestHeaderOptions } from './headers.js'
+import { buildUpstreamHeaders, hasValidHost, isSecure, type RequestFraming, type RequestHeaderOptions } from './headers.js'
 
 /** Proxy settings taken from the startup config. */
 export interface ProxyOptions {
@@ -243,33 +243,42 @@ export class ProxyServer {
       // Node has handed the socket over: its socketOnDrain (called by every
       // response still written on it) must not resume it before http-proxy pipes it
       ;(socket as ConnSocket)._paused = false
-      const conn = this.#conn(socket)
-      if (conn.closed || conn.failed) socket.destroy()
-      else if (conn.active) {
-        watchLeaving(socket)
-        this.#enqueue(conn, socket, { kind: 'upgrade', req, socket, head })
-      } else this.#run(conn, { kind: 'upgrade', req, socket, head })
+      this.#arrive(socket, { kind: 'upgrade', req, socket, head })
     })
     // CONNECT would turn the proxy into an open TCP tunnel: refused. Node removed
     // its own socket 'error' listener before emitting 'connect': without ours a
     // client reset while the 501 is written would crash the process
     this.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
       socket.on('error', () => { socket.destroy() })
-      const conn = this.#conn(socket)
-      if (conn.closed || conn.failed) socket.destroy()
-      else if (conn.active) {
-        watchLeaving(socket)
-        this.#enqueue(conn, socket, { kind: 'connect', socket })
-      } else this.#run(conn, { kind: 'connect', socket })
+      this.#arrive(socket, { kind: 'connect', socket })
     })
   }
 
   /** An Expect we do not meet: 417, in its turn on the connection (a refusal: the connection then closes). */
   #expectationFailed (req: IncomingMessage, res: ServerResponse): void {
-    const conn = this.#conn(req.socket)
-    if (conn.closed || conn.failed) return
-    if (conn.active) this.#enqueue(conn, req.socket, { kind: 'expect', req, res })
-    else this.#run(conn, { kind: 'expect', req, res })
+    this.#arrive(req.socket, { kind: 'expect', req, res })
+  }
+
+  /**
+   * An arrival other than a plain request (417, upgrade, CONNECT): handled
+   * now, or queued behind the connection's active request; ignored (a
+   * handed-over socket destroyed) once the connection is closing. A socket
+   * Node handed over is no longer read by Node, so while it waits its turn
+   * it is watched for the client leaving.
+   */
+  #arrive (socket: Duplex, item: Queued): void {
+    const conn = this.#conn(socket)
+    const handedOver = item.kind === 'upgrade' || item.kind === 'connect'
+    if (conn.closed || conn.failed) {
+      if (handedOver) socket.destroy()
+      return
+    }
+    if (!conn.active) {
+      this.#run(conn, item)
+      return
+    }
+    if (handedOver) watchLeaving(socket)
+    this.#enqueue(conn, socket, item)
   }
 
   /** A client connection was accepted: give it its pipeline state. */
@@ -302,8 +311,8 @@ export class ProxyServer {
 
   /** A parsed request: handled now, or queued behind the connection's active one. */
   #onRequest (req: IncomingMessage, res: ServerResponse): void {
-    const socket = req.socket as ConnSocket
-    const conn = socket[kConn] ?? this.#conn(socket)
+    const socket = req.socket
+    const conn = this.#conn(socket)
     // after a refusal or a client error nothing on this connection is processed: it is closing
     if (conn.closed || conn.failed) return
     if (conn.active) {
@@ -506,8 +515,7 @@ export class ProxyServer {
     }
     // HTTP/1.1 requires Host (RFC 9112 §3.2); 1.0 may omit it. A value that is not
     // a plain authority is refused before it can pick a route or reach a log
-    const host = req.headers.host
-    if (host === undefined ? req.httpVersionMinor !== 0 : !isValidHost(host)) {
+    if (!hasValidHost(req)) {
       this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
       return
     }
@@ -566,8 +574,7 @@ export class ProxyServer {
       endWith(socket, REPLY_431)
       return
     }
-    const host = req.headers.host
-    if (host === undefined ? req.httpVersionMinor !== 0 : !isValidHost(host)) {
+    if (!hasValidHost(req)) {
       endWith(socket, REPLY_400_HOST)
       return
     }
@@ -830,6 +837,12 @@ function upgradeHeaders (flat: readonly string[], upgrade: string | undefined): 
 }
 
 const kWatch = Symbol('canaryd.watchLeaving')
+
+/** The client's FIN has been received (its bytes before it may still be unread). */
+function clientEnded (socket: Duplex): boolean {
+  return (socket as unknown as { _readableState: { ended: boolean } })._readableState.ended
+}
+
 /**
  * A socket Node handed over (upgrade, CONNECT) while its turn has not come:
  * Node no longer reads it for us, so watch for the client's FIN ourselves
@@ -837,7 +850,7 @@ const kWatch = Symbol('canaryd.watchLeaving')
  */
 function watchLeaving (socket: Duplex): void {
   const onReadable = (): void => {
-    if ((socket as unknown as { _readableState: { ended: boolean } })._readableState.ended) socket.destroy()
+    if (clientEnded(socket)) socket.destroy()
   }
   ;(socket as Duplex & { [kWatch]?: () => void })[kWatch] = onReadable
   socket.on('readable', onReadable)
@@ -847,7 +860,7 @@ function stopWatching (socket: Duplex): boolean {
   const s = socket as Duplex & { [kWatch]?: () => void }
   const w = s[kWatch]
   if (w !== undefined) socket.removeListener('readable', w)
-  if (socket.destroyed || (socket as unknown as { _readableState: { ended: boolean } })._readableState.ended) {
+  if (socket.destroyed || clientEnded(socket)) {
     socket.destroy()
     return true
   }

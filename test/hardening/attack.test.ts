@@ -15,12 +15,11 @@ import { createHash } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import t, { type Test } from 'tap'
-import { send } from '../helpers/http.js'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { refusedOrigin } from '../helpers/upstream.js'
-import { startWireUpstream, type WireOptions, type WireRequest, type WireUpstream } from '../helpers/wire.js'
+import { startWireUpstream, type WireRequest, type WireUpstream } from '../helpers/wire.js'
 import { scrape, sum } from '../metrics/scrape.js'
-import { markWires, RawClient, settleInFlight, wiresSince, type RawResponse } from './pipeline-lib.js'
+import { assertSettled, freshRequests as freshRequestsOn, markWires, RawClient, settleInFlight, startWireEnv, wiresSince, type RawResponse, type WireEnv, type WireEnvOptions } from './pipeline-lib.js'
 import { sleep, waitFor } from './raw.js'
 
 const H = 'Host: app.test\r\n'
@@ -38,43 +37,28 @@ const TWO_HOSTS = (path: string): string => `GET ${path} HTTP/1.1\r\n${H}Host: o
 const LARGE = 'L'.repeat(70_000)
 
 /** A running canaryd over two wire upstreams, and the proxy-side sockets it accepted. */
-interface Env {
-  proxy: TestProxy
-  port: number
-  stable: WireUpstream
-  canary: WireUpstream
-  wires: WireUpstream[]
+interface Env extends WireEnv {
   /** Every client socket the proxy accepted (server side), to look at bytesRead and to clean up. */
   sockets: Socket[]
   /** Upstream sockets switched to WebSocket (node:http stops tracking them: closed by the teardown). */
   upgraded: Set<Socket>
 }
 
-interface SetupOptions {
-  extra?: Record<string, unknown>
-  wire?: WireOptions
-  /** Extra keys of the route (e.g. `match`). */
-  route?: Record<string, unknown>
-  weights?: [number, number]
-}
-
-async function setup (t: Test, o: SetupOptions = {}): Promise<Env> {
-  const stable = await startWireUpstream(o.wire)
-  const canary = await startWireUpstream(o.wire)
-  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, o.weights ?? [100, 0], o.route ?? {})], o.extra ?? {}))
+async function setup (t: Test, o: Omit<WireEnvOptions, 'beforeClose'> = {}): Promise<Env> {
   const sockets: Socket[] = []
-  proxy.app.proxy.server.on('connection', (s: Socket) => { sockets.push(s) })
   const upgraded = new Set<Socket>()
-  t.teardown(async () => {
+  const env = await startWireEnv(t, {
+    weights: [100, 0],
+    ...o,
     // a socket the proxy never closes (one of the bugs below) would keep
     // app.close() waiting forever: cut them first, the test has its verdict
-    for (const s of sockets) s.destroy()
-    for (const s of upgraded) s.destroy()
-    await proxy.close()
-    await stable.close()
-    await canary.close()
+    beforeClose: () => {
+      for (const s of sockets) s.destroy()
+      for (const s of upgraded) s.destroy()
+    }
   })
-  return { proxy, port: proxy.app.proxyAddress!.port, stable, canary, wires: [stable, canary], sockets, upgraded }
+  env.proxy.app.proxy.server.on('connection', (s: Socket) => { sockets.push(s) })
+  return { ...env, sockets, upgraded }
 }
 
 /**
@@ -96,19 +80,9 @@ function acceptUpgrades (env: Env, w: WireUpstream): string[] {
   return seen
 }
 
-/** In-flight is exactly 0 for every version on /metrics and in the proxy. */
-async function assertSettled (t: Test, env: Env): Promise<void> {
-  const f = await settleInFlight(env.proxy)
-  t.same(f.gauge, { stable: 0, canary: 0 }, 'canaryd_requests_in_flight is 0 for every version')
-  t.equal(f.proxy, 0, 'app.proxy.inFlight is 0')
-}
-
 /** A normal request on a fresh connection to each version succeeds. */
 async function freshRequests (t: Test, env: Env): Promise<void> {
-  for (const version of ['stable', 'canary']) {
-    const r = await send(`${env.proxy.url}/fresh-${version}`, { headers: { host: 'app.test', 'x-canary': version } })
-    t.equal(r.status, 200, `a normal request to ${version} on a fresh connection succeeds`)
-  }
+  await freshRequestsOn(t, env, false)
 }
 
 const statuses = (c: RawClient): number[] => c.responses.map((r) => r.status)

@@ -5,30 +5,17 @@
  * signal exits at once.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { writeFileSync, mkdtempSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { CLI, loopbackConfigFile } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
-import { twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { waitFor } from './raw.js'
-
-const CLI = new URL('../../dist/cli.js', import.meta.url).pathname
 
 interface Running { child: ChildProcess; proxy: string; admin: string; exit: Promise<{ code: number | null; ms: number }>; killedAt: () => number }
 
 async function serve (t: Test, upstream: string, drainMs: number): Promise<Running> {
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-drain-'))
-  const file = join(dir, 'config.json')
-  writeFileSync(file, JSON.stringify({
-    listen: { host: '127.0.0.1', port: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    state: { file: join(dir, 'state.json') },
-    timeouts: { drainTimeoutMs: drainMs, clientIdleMs: 30_000 },
-    routes: [twoVersionRoute(upstream, upstream, [100, 0])]
-  }))
+  const file = loopbackConfigFile(upstream, { timeouts: { drainTimeoutMs: drainMs, clientIdleMs: 30_000 } })
   const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { env: { ...process.env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] })
   let killed = 0
   const exit = new Promise<{ code: number | null; ms: number }>((resolve) => child.on('exit', (code) => resolve({ code, ms: Date.now() - killed })))

@@ -4,8 +4,10 @@
  * checked), and a view of what a wire upstream received since a mark.
  */
 import { connect, type Socket } from 'node:net'
-import type { TestProxy } from '../helpers/proxy.js'
-import type { WireUpstream } from '../helpers/wire.js'
+import type { Test } from 'tap'
+import { send } from '../helpers/http.js'
+import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { startWireUpstream, type WireOptions, type WireUpstream } from '../helpers/wire.js'
 import { scrape } from '../metrics/scrape.js'
 import { waitFor } from './raw.js'
 
@@ -251,4 +253,58 @@ export async function settleInFlight (proxy: TestProxy, timeoutMs = 3000): Promi
     // fall through: the caller's assertions report the values
   }
   return { gauge, proxy: proxy.app.proxy.inFlight }
+}
+
+/** A running canaryd over two wire upstreams (stable, canary), for the pipeline and attack suites. */
+export interface WireEnv {
+  proxy: TestProxy
+  port: number
+  stable: WireUpstream
+  canary: WireUpstream
+  wires: WireUpstream[]
+}
+
+/** Options of startWireEnv. */
+export interface WireEnvOptions {
+  /** Top-level config keys (e.g. `{ limits: { maxConnections: 5 } }`). */
+  extra?: Record<string, unknown>
+  wire?: WireOptions
+  /** Extra keys of the route (e.g. `match`). */
+  route?: Record<string, unknown>
+  weights?: [number, number]
+  /** Run at teardown before the proxy closes (cut sockets the test left open). */
+  beforeClose?: () => void
+}
+
+/** Starts two wire upstreams and a canaryd over them; all closed in t.teardown. */
+export async function startWireEnv (t: Test, o: WireEnvOptions = {}): Promise<WireEnv> {
+  const stable = await startWireUpstream(o.wire)
+  const canary = await startWireUpstream(o.wire)
+  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, o.weights ?? [50, 50], o.route ?? {})], o.extra ?? {}))
+  t.teardown(async () => {
+    o.beforeClose?.()
+    await proxy.close()
+    await stable.close()
+    await canary.close()
+  })
+  return { proxy, port: proxy.app.proxyAddress!.port, stable, canary, wires: [stable, canary] }
+}
+
+/** In-flight is exactly 0 for every version on /metrics and in the proxy. */
+export async function assertSettled (t: Test, env: WireEnv): Promise<void> {
+  const f = await settleInFlight(env.proxy)
+  t.same(f.gauge, { stable: 0, canary: 0 }, 'canaryd_requests_in_flight is 0 for every version')
+  t.equal(f.proxy, 0, 'app.proxy.inFlight is 0')
+}
+
+/**
+ * A normal request on a fresh connection to each version (the override
+ * header pins it) gets 200, and, with `checkVersion`, from that version.
+ */
+export async function freshRequests (t: Test, env: WireEnv, checkVersion = true): Promise<void> {
+  for (const version of ['stable', 'canary']) {
+    const r = await send(`${env.proxy.url}/fresh-${version}`, { headers: { host: 'app.test', 'x-canary': version } })
+    t.equal(r.status, 200, `a normal request to ${version} on a fresh connection succeeds`)
+    if (checkVersion) t.equal(r.headers['x-canaryd-version'], version)
+  }
 }

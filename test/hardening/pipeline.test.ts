@@ -9,10 +9,9 @@
 import { performance } from 'node:perf_hooks'
 import t, { type Test } from 'tap'
 import { send } from '../helpers/http.js'
-import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
-import { startWireUpstream, type WireOptions, type WireRequest, type WireUpstream } from '../helpers/wire.js'
+import type { WireOptions, WireRequest } from '../helpers/wire.js'
 import { scrape, sum } from '../metrics/scrape.js'
-import { markWires, RawClient, settleInFlight, wiresSince, type RawResponse } from './pipeline-lib.js'
+import { assertSettled, freshRequests, markWires, RawClient, startWireEnv, wiresSince, type RawResponse, type WireEnv } from './pipeline-lib.js'
 import { sleep, waitFor } from './raw.js'
 
 const H = 'Host: app.test\r\n'
@@ -26,37 +25,10 @@ const wsUpgrade = (path: string): string =>
 /** Over upstream.largeBodyBytes (65536 by default): such a body goes upstream through node:http, not undici. */
 const LARGE = 'x'.repeat(70_000)
 
-/** A running canaryd over two wire upstreams (stable, canary). */
-interface Env {
-  proxy: TestProxy
-  port: number
-  stable: WireUpstream
-  canary: WireUpstream
-  wires: WireUpstream[]
-}
+type Env = WireEnv
 
-async function setup (t: Test, extra: Record<string, unknown> = {}, weights: [number, number] = [50, 50], wireOpts: WireOptions = {}): Promise<Env> {
-  const stable = await startWireUpstream(wireOpts)
-  const canary = await startWireUpstream(wireOpts)
-  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, weights)], extra))
-  t.teardown(async () => { await proxy.close(); await stable.close(); await canary.close() })
-  return { proxy, port: proxy.app.proxyAddress!.port, stable, canary, wires: [stable, canary] }
-}
-
-/** A normal request on a fresh connection to each version (the override header pins it) must get 200 from that version. */
-async function freshRequests (t: Test, env: Env): Promise<void> {
-  for (const version of ['stable', 'canary']) {
-    const r = await send(`${env.proxy.url}/fresh-${version}`, { headers: { host: 'app.test', 'x-canary': version } })
-    t.equal(r.status, 200, `a normal request to ${version} on a fresh connection succeeds`)
-    t.equal(r.headers['x-canaryd-version'], version)
-  }
-}
-
-/** In-flight is exactly 0 for every version on /metrics and in the proxy. */
-async function assertSettled (t: Test, env: Env): Promise<void> {
-  const f = await settleInFlight(env.proxy)
-  t.same(f.gauge, { stable: 0, canary: 0 }, 'canaryd_requests_in_flight is 0 for every version')
-  t.equal(f.proxy, 0, 'app.proxy.inFlight is 0')
+async function setup (t: Test, extra: Record<string, unknown> = {}, weights: [number, number] = [50, 50], wire: WireOptions = {}): Promise<Env> {
+  return await startWireEnv(t, { extra, weights, wire })
 }
 
 /** The header `name` (case-insensitive) of a request the upstream received: every value. */

@@ -1,6 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, statSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { twoVersionRoute } from './proxy.js'
 
 /** The built CLI, run as users run it. */
 export const CLI = join(process.cwd(), 'dist/cli.js')
@@ -31,4 +33,22 @@ export async function runCli (args: string[], env: Record<string, string> = {}):
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
   return { code, stdout, stderr }
+}
+
+/**
+ * A config file for `canaryd serve` on loopback, ports 0, a state file in
+ * the same temp dir, one route whose two versions both point at `upstream`
+ * (all traffic on stable); `extra` adds or replaces top-level keys.
+ */
+export function loopbackConfigFile (upstream: string, extra: Record<string, unknown> = {}): string {
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-cli-'))
+  const file = join(dir, 'config.json')
+  writeFileSync(file, JSON.stringify({
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    state: { file: join(dir, 'state.json') },
+    routes: [twoVersionRoute(upstream, upstream, [100, 0])],
+    ...extra
+  }))
+  return file
 }

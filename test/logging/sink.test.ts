@@ -6,18 +6,14 @@
  * closed right before SIGTERM, or its stdout never read under access-log load.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { Pool } from 'undici'
 import { createLogger, droppedLogLines, flushLogs, LogSink, LOG_LEVELS, resolveLogLevel } from '../../src/logger.js'
 import { ConfigError } from '../../src/errors.js'
 import { parseExposition } from '../../src/metrics/exposition.js'
-import { CLI, ensureBuilt } from '../helpers/cli.js'
+import { CLI, ensureBuilt, loopbackConfigFile } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
-import { twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { sum } from '../metrics/scrape.js'
 
@@ -141,19 +137,7 @@ t.test('an invalid level is a ConfigError naming the variable and listing the le
   t.throws(() => resolveLogLevel('loud', {}), { message: 'log.level: "loud" is not a log level; use one of fatal, error, warn, info, debug, trace, silent', code: 'CANARYD_ERR_CONFIG_INVALID' })
 })
 
-/** A config file on loopback, ports 0, over one upstream. */
-function configFile (upstream: string, extra: Record<string, unknown> = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-log-'))
-  const file = join(dir, 'config.json')
-  writeFileSync(file, JSON.stringify({
-    listen: { host: '127.0.0.1', port: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    state: { file: join(dir, 'state.json') },
-    routes: [twoVersionRoute(upstream, upstream, [100, 0])],
-    ...extra
-  }))
-  return file
-}
+const configFile = loopbackConfigFile
 
 t.test('LOG_LEVEL=verbose: one line naming it and the levels, exit 1 (single process and --workers)', async (t) => {
   const up = await startUpstream('stable')
