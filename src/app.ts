@@ -1,7 +1,10 @@
 import type { AddressInfo } from 'node:net'
+import { isAbsolute } from 'node:path'
+import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
 import { registerRolloutRoutes } from './admin/rollout-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
-import { listenError, type Config } from './config/load.js'
+import { listenError, reloadConfig, restartRequired, type Config } from './config/load.js'
+import { CanarydError, ConfigError } from './errors.js'
 import { createLogger, droppedLogLines, type Logger } from './logger.js'
 import { NOOP_OBSERVERS } from './metrics/observer.js'
 import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
@@ -12,7 +15,9 @@ import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
 import type { TableHolder } from './routing/holder.js'
 import { RuntimeStore } from './state/store.js'
+import type { RouteSpec } from './routing/spec.js'
 import { Upstreams } from './upstream/pools.js'
+import { loadTls, mergeTls, type UpstreamTls } from './upstream/tls.js'
 
 /** Options of a running instance beyond the config file. */
 export interface AppOptions {
@@ -41,7 +46,11 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     bodyTimeoutMs: t.upstreamBodyMs,
     connections: config.upstream.connections,
     keepAliveMs: config.upstream.keepAliveMs,
-    maxInFlight: config.upstream.maxInFlight
+    maxInFlight: config.upstream.maxInFlight,
+    tls: staticTls(config),
+    dnsRefreshMs: config.upstream.dnsRefreshMs,
+    dnsServers: dnsServers(config),
+    log: logger.child({ component: 'upstream' })
   })
   const metrics = metricsOn ? new PrometheusMetrics() : undefined
   const proxy = new ProxyServer({
@@ -68,9 +77,64 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
   if (metrics !== undefined) {
     metrics.addReadout(METRIC_NAMES.connectionsOpen, 'Client connections open on the proxy listener now.', 'gauge', () => proxy.connections)
     metrics.addReadout(METRIC_NAMES.connectionsRejected, 'Client connections closed at once because limits.maxConnections were already open.', 'counter', () => proxy.rejectedConnections)
+    // max across cluster workers: each holds the same endpoints and judges their health itself
+    metrics.addLabelledReadout(METRIC_NAMES.endpoints, 'Endpoints of each version by state: healthy (taking requests) or ejected (outlier detection or the active health check).', 'gauge',
+      () => proxy.endpointStates().flatMap((e) => [
+        { labels: { route: e.route, version: e.version, state: 'healthy' }, value: e.healthy },
+        { labels: { route: e.route, version: e.version, state: 'ejected' }, value: e.ejected }
+      ]), 'max')
     addLogReadout(metrics)
   }
   return { upstreams, metrics, proxy }
+}
+
+/** The static `upstream.tls` as TLS settings ('' = unset), or undefined when none is set. */
+export function staticTls (config: Config): UpstreamTls | undefined {
+  const t = config.upstream.tls
+  const out: UpstreamTls = {}
+  if (t.ca !== '') out.ca = t.ca
+  if (t.servername !== '') out.servername = t.servername
+  if (t.cert !== '') out.cert = t.cert
+  if (t.key !== '') out.key = t.key
+  if (t.insecureSkipVerify) out.insecureSkipVerify = true
+  return Object.keys(out).length === 0 ? undefined : out
+}
+
+/** `upstream.dnsServers` as a list ('' = none: the system resolver). */
+export function dnsServers (config: Config): string[] {
+  return config.upstream.dnsServers.split(',').map((x) => x.trim()).filter((x) => x.length !== 0)
+}
+
+/**
+ * Checks the upstream TLS files of a config (static `upstream.tls` and each
+ * https version's own `tls`): readable, PEM that parses, cert and key
+ * matching. Throws a ConfigError naming the key; returns where certificate
+ * verification is off, for a warn line at start and on reload.
+ */
+export function checkUpstreamTls (config: Config): string[] {
+  const defaults = staticTls(config)
+  const load = (tls: UpstreamTls, at: string): void => {
+    try {
+      loadTls(tls, at)
+    } catch (err) {
+      throw new ConfigError('', (err as Error).message)
+    }
+  }
+  if (defaults !== undefined) load(defaults, 'upstream.tls')
+  const insecure: string[] = []
+  if (defaults?.insecureSkipVerify === true) insecure.push('upstream.tls')
+  config.routes.forEach((r, i) => r.versions.forEach((v, j) => {
+    if (v.tls === undefined) return
+    const merged = mergeTls(defaults, v.tls)
+    if (merged !== undefined) load(merged, `routes[${i}].versions[${j}].tls`)
+    if (v.tls.insecureSkipVerify === true) insecure.push(`route ${r.name} version ${v.name}`)
+  }))
+  return insecure
+}
+
+/** Logs, at warn, every place where upstream certificates are not verified. */
+export function warnInsecure (logger: Logger, where: readonly string[]): void {
+  for (const w of where) logger.warn({ where: w }, 'upstream TLS: insecureSkipVerify is on, certificates are not verified (testing only)')
 }
 
 /** Exposes this process's dropped log lines (stdout closed or stalled) on `metrics`. */
@@ -83,6 +147,13 @@ export interface ControlPlane {
   state: RuntimeStore
   admin: AdminServer
   rollouts: RolloutManager
+  /**
+   * Re-reads the config file and applies its routes (SIGHUP, POST
+   * /api/v1/reload, serve --watch). Throws the ConfigError naming the key
+   * (the file is invalid: nothing changed, logged; the admin API answers it
+   * as CANARYD_ERR_CONFIG_RELOAD) or CANARYD_ERR_RELOAD_UNAVAILABLE (no file).
+   */
+  reload: (address?: string | null) => Promise<ReloadResult>
 }
 
 /** What the control plane needs from wherever the traffic is served (this process, or the cluster's workers). */
@@ -124,9 +195,54 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
     subscribeEjection: src.subscribeEjection
   })
   registerRolloutRoutes(admin, rollouts)
+  registerVersionRoutes(admin, state)
+  const reload = reloader(config, logger, state, rollouts)
+  registerReloadRoute(admin, reload)
   // a restart resumes rollouts at their step (and keeps finished ones finished)
   rollouts.restore()
-  return { state, admin, rollouts }
+  return { state, admin, rollouts, reload }
+}
+
+/**
+ * The reload of one instance: read the file again (without blocking),
+ * validate all of it (schema, routes, TLS files), report static keys that
+ * changed (they need a restart and are not applied), and hand the routes to
+ * the store, which applies them in one swap. Reloads run one at a time.
+ */
+function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts: RolloutManager): ControlPlane['reload'] {
+  let queue: Promise<unknown> = Promise.resolve()
+  const once = async (address: string | null): Promise<ReloadResult> => {
+    // source is the file's absolute path; built from an object it is '' or a label
+    if (!isAbsolute(config.source)) throw new CanarydError('CANARYD_ERR_RELOAD_UNAVAILABLE', 'this instance was not started from a config file: nothing to reload')
+    let next: Config
+    let insecure: string[]
+    try {
+      next = await reloadConfig(config.source)
+      insecure = checkUpstreamTls(next)
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err
+      logger.error({ config: config.source }, `reload refused, nothing changed: ${err.message}`)
+      throw err
+    }
+    const restart = restartRequired(config, next)
+    const summary = await state.reload(next.routes, { source: 'reload', address, reason: 'config file reloaded' })
+    // rollouts whose route or versions the reload removed end before the reload answers
+    await rollouts.reloaded(summary.removed)
+    warnInsecure(logger, insecure)
+    if (restart.length !== 0) logger.warn({ keys: restart }, 'reload: these static keys changed and need a restart; they were not applied')
+    logger.info({ ...summary, restartRequired: restart }, 'config reloaded')
+    return { ...summary, restartRequired: restart }
+  }
+  return async (address = null) => {
+    const p = queue.then(async () => await once(address))
+    queue = p.catch(() => {})
+    return await p
+  }
+}
+
+/** Every version of the routes, for Upstreams.warm. */
+export function versionsOf (routes: readonly RouteSpec[]): RouteSpec['versions'] {
+  return routes.flatMap((r) => r.versions)
 }
 
 /** The start-up log line's route summary. */
@@ -135,7 +251,7 @@ function describeRoutes (holder: TableHolder): unknown[] {
     name: r.name,
     host: r.host ?? '*',
     pathPrefix: r.pathPrefix,
-    versions: r.versions.map((v) => `${v.name}=${v.weight}% ${v.upstream}`)
+    versions: r.versions.map((v) => `${v.name}=${v.weight}% ${v.spec.upstream.join(',')}`)
   }))
 }
 
@@ -183,7 +299,9 @@ export class App {
     this.config = config
     this.logger = opts.logger ?? createLogger(config.log.level, undefined, { maxBufferBytes: config.log.maxBufferBytes })
     // the state file's weights (where still valid) override the config's before the first table is built
-    this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger })
+    warnInsecure(this.logger, checkUpstreamTls(config))
+    // a change's new DNS names are resolved before its table is swapped in (see Upstreams.warm)
+    this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) } })
     this.holder = this.state.holder
     const data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
     this.upstreams = data.upstreams
@@ -199,7 +317,11 @@ export class App {
     })
     this.admin = control.admin
     this.rollouts = control.rollouts
+    this.reload = control.reload
   }
+
+  /** Re-reads the config file and applies its routes; see ControlPlane.reload. */
+  readonly reload: ControlPlane['reload']
 
   /**
    * Starts the listeners and logs the start-up line (addresses and routes).
@@ -208,6 +330,8 @@ export class App {
    */
   async start (): Promise<void> {
     this.adminAddress = await this.admin.listen()
+    // DNS-discovered versions get their first endpoints before traffic (Envoy's cluster warming); bounded by the resolver's timeout
+    await this.upstreams.settled()
     const { host, port } = this.config.listen
     // the admin server names itself in its listen errors; the proxy's are named here
     this.proxyAddress = await this.proxy.listen(port, host).catch((err: unknown) => { throw listenError(err, 'proxy', host, port) })

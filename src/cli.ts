@@ -1,20 +1,22 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { watchConfig } from './config/watch.js'
 import { App } from './app.js'
 import { configPath, DEFAULT_CONFIG_PATH, parseWorkers, type Config } from './config/load.js'
-import { CanarydError } from './errors.js'
+import { CanarydError, ConfigError } from './errors.js'
 import { createLogger, flushLogs, type Logger } from './logger.js'
 import { checkServeConfig, configErrorLine, runConfig } from './commands/config.js'
 
 const HELP = `canaryd — a reverse proxy for canary releases
 
 Usage:
-  canaryd serve [--config FILE] [--workers N|auto]
+  canaryd serve [--config FILE] [--workers N|auto] [--watch]
                                         run the proxy (FILE also from CANARYD_CONFIG; default
                                         ${DEFAULT_CONFIG_PATH}; JSON or YAML); --workers (or
                                         CANARYD_WORKERS): N node:cluster workers serve traffic,
-                                        the primary keeps the admin API, state and rollouts
+                                        the primary keeps the admin API, state and rollouts;
+                                        SIGHUP (and with --watch, a change of FILE) reloads the routes
   canaryd validate [--config FILE]      check the config, the environment and the state directory
                                         as serve would, without starting; exit 0 (one ok line) or 1
   canaryd config print [--config FILE] [--yaml]
@@ -25,6 +27,12 @@ Usage:
                                         validated, persisted and audited by the admin server
   canaryd status [ROUTE] [--admin URL] [--token T] [--json]
                                         routes, versions, weights, upstreams, rollout state
+  canaryd versions set ROUTE VERSION --upstream URL[,URL...] [--reason TEXT] [--admin URL] [--token T]
+                                        point a version at new endpoints live (persisted, audited)
+  canaryd versions get ROUTE [VERSION] [--admin URL] [--token T] [--json]
+                                        a route's versions and their upstreams
+  canaryd reload [--admin URL] [--token T] [--json]
+                                        re-read the config file and apply its routes (as SIGHUP)
   canaryd rollout start ROUTE [--plan FILE] [--canary NAME] [--admin URL] [--token T]
                                         start a progressive rollout (plan: JSON/YAML, docs/rollouts.md;
                                         --canary NAME sets the plan's canary version)
@@ -57,7 +65,7 @@ function fail (message: string, code = 2): never {
 }
 
 async function serve (argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string', short: 'w' }, help: { type: 'boolean', short: 'h' } }, strict: true })
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string', short: 'w' }, watch: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true })
   if (values.help === true) {
     process.stdout.write(HELP)
     return
@@ -80,13 +88,14 @@ async function serve (argv: string[]): Promise<void> {
     if (line !== undefined) fail(line, 1)
     throw err
   }
-  if (workers > 1) return await serveCluster(config, workers)
+  if (workers > 1) return await serveCluster(config, workers, values.watch === true)
   const app = new App(config)
   try {
     await app.start()
   } catch (err) {
     fail((err as Error).message, 1)
   }
+  onReloadSignals(app.logger, config.source, app.reload, values.watch === true)
   onStopSignals(app.logger, () => ({ inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     const clean = await app.close()
     app.logger.info({ clean }, 'stopped')
@@ -94,7 +103,7 @@ async function serve (argv: string[]): Promise<void> {
 }
 
 /** `serve --workers N`: the primary runs the control plane, N workers serve traffic. */
-async function serveCluster (config: Config, workers: number): Promise<void> {
+async function serveCluster (config: Config, workers: number, watch: boolean): Promise<void> {
   const { ClusterPrimary } = await import('./cluster/primary.js')
   const logger = createLogger(config.log.level, undefined, { maxBufferBytes: config.log.maxBufferBytes })
   const primary = new ClusterPrimary({ config, workers, logger })
@@ -104,10 +113,29 @@ async function serveCluster (config: Config, workers: number): Promise<void> {
     primary.kill()
     fail((err as Error).message, 1)
   }
+  onReloadSignals(logger, config.source, primary.control.reload, watch)
   onStopSignals(logger, () => ({ workers: primary.workerPids.length, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     await primary.stop()
     logger.info('stopped')
   }, () => { primary.kill() })
+}
+
+/**
+ * SIGHUP (as nginx and HAProxy) and, with `--watch`, a change of the config
+ * file reload the routes. The outcome is logged by the reload itself (one
+ * line naming the key when the file is invalid); nothing here can stop the
+ * process.
+ */
+function onReloadSignals (logger: Logger, source: string, reload: (address?: string | null) => Promise<unknown>, watch: boolean): void {
+  const run = (why: string): void => {
+    logger.info({ trigger: why, config: source }, 'reloading the config')
+    reload(null).catch((err: unknown) => {
+      // an invalid file was logged by the reload; anything else is unexpected
+      if (!(err instanceof ConfigError)) logger.error({ err }, 'reload failed')
+    })
+  }
+  process.on('SIGHUP', () => { run('SIGHUP') })
+  if (watch) watchConfig(source, () => { run('file changed') })
 }
 
 /** How long shutdown waits for stdout to take the buffered log lines. */
@@ -170,7 +198,9 @@ async function main (argv: string[]): Promise<void> {
     case 'config':
       return await runConfig(cmd, rest)
     case 'weights':
-    case 'status': {
+    case 'status':
+    case 'versions':
+    case 'reload': {
       const { runClient } = await import('./commands/client.js')
       return await runClient(cmd, rest)
     }

@@ -50,7 +50,16 @@ const MAX_REASON_LENGTH = 1000
 /** Largest `limit` of GET /api/v1/audit. */
 const MAX_AUDIT_LIMIT = 1000
 
-function isObj (v: unknown): v is Record<string, unknown> {
+/** The `reason` of a change request body: a string of at most MAX_REASON_LENGTH, or null when absent; 400 otherwise. */
+export function parseReason (reason: unknown): string | null {
+  if (reason !== undefined && reason !== null && (typeof reason !== 'string' || reason.length > MAX_REASON_LENGTH)) {
+    throw new CanarydError('CANARYD_ERR_INVALID_BODY', `"reason" must be a string of at most ${MAX_REASON_LENGTH} characters`)
+  }
+  return typeof reason === 'string' ? reason : null
+}
+
+/** True for a plain JSON object (not an array, not null). */
+export function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
@@ -173,12 +182,8 @@ export class AdminServer {
       if (k !== 'weights' && k !== 'reason') throw new CanarydError('CANARYD_ERR_INVALID_BODY', `unknown key ${JSON.stringify(k)} (allowed: weights, reason)`)
     }
     if (body.weights === undefined) throw new CanarydError('CANARYD_ERR_INVALID_BODY', '"weights" is required, e.g. {"weights":{"stable":80,"canary":20}}')
-    const reason = body.reason
-    if (reason !== undefined && reason !== null && (typeof reason !== 'string' || reason.length > MAX_REASON_LENGTH)) {
-      throw new CanarydError('CANARYD_ERR_INVALID_BODY', `"reason" must be a string of at most ${MAX_REASON_LENGTH} characters`)
-    }
     const change = await this.#opts.store.setWeights(name, body.weights, {
-      reason: typeof reason === 'string' ? reason : null,
+      reason: parseReason(body.reason),
       source: 'api',
       address: q.address
     })

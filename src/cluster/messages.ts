@@ -5,16 +5,14 @@
  * messages are never mistaken for ours.
  */
 import type { Config } from '../config/load.js'
-import { withWeights, type RouteSpec } from '../routing/spec.js'
-import type { RoutingTable } from '../routing/types.js'
-
-/** Weights of every route: route → version → percent. */
-export type WeightMap = Record<string, Record<string, number>>
+import type { RouteSpec } from '../routing/spec.js'
 
 /** Primary → worker. */
 export type ToWorker =
-  | { canaryd: 'init', config: Config, weights: WeightMap, generation: number, subscriptions: Array<[string, string]>, metrics: boolean }
-  | { canaryd: 'table', weights: WeightMap, generation: number }
+  /** `routes`: the routes in force (runtime weights and upstreams applied); `config`: the static part the worker serves with. */
+  | { canaryd: 'init', config: Config, routes: RouteSpec[], generation: number, subscriptions: Array<[string, string]>, metrics: boolean }
+  /** Every change (weights, a version's upstream, a reload) sends the whole routes: a worker never merges. */
+  | { canaryd: 'table', routes: RouteSpec[], generation: number }
   | { canaryd: 'sub', route: string, version: string, on: boolean }
   | { canaryd: 'metrics', id: number }
   | { canaryd: 'drain', ms: number }
@@ -34,23 +32,4 @@ export type ToPrimary =
 /** True for a message of ours. */
 export function isOurs (m: unknown): m is { canaryd: string } {
   return typeof m === 'object' && m !== null && typeof (m as { canaryd?: unknown }).canaryd === 'string'
-}
-
-/** The weights of a table, as sent to workers. */
-export function weightsOf (table: RoutingTable): WeightMap {
-  const out: WeightMap = {}
-  for (const r of table.routes) {
-    const w: Record<string, number> = {}
-    for (const v of r.versions) w[v.name] = v.weight
-    out[r.name] = w
-  }
-  return out
-}
-
-/** The config's route specs with the primary's runtime weights applied (the state file's, or a change's). */
-export function withRuntimeWeights (routes: readonly RouteSpec[], weights: WeightMap): RouteSpec[] {
-  return routes.map((r) => {
-    const w = weights[r.name]
-    return w === undefined ? r : withWeights(r, w)
-  })
 }

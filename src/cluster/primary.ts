@@ -18,13 +18,13 @@
 import cluster, { type Worker } from 'node:cluster'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { addLogReadout, announceStarted, createControlPlane, type ControlPlane } from '../app.js'
+import { addLogReadout, announceStarted, checkUpstreamTls, createControlPlane, warnInsecure, type ControlPlane } from '../app.js'
 import type { Config } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
 import type { SubscribeFinish } from '../rollout/controller.js'
 import { RuntimeStore } from '../state/store.js'
-import { isOurs, weightsOf, type ToPrimary, type ToWorker } from './messages.js'
+import { isOurs, type ToPrimary, type ToWorker } from './messages.js'
 
 type FinishListener = Parameters<SubscribeFinish>[2]
 
@@ -74,8 +74,9 @@ export class ClusterPrimary {
     // the primary's own registry: process metrics of the primary and the rollout metrics
     this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
     if (this.#own !== undefined) addLogReadout(this.#own)
+    warnInsecure(opts.logger, checkUpstreamTls(opts.config))
     this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger })
-    this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', weights: weightsOf(table), generation: table.generation }) })
+    this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', routes: [...this.state.specs], generation: table.generation }) })
     const own = this.#own
     this.control = createControlPlane(opts.config, opts.logger, this.state, {
       metrics: own === undefined ? undefined : { expose: async () => await this.metricsText(), registry: { contentType: own.registry.contentType } },
@@ -148,7 +149,7 @@ export class ClusterPrimary {
         // the worker's handler is attached: hand it the config and the weights in force
         const table = this.state.holder.current
         const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
-        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), weights: weightsOf(table), generation: table.generation, subscriptions, metrics: this.#metricsOn })
+        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), routes: [...this.state.specs], generation: table.generation, subscriptions, metrics: this.#metricsOn })
         return
       }
       case 'ready':

@@ -6,13 +6,13 @@
  * state file and the rollout controller live in the primary.
  */
 import cluster from 'node:cluster'
-import { createDataPlane, type DataPlane } from '../app.js'
+import { createDataPlane, versionsOf, type DataPlane } from '../app.js'
 import { listenError } from '../config/load.js'
 import { createLogger, flushLogs, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
 import type { Config } from '../config/load.js'
-import { isOurs, withRuntimeWeights, type ToPrimary, type ToWorker } from './messages.js'
+import { isOurs, type ToPrimary, type ToWorker } from './messages.js'
 
 /** How often finished-request samples are batched to the primary (rollout windows). */
 const SAMPLE_FLUSH_MS = 100
@@ -29,28 +29,35 @@ class Worker {
   readonly #subs = new Map<string, { off: () => void, buf: number[], ejections: number, route: string, version: string }>()
   #timer: NodeJS.Timeout | undefined
   #draining = false
+  /** Tables being applied, in order (see 'table'). */
+  #tables: Promise<void> = Promise.resolve()
 
   constructor (init: Extract<ToWorker, { canaryd: 'init' }>) {
     this.#config = init.config
     this.#log = createLogger(init.config.log.level, undefined, { maxBufferBytes: init.config.log.maxBufferBytes }).child({ worker: cluster.worker?.id })
-    this.#holder = new TableHolder(buildRoutingTable(withRuntimeWeights(init.config.routes, init.weights), init.generation))
+    this.#holder = new TableHolder(buildRoutingTable(init.routes, init.generation))
     this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
     for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
   }
 
   async start (): Promise<void> {
+    await this.#data.upstreams.settled()
     const a = await this.#data.proxy.listen(this.#config.listen.port, this.#config.listen.host)
     send({ canaryd: 'ready', address: a.address, port: a.port })
   }
 
   handle (m: ToWorker): void {
     switch (m.canaryd) {
-      case 'table':
-        // IPC is ordered, but a replayed or stale table must never win over a newer one
-        if (m.generation > this.#holder.current.generation) {
-          this.#holder.swap(buildRoutingTable(withRuntimeWeights(this.#config.routes, m.weights), m.generation))
-        }
+      case 'table': {
+        // new DNS names are resolved before the swap, so tables apply one at a time, in order
+        const routes = m.routes
+        this.#tables = this.#tables.then(async () => {
+          await this.#data.upstreams.warm(versionsOf(routes))
+          // IPC is ordered, but a replayed or stale table must never win over a newer one
+          if (m.generation > this.#holder.current.generation) this.#holder.swap(buildRoutingTable(routes, m.generation))
+        }).catch((err: unknown) => { this.#log.error({ err }, 'cannot apply the routing table') })
         return
+      }
       case 'sub':
         this.#subscribe(m.route, m.version, m.on)
         return
@@ -146,6 +153,8 @@ process.on('message', (m: unknown) => {
 })
 // Ctrl-C reaches the whole process group: the primary orchestrates the drain, workers wait for it
 process.on('SIGINT', () => {})
+// SIGHUP (a reload) is the primary's: a worker gets its routes from the primary, and must not die of it
+process.on('SIGHUP', () => {})
 // a SIGTERM sent to this worker alone drains it (the primary then replaces it)
 process.on('SIGTERM', () => { void (worker?.drain() ?? process.exit(0)) })
 // the primary is gone: nobody can update weights any more, so stop serving

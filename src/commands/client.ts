@@ -6,6 +6,9 @@ export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:9901'
 const USAGE = `Usage:
   canaryd weights ROUTE VERSION=PERCENT... [--reason TEXT] [--admin URL] [--token TOKEN] [--json]
   canaryd status [ROUTE] [--admin URL] [--token TOKEN] [--json]
+  canaryd versions set ROUTE VERSION --upstream URL[,URL...] [--reason TEXT] [--admin URL] [--token TOKEN] [--json]
+  canaryd versions get ROUTE [VERSION] [--admin URL] [--token TOKEN] [--json]
+  canaryd reload [--admin URL] [--token TOKEN] [--json]
 
   --admin URL    admin server (CANARYD_ADMIN_URL; default ${DEFAULT_ADMIN_URL})
   --token TOKEN  bearer token (CANARYD_ADMIN_TOKEN)
@@ -15,8 +18,13 @@ const USAGE = `Usage:
 /** A route as the admin API returns it. */
 interface RouteJson {
   name: string
-  versions: Array<{ name: string; upstream: string; weight: number }>
+  versions: Array<{ name: string; upstream: string | string[]; weight: number }>
   rollout: unknown
+}
+
+/** Origins as one cell: several joined by commas. */
+function originsCell (u: string | string[]): string {
+  return Array.isArray(u) ? u.join(',') : u
 }
 
 /**
@@ -87,7 +95,7 @@ export function formatRoutes (routes: readonly RouteJson[]): string {
   const rows: string[][] = [['ROUTE', 'VERSION', 'WEIGHT', 'UPSTREAM', 'ROLLOUT']]
   for (const r of routes) {
     r.versions.forEach((v, i) => {
-      rows.push([i === 0 ? r.name : '', v.name, `${v.weight}%`, v.upstream, i === 0 ? rolloutCell(r.rollout, r.versions) : ''])
+      rows.push([i === 0 ? r.name : '', v.name, `${v.weight}%`, originsCell(v.upstream), i === 0 ? rolloutCell(r.rollout, r.versions) : ''])
     })
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
@@ -130,6 +138,34 @@ export async function callAdmin (base: string, token: string, method: string, pa
   return json
 }
 
+/** `canaryd versions set|get`: a version's upstream, through `…/routes/{route}/versions/{version}`. */
+async function runVersions (base: string, token: string, positionals: string[], values: { upstream?: string; reason?: string; json?: boolean }, out: (s: string) => void): Promise<void> {
+  const [sub, route, version, ...extra] = positionals
+  if (route === undefined || extra.length !== 0 || (sub !== 'set' && sub !== 'get')) throw new ClientError('versions needs "set ROUTE VERSION --upstream URL[,URL]" or "get ROUTE [VERSION]"', 2)
+  const path = (v: string): string => `api/v1/routes/${encodeURIComponent(route)}/versions/${encodeURIComponent(v)}`
+  if (sub === 'get') {
+    const res = version === undefined
+      ? await callAdmin(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as RouteJson
+      : await callAdmin(base, token, 'GET', path(version))
+    if (values.json === true || version !== undefined) out(`${JSON.stringify(version === undefined ? (res as RouteJson).versions : res, null, 2)}\n`)
+    else out(formatRoutes([res as RouteJson]))
+    return
+  }
+  if (version === undefined) throw new ClientError('versions set needs ROUTE and VERSION', 2)
+  if (values.upstream === undefined || values.upstream.trim() === '') throw new ClientError('versions set needs --upstream URL[,URL...]', 2)
+  const list = values.upstream.split(',').map((u) => u.trim()).filter((u) => u.length !== 0)
+  const body: Record<string, unknown> = { upstream: list.length === 1 ? list[0] : list }
+  if (values.reason !== undefined) body.reason = values.reason
+  const res = await callAdmin(base, token, 'PUT', path(version), body) as { route: RouteJson; previous: string | string[] }
+  if (values.json === true) {
+    out(`${JSON.stringify(res, null, 2)}\n`)
+    return
+  }
+  const now = res.route.versions.find((v) => v.name === version)
+  out(`${res.route.name}/${version}: ${originsCell(res.previous)} → ${now === undefined ? '?' : originsCell(now.upstream)}\n`)
+  out(formatRoutes([res.route]))
+}
+
 /**
  * `canaryd weights` and `canaryd status`: a thin client of the admin API.
  * The server does all validation, so the CLI prints its message verbatim
@@ -145,6 +181,7 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
         admin: { type: 'string' },
         token: { type: 'string' },
         reason: { type: 'string' },
+        upstream: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }
@@ -169,6 +206,22 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
       const changes = res.route.versions.map((v) => `${v.name} ${res.previous[v.name] ?? '?'}% → ${v.weight}%`).join(', ')
       out(`${res.route.name}: ${changes}\n`)
       out(formatRoutes([res.route]))
+      return
+    }
+    if (cmd === 'versions') {
+      await runVersions(base, token, positionals, values, out)
+      return
+    }
+    if (cmd === 'reload') {
+      if (positionals.length !== 0) throw new ClientError('reload takes no arguments', 2)
+      const res = await callAdmin(base, token, 'POST', 'api/v1/reload') as { generation: number; added: string[]; removed: string[]; changed: string[]; restartRequired: string[] }
+      if (values.json === true) {
+        out(`${JSON.stringify(res, null, 2)}\n`)
+        return
+      }
+      const list = (xs: string[]): string => xs.length === 0 ? '-' : xs.join(', ')
+      out(`reloaded (generation ${res.generation}): added ${list(res.added)}; removed ${list(res.removed)}; changed ${list(res.changed)}\n`)
+      if (res.restartRequired.length !== 0) out(`needs a restart to apply: ${res.restartRequired.join(', ')}\n`)
       return
     }
     if (positionals.length > 1) throw new ClientError('status takes at most one ROUTE', 2)

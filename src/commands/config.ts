@@ -5,6 +5,7 @@
  * does (--config, else CANARYD_CONFIG, else the default path) and print the
  * same one-line errors, from `configErrorLine`.
  */
+import { checkUpstreamTls } from '../app.js'
 import { parseArgs } from 'node:util'
 import { stringify as stringifyYaml } from 'yaml'
 import { checkAdminBinding } from '../admin/server.js'
@@ -57,6 +58,8 @@ export function checkServeConfig (path: string, env: NodeJS.ProcessEnv = process
   checkStateDir(config.state.file, env)
   resolveLogLevel(config.log.level, env)
   checkAdminBinding(config.admin.host, config.admin.token)
+  // TLS files are read now, so a missing CA or a key that does not match its certificate is one line naming the key
+  checkUpstreamTls(config)
   return config
 }
 

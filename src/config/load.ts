@@ -1,30 +1,18 @@
 import { readFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { extname, resolve } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../errors.js'
 import type { RouteSpec } from '../routing/spec.js'
 import { validateRoutes } from './routes.js'
-import { createConvict, MAX_MS, schema } from './schema.js'
+import { createConvict, MAX_MS, schema, type StaticConfig } from './schema.js'
 import { availableParallelism } from 'node:os'
 
-/** The validated startup configuration. */
-export interface Config {
-  listen: { host: string; port: number }
-  admin: { host: string; port: number; token: string }
-  state: { file: string }
-  timeouts: {
-    upstreamConnectMs: number
-    upstreamResponseMs: number
-    upstreamBodyMs: number
-    clientHeadersMs: number
-    clientIdleMs: number
-    clientBodyMs: number
-    drainTimeoutMs: number
-  }
-  upstream: { connections: number; keepAliveMs: number; maxInFlight: number; retries: number; largeBodyBytes: number }
-  limits: { maxHeaderBytes: number; maxHeaderCount: number; maxUrlBytes: number; allowTrace: boolean; maxConnections: number; underscoreHeaders: 'drop' | 'reject' | 'allow' }
-  health: { consecutiveFailures: number; ejectionMs: number; checkPath: string; checkIntervalMs: number }
-  log: { level: string; access: boolean; maxBufferBytes: number }
+/**
+ * The validated configuration: the static part (typed from the schema; a
+ * restart applies it) plus the dynamic part, `routes` (a reload applies it).
+ */
+export type Config = StaticConfig & {
   routes: RouteSpec[]
   /** Absolute path of the file this came from ('' when built from an object). */
   source: string
@@ -374,8 +362,32 @@ function parseFile (path: string, shown: string): unknown {
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    throw new ConfigFileError(shown, `cannot read config file ${shown}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    throw unreadable(shown, err)
   }
+  return parseText(text, path, shown)
+}
+
+function unreadable (shown: string, err: unknown): ConfigFileError {
+  return new ConfigFileError(shown, `cannot read config file ${shown}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+}
+
+/**
+ * Loads a config file like `loadConfig`, reading it without blocking (a
+ * reload runs while the proxy serves).
+ */
+export async function reloadConfig (path: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  const abs = resolve(path)
+  let text: string
+  try {
+    text = await readFile(abs, 'utf8')
+  } catch (err) {
+    throw unreadable(path, err)
+  }
+  return configFromObject(parseText(text, abs, path), abs, env)
+}
+
+/** Parses a config file's text as YAML (by extension) or JSON, with a code frame on a syntax error. */
+function parseText (text: string, path: string, shown: string): unknown {
   // an editor's UTF-8 byte order mark is not part of the document (JSON.parse rejects it)
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1)
   const ext = extname(path).toLowerCase()
@@ -425,6 +437,22 @@ export function configFromObject (raw: unknown, source: string = '', env: NodeJS
 export function loadConfig (path: string, env: NodeJS.ProcessEnv = process.env): Config {
   const abs = resolve(path)
   return configFromObject(parseFile(abs, path), abs, env)
+}
+
+/** A value at a dotted key of a config ('listen.port'). */
+function valueAt (c: unknown, key: string): unknown {
+  let v = c
+  for (const part of key.split('.')) v = (v as Record<string, unknown> | undefined)?.[part]
+  return v
+}
+
+/**
+ * The static keys whose values differ between the running config and a
+ * reloaded one: a reload applies the routes only and reports these as
+ * needing a restart (sorted, schema order).
+ */
+export function restartRequired (running: Config, next: Config): string[] {
+  return schemaLeaves().filter((l) => valueAt(running, l.key) !== valueAt(next, l.key)).map((l) => l.key)
 }
 
 /** The two listeners canaryd opens: the proxy (listen.*) and the admin server (admin.*). */

@@ -1,5 +1,5 @@
 import { ConfigError } from '../errors.js'
-import type { RouteSpec, VersionSpec } from '../routing/spec.js'
+import type { Balance, RouteSpec, TlsSpec, VersionSpec } from '../routing/spec.js'
 import { PlanError, validatePlan } from './plan.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
@@ -47,15 +47,86 @@ export function checkUpstream (v: unknown, at: string): string {
   return u.origin
 }
 
-function validateVersion (v: unknown, at: string): VersionSpec {
+/** Most origins one version may list (each is a connection pool). */
+export const MAX_ORIGINS = 64
+
+const BALANCES: readonly Balance[] = ['least-request', 'round-robin', 'hash']
+
+/**
+ * Validates a version's `upstream`: one origin or a non-empty array of
+ * distinct origins. Returns the normalised origins (always an array).
+ */
+export function checkUpstreams (v: unknown, at: string): string[] {
+  if (!Array.isArray(v)) return [checkUpstream(v, at)]
+  if (v.length === 0) throw new ConfigError(at, 'must be an origin or a non-empty array of origins')
+  if (v.length > MAX_ORIGINS) throw new ConfigError(at, `at most ${MAX_ORIGINS} origins per version, got ${v.length}`)
+  const out = v.map((o, i) => checkUpstream(o, `${at}[${i}]`))
+  const seen = new Set<string>()
+  out.forEach((o, i) => {
+    if (seen.has(o)) throw new ConfigError(`${at}[${i}]`, `duplicate origin ${o}`)
+    seen.add(o)
+  })
+  return out
+}
+
+/** Validates a `tls` block (upstream TLS): file paths, a server name, a flag. Files are checked when pools are made (see upstream/tls.ts). */
+export function checkTls (v: unknown, at: string): TlsSpec | undefined {
+  if (v === undefined) return undefined
+  const o = obj(v, at)
+  onlyKeys(o, ['ca', 'servername', 'cert', 'key', 'insecureSkipVerify'], at)
+  const out: TlsSpec = {}
+  for (const k of ['ca', 'cert', 'key'] as const) if (o[k] !== undefined) out[k] = str(o[k], `${at}.${k}`)
+  if (o.servername !== undefined) out.servername = str(o.servername, `${at}.servername`, HOST_RE, 'server name').toLowerCase()
+  if (o.insecureSkipVerify !== undefined) {
+    if (typeof o.insecureSkipVerify !== 'boolean') throw new ConfigError(`${at}.insecureSkipVerify`, `must be true or false, got ${JSON.stringify(o.insecureSkipVerify)}`)
+    if (o.insecureSkipVerify) out.insecureSkipVerify = true
+  }
+  if ((out.cert === undefined) !== (out.key === undefined)) throw new ConfigError(out.cert === undefined ? `${at}.cert` : `${at}.key`, 'cert and key go together (a client certificate for mTLS)')
+  return Object.keys(out).length === 0 ? undefined : out
+}
+
+/** Validates one version: name, upstream (one origin or several), weight, balance, discovery, tls. */
+export function validateVersion (v: unknown, at: string): VersionSpec {
   if (!isObj(v)) throw new ConfigError(at, 'must be an object with name, upstream and weight')
-  onlyKeys(v, ['name', 'upstream', 'weight'], at)
+  onlyKeys(v, ['name', 'upstream', 'weight', 'balance', 'discovery', 'tls'], at)
   const name = str(v.name, `${at}.name`, NAME_RE, 'version name (letters, digits, _ . -; up to 63)')
-  const upstream = checkUpstream(v.upstream, `${at}.upstream`)
+  const spec: VersionSpec = { name, upstream: [], weight: 0 }
+  applyEndpoints(spec, v, at)
   if (v.weight === undefined) throw new ConfigError(`${at}.weight`, 'is required')
   const bad = checkWeight(v.weight)
   if (bad !== undefined) throw new ConfigError(`${at}.weight`, bad)
-  return { name, upstream, weight: v.weight as number }
+  spec.weight = v.weight as number
+  return spec
+}
+
+/**
+ * Validates the endpoint part of a version (`upstream`, `balance`,
+ * `discovery`, `tls`) from `v` into `spec`. Shared by the config and by
+ * `PUT /api/v1/routes/{route}/versions/{version}`, so both accept exactly
+ * the same thing.
+ */
+export function applyEndpoints (spec: VersionSpec, v: Obj, at: string): void {
+  spec.upstream = checkUpstreams(v.upstream, `${at}.upstream`)
+  if (v.balance !== undefined) {
+    if (!BALANCES.includes(v.balance as Balance)) throw new ConfigError(`${at}.balance`, `must be one of ${BALANCES.join(', ')}, got ${JSON.stringify(v.balance)}`)
+    if (v.balance !== 'least-request') spec.balance = v.balance as Balance
+    else delete spec.balance
+  } else {
+    delete spec.balance
+  }
+  if (v.discovery !== undefined && v.discovery !== 'static') {
+    if (v.discovery !== 'dns') throw new ConfigError(`${at}.discovery`, `must be "dns" or "static", got ${JSON.stringify(v.discovery)}`)
+    spec.upstream.forEach((o, i) => {
+      const host = new URL(o).hostname
+      if (/^[0-9.]+$/.test(host) || host.startsWith('[')) throw new ConfigError(spec.upstream.length === 1 ? `${at}.upstream` : `${at}.upstream[${i}]`, `discovery "dns" needs a host name, got the address ${host}`)
+    })
+    spec.discovery = 'dns'
+  } else {
+    delete spec.discovery
+  }
+  const tls = checkTls(v.tls, `${at}.tls`)
+  if (tls === undefined) delete spec.tls
+  else spec.tls = tls
 }
 
 function validateRoute (r: unknown, i: number): RouteSpec {

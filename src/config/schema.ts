@@ -20,6 +20,24 @@ convict.addFormat({
   coerce: (v: unknown) => Number(v)
 })
 
+/** The TypeScript type of a schema leaf's value, from its convict `format`. */
+type LeafValue<F> = F extends StringConstructor ? string
+  : F extends BooleanConstructor ? boolean
+    : F extends readonly (infer U)[] ? U
+      : F extends 'port' | 'nat' | 'ms' | 'positive-ms' | 'int' ? number
+        : never
+
+/** The config type a schema (sub)tree describes: leaves by format, branches recursively. */
+export type SchemaValues<S> = { [K in keyof S]: S[K] extends { format: infer F, default: unknown } ? LeafValue<F> : SchemaValues<S[K]> }
+
+/**
+ * The static configuration: everything but `routes`, typed from the schema
+ * itself (one table holds each key's format, default, env var and doc).
+ * Static keys take effect at start only; a reload reports a changed one as
+ * needing a restart.
+ */
+export type StaticConfig = SchemaValues<Omit<typeof schema, 'routes'>>
+
 /**
  * The startup configuration schema (convict): every key has a doc, a format,
  * a default and, where it is a port, address or secret, an environment
@@ -54,6 +72,15 @@ export const schema = {
     keepAliveMs: { doc: 'How long an idle upstream connection is kept (capped by the upstream\'s Keep-Alive hint).', format: 'ms', default: 4000, env: 'CANARYD_UPSTREAM_KEEPALIVE_MS' },
     maxInFlight: { doc: 'Most requests in flight to one upstream origin; past it the proxy answers 503 at once instead of queueing (0 = no cap).', format: 'nat', default: 1024, env: 'CANARYD_UPSTREAM_MAX_IN_FLIGHT' },
     retries: { doc: 'Extra attempts after a connect failure, or after a reset of an idempotent request before any response byte; a request body already read is never replayed.', format: 'nat', default: 1, env: 'CANARYD_UPSTREAM_RETRIES' },
+    dnsRefreshMs: { doc: 'How often the host names of versions with `"discovery": "dns"` are re-resolved; every A/AAAA record is an endpoint. A failed resolution keeps the last good set (logged at most once per minute per name).', format: 'positive-ms', default: 5000, env: 'CANARYD_UPSTREAM_DNS_REFRESH_MS' },
+    dnsServers: { doc: 'DNS servers for discovery, comma-separated `host[:port]` (IPv6 as `[::1]:53`); "" = the system resolver (getaddrinfo: /etc/hosts and search domains, as Kubernetes short names need).', format: String, default: '', env: 'CANARYD_UPSTREAM_DNS_SERVERS' },
+    tls: {
+      ca: { doc: 'PEM file of the CA(s) that verify https upstreams (replaces the system roots); "" = system roots. A version\'s own `tls` overrides each field.', format: String, default: '', env: 'CANARYD_UPSTREAM_TLS_CA' },
+      servername: { doc: 'TLS server name (SNI, and the name the certificate must hold) for https upstreams; "" = the origin\'s host name (none for an IP origin).', format: String, default: '', env: 'CANARYD_UPSTREAM_TLS_SERVERNAME' },
+      cert: { doc: 'PEM client certificate for mTLS to https upstreams (with `key`); "" = none.', format: String, default: '', env: 'CANARYD_UPSTREAM_TLS_CERT' },
+      key: { doc: 'PEM private key of `cert` (unencrypted); "" = none.', format: String, default: '', env: 'CANARYD_UPSTREAM_TLS_KEY', sensitive: true },
+      insecureSkipVerify: { doc: 'Do not verify https upstreams\' certificates (testing only; logged at warn at start).', format: Boolean, default: false, env: 'CANARYD_UPSTREAM_TLS_INSECURE_SKIP_VERIFY' }
+    },
     largeBodyBytes: { doc: 'Requests whose body is at least this many bytes (by Content-Length), and every chunked request body, go upstream through Node\'s http client, which uploads with less CPU than undici; smaller requests use undici (0 = always undici).', format: 'nat', default: 65536, env: 'CANARYD_UPSTREAM_LARGE_BODY_BYTES' }
   },
   limits: {
@@ -80,7 +107,7 @@ export const schema = {
     format: Array,
     default: [] as unknown[]
   }
-}
+} as const
 
 /**
  * A convict instance over the schema. `env` is passed explicitly (tests isolate

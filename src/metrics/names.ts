@@ -15,7 +15,8 @@ export const METRIC_NAMES = Object.freeze({
   weight: 'canaryd_route_weight',
   connectionsOpen: 'canaryd_connections_open',
   connectionsRejected: 'canaryd_connections_rejected_total',
-  logDropped: 'canaryd_log_dropped_total'
+  logDropped: 'canaryd_log_dropped_total',
+  endpoints: 'canaryd_upstream_endpoints'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

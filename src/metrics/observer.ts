@@ -27,6 +27,8 @@ export interface VersionObserver {
 /** Binds observers; implemented by the Prometheus metrics and by the no-op below. */
 export interface ObserverFactory {
   bind (route: string, version: string): VersionObserver
+  /** Forgets a (route, version) a reload removed (optional: the no-op factory has nothing to forget). */
+  unbind? (route: string, version: string): void
   /** Publishes the weights of the table in force (canaryd_route_weight). */
   setWeights (weights: ReadonlyArray<{ route: string; version: string; weight: number }>): void
 }

@@ -81,7 +81,7 @@ const KIND_INDEX: Readonly<Record<UpstreamErrorKind, number>> = Object.freeze(
 )
 
 /** One exposed sample in prom-client's collector format. */
-interface Sample {
+export interface Sample {
   labels: Record<string, string>
   value: number
   metricName?: string
@@ -186,7 +186,7 @@ export class PrometheusMetrics implements ObserverFactory {
         }
         return out
       }, resetAll),
-      new Family(METRIC_NAMES.ejections, 'Times outlier detection ejected a version (consecutive gateway failures), by route and version.', 'counter',
+      new Family(METRIC_NAMES.ejections, 'Times an endpoint of a version was ejected (outlier detection: consecutive gateway failures, or the active health check), by route and version.', 'counter',
         () => all().map((s) => ({ labels: { route: s.route, version: s.version }, value: s.ejections })),
         resetAll),
       new Family(METRIC_NAMES.websockets, 'WebSocket connections proxied, by route and version (counted when the upstream answered 101).', 'counter',
@@ -279,6 +279,19 @@ export class PrometheusMetrics implements ObserverFactory {
   }
 
   /**
+   * Forgets (route, version): a reload removed it, so its series leave the
+   * exposition (bounded cardinality across reloads; Prometheus sees the
+   * series end, as for a restarted target). A series something still
+   * listens to (a rollout's window) is kept until it stops listening.
+   */
+  unbind (route: string, version: string): void {
+    const key = `${route}\u0000${version}`
+    this.#weights.delete(key)
+    const s = this.#series.get(key)
+    if (s !== undefined && s.listeners.length === 0 && s.ejectionListeners.length === 0) this.#series.delete(key)
+  }
+
+  /**
    * Publishes the weights of the table now in force (called by the proxy on
    * every table bind). A version that was published before but is missing
    * from `weights` is set to 0: it receives no new traffic.
@@ -310,6 +323,16 @@ export class PrometheusMetrics implements ObserverFactory {
    */
   addReadout (name: string, help: string, type: 'counter' | 'gauge', read: () => number): void {
     const f = new Family(name, help, type, () => [{ labels: {}, value: read() }], () => {})
+    this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
+  }
+
+  /**
+   * Registers a family of labelled samples read from `read` at scrape time
+   * (endpoint counts per version): the owner keeps its own state, the
+   * exposition reads it. `aggregator` says how cluster workers' samples merge.
+   */
+  addLabelledReadout (name: string, help: string, type: 'counter' | 'gauge', read: () => Sample[], aggregator: 'sum' | 'max' = 'sum'): void {
+    const f = new Family(name, help, type, read, () => {}, aggregator)
     this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
   }
 

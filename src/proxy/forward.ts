@@ -1,15 +1,17 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
-import type { Dispatcher, Pool } from 'undici'
+import type { Dispatcher } from 'undici'
 import { ERROR_CODES, errorBody, errorMessage, isRefusal, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { VersionObserver } from '../metrics/observer.js'
 import { classifyUpstreamError } from '../upstream/classify.js'
+import type { Endpoint } from '../upstream/endpoint.js'
+import type { EndpointGroup } from '../upstream/group.js'
 import type { RouteHealth } from '../upstream/health.js'
 import type { ExchangeHandler, ExchangeRequest } from '../upstream/http-client.js'
-import type { UpstreamSlot } from '../upstream/pools.js'
 import { filterResponseHeaders } from './headers.js'
+import { mayRetry } from './retry.js'
 
 /** Everything bound to one (route, version) for the life of a routing table. */
 export interface VersionRuntime {
@@ -17,24 +19,23 @@ export interface VersionRuntime {
   readonly version: string
   /** The version's index in its route (bit position in the ejection mask). */
   readonly index: number
-  readonly pool: Pool
-  /** The upstream origin's pool and in-flight counter (concurrency cap). */
-  readonly slot: UpstreamSlot
-  /** Outlier state of the route's versions. */
+  /** The version's endpoints and balancer. */
+  readonly group: EndpointGroup
+  /** Outlier state of the route's versions and their endpoints. */
   readonly health: RouteHealth
   readonly observer: VersionObserver
 }
 
 /**
- * Records a gateway failure of `rt` for outlier detection; logs and counts an
- * ejection it causes. Cold path: only runs on failures.
+ * Records a gateway failure of endpoint `ep` of `rt` for outlier detection;
+ * logs and counts an ejection it causes. Cold path: only runs on failures.
  */
-export function recordFailure (rt: VersionRuntime, connect: boolean, log: Logger): void {
-  if (rt.health.failure(rt.index, connect)) {
-    const h = rt.health.versions[rt.index]!
-    log.warn({ route: rt.route, version: rt.version, failures: h.failures, until: new Date(h.ejectedUntil).toISOString() }, 'version ejected (outlier detection)')
-    rt.observer.ejected()
-  }
+export function recordFailure (rt: VersionRuntime, ep: Endpoint, connect: boolean, log: Logger): void {
+  const ejected = rt.health.failure(rt.index, ep, connect)
+  if (ejected === 'none') return
+  const msg = ejected === 'version' ? 'endpoint ejected (outlier detection): the version has no endpoint left' : 'endpoint ejected (outlier detection)'
+  log.warn({ route: rt.route, version: rt.version, endpoint: ep.origin, failures: ep.failures, until: new Date(ep.ejectedUntil).toISOString() }, msg)
+  rt.observer.ejected()
 }
 
 /** Origin → when its last TLS failure was logged (ms): one warn line per origin per minute. */
@@ -47,9 +48,8 @@ const TLS_WARN_EVERY_MS = 60_000
  * certificate) an operator must see, while every request to the origin
  * repeats it. Cold path: failures only.
  */
-function warnTls (rt: VersionRuntime, err: Error, log: Logger): void {
+function warnTls (rt: VersionRuntime, origin: string, err: Error, log: Logger): void {
   const now = Date.now()
-  const origin = rt.slot.origin
   const last = tlsWarned.get(origin)
   if (last !== undefined && now - last < TLS_WARN_EVERY_MS) return
   tlsWarned.set(origin, now)
@@ -88,8 +88,6 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   res.end(body)
 }
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
-
 /**
  * What every ForwardHandler of one proxy shares, built once with the server:
  * settings and the callback told when a request is over (access log,
@@ -127,6 +125,10 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   readonly #req: IncomingMessage
   readonly #res: ServerResponse
   readonly #rt: VersionRuntime
+  /** The endpoint this attempt goes to (a retry may move it to another of the version's). */
+  #ep: Endpoint
+  /** The request's sticky hash (the hash balancer's key, for a retry's pick). */
+  readonly #hash: number
   readonly #setCookie: string
   readonly #ctx: ForwardContext
   readonly #t0: number
@@ -148,10 +150,12 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   upstreamFailed = false
   #retries: number
 
-  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, setCookie: string, t0: number, ctx: ForwardContext) {
+  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext) {
     this.#req = req
     this.#res = res
     this.#rt = rt
+    this.#ep = ep
+    this.#hash = hash
     this.#setCookie = setCookie
     this.#ctx = ctx
     this.#t0 = t0
@@ -231,7 +235,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
 
   /** Takes a concurrency slot of the upstream and dispatches; past the cap, a fast 503. */
   #take (): void {
-    const slot = this.#rt.slot
+    const slot = this.#ep.slot
     if (slot.cap !== 0 && slot.inFlight >= slot.cap) {
       // a bounded queue is a fast 503, not a growing undici queue and a late 504
       this.refuse('CANARYD_ERR_UPSTREAM_OVERLOADED')
@@ -280,7 +284,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     if (!res.writableFinished) this.clientClosed()
     if (this.#slotTaken) {
       this.#slotTaken = false
-      this.#rt.slot.inFlight--
+      this.#ep.slot.inFlight--
     }
     // 499 (nginx's "client closed request") when the client left before a status went out
     const status = res.headersSent ? res.statusCode : 499
@@ -292,11 +296,14 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   /** Starts (or restarts) the upstream request. */
   dispatch (): void {
     if (this.#viaHttp) {
-      this.#rt.slot.http.dispatch(this.#opts!, this, this.#chunked)
+      this.#ep.slot.http.dispatch(this.#opts!, this, this.#chunked)
       return
     }
+    const slot = this.#ep.slot
+    // a constant TLS server name: without it undici reconnects whenever the client's Host changes
+    if (slot.servername !== undefined) (this.#opts as { servername?: string }).servername = slot.servername
     try {
-      this.#rt.pool.dispatch(this.#opts!, this)
+      slot.pool.dispatch(this.#opts!, this)
     } catch (err) {
       // undici validates some headers synchronously (e.g. a hop-by-hop name, a bad
       // character Node let through): never let that escape as an exception
@@ -340,15 +347,15 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
       this.#log.debug({ err, route: this.#rt.route, version: this.#rt.version }, 'invalid upstream response headers')
       this.upstreamFailed = true
       this.#rt.observer.upstreamError('protocol')
-      recordFailure(this.#rt, false, this.#log)
+      recordFailure(this.#rt, this.#ep, false, this.#log)
       res.removeHeader('set-cookie')
       this.#settled = true
       sendError(res, 'CANARYD_ERR_UPSTREAM_PROTOCOL', this.#rt.version)
       this.#abort?.(new Error('invalid upstream headers'))
       return false
     }
-    if (statusCode >= 500) recordFailure(this.#rt, false, this.#log)
-    else this.#rt.health.versions[this.#rt.index]!.success()
+    if (statusCode >= 500) recordFailure(this.#rt, this.#ep, false, this.#log)
+    else this.#rt.health.success(this.#rt.index, this.#ep)
     return true
   }
 
@@ -383,17 +390,23 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
       this.#responded = true
       return
     }
-    if (!this.#responded && this.#retries > 0 && this.#mayRetry(failure.kind, failure.notSent)) {
-      this.#retries--
-      this.#abort = undefined
-      this.dispatch()
-      return
+    const connect = failure.kind === 'connect'
+    if (!this.#responded && this.#retries > 0 && mayRetry({ kind: failure.kind, notSent: failure.notSent, method: this.#opts!.method, body: this.#opts!.body, bodyRead: this.#req.readableDidRead })) {
+      const next = this.#rt.group.pickRetry(this.#ep, this.#hash)
+      if (next !== undefined && this.#move(next)) {
+        // the failed attempt still counts towards its endpoint's outlier streak
+        if (next !== this.#ep) recordFailure(this.#rt, this.#ep, connect, this.#log)
+        this.#ep = next
+        this.#retries--
+        this.#abort = undefined
+        this.dispatch()
+        return
+      }
     }
     this.upstreamFailed = true
     this.#rt.observer.upstreamError(failure.kind)
-    const connect = failure.kind === 'connect'
-    recordFailure(this.#rt, connect, this.#log)
-    if (failure.code === 'CANARYD_ERR_UPSTREAM_TLS') warnTls(this.#rt, err, this.#log)
+    recordFailure(this.#rt, this.#ep, connect, this.#log)
+    if (failure.code === 'CANARYD_ERR_UPSTREAM_TLS') warnTls(this.#rt, this.#ep.origin, err, this.#log)
     else this.#log.debug({ err, route: this.#rt.route, version: this.#rt.version, kind: failure.kind }, 'upstream error')
     if (this.#responded) {
       // headers already went out: a truncated body must not look complete, so close the connection
@@ -407,18 +420,13 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     sendError(this.#res, code, this.#rt.version)
   }
 
-  /**
-   * Retry policy. A body stream already read may have reached the upstream and
-   * cannot be replayed, so it rules a retry out. Otherwise: a connect failure
-   * (nothing was sent) is always retried; a reset is retried only for an
-   * idempotent method (a stale keep-alive connection closed under our write:
-   * the upstream did not process it, or processing it twice is harmless).
-   * Timeouts are not retried: the upstream may still be working on it.
-   */
-  #mayRetry (kind: string, notSent: boolean): boolean {
-    const opts = this.#opts!
-    if (opts.body != null && this.#req.readableDidRead) return false
-    if (notSent || kind === 'connect') return true
-    return kind === 'reset' && IDEMPOTENT.has(opts.method)
+  /** Moves the request's concurrency slot to `next` for a retry; false when `next` is at its cap. */
+  #move (next: Endpoint): boolean {
+    if (next === this.#ep || !this.#slotTaken) return true
+    const slot = next.slot
+    if (slot.cap !== 0 && slot.inFlight >= slot.cap) return false
+    this.#ep.slot.inFlight--
+    slot.inFlight++
+    return true
   }
 }

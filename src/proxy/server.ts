@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto'
-import { createServer, STATUS_CODES, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
-import httpProxy from 'http-proxy'
 import { LRUCache } from 'lru-cache'
-import { ERROR_CODES, errorMessage, type ErrorCode } from '../errors.js'
+import type { ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { ObserverFactory, VersionObserver } from '../metrics/observer.js'
 import { hashKey } from '../routing/hash.js'
@@ -14,10 +13,15 @@ import { pickVersion } from '../routing/pick.js'
 import { readOverride, readStickyKey, stickyCookieHeader } from '../routing/sticky.js'
 import { hostMatches, matchPath, normalizeHost, routesForHost } from '../routing/table.js'
 import type { Route, RoutingTable } from '../routing/types.js'
-import { RouteHealth, VersionHealth, type Clock, type OutlierOptions } from '../upstream/health.js'
+import { HealthChecker } from '../upstream/checker.js'
+import type { Endpoint } from '../upstream/endpoint.js'
+import type { Clock } from '../upstream/group.js'
+import { RouteHealth, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
-import { ForwardHandler, recordFailure, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
+import { ForwardHandler, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
 import { buildUpstreamHeaders, hasValidHost, isSecure, type RequestFraming, type RequestHeaderOptions } from './headers.js'
+import { endWith, replyOf } from './replies.js'
+import { WebSocketProxy } from './websocket.js'
 
 /** Proxy settings taken from the startup config. */
 export interface ProxyOptions {
@@ -48,7 +52,7 @@ export interface ProxyOptions {
   largeBodyBytes?: number
   /** Passive outlier detection; default 5 failures, 30 s. */
   outlier?: OutlierOptions
-  /** Active health check: `GET checkPath` every `checkIntervalMs` per version ('' = off). */
+  /** Active health check: `GET checkPath` every `checkIntervalMs` per endpoint ('' = off). */
   checkPath?: string
   checkIntervalMs?: number
   /** Millisecond clock for ejections (tests). */
@@ -74,21 +78,9 @@ interface Bound {
   readonly health: readonly RouteHealth[]
 }
 
-/** Raw replies written on a socket that has no ServerResponse (clientError, upgrade, CONNECT), built once. */
-function rawReply (code: ErrorCode): string {
-  const body = JSON.stringify({ error: { code, message: errorMessage(code) } })
-  const status = ERROR_CODES[code].status
-  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
-}
-const REPLY_400 = rawReply('CANARYD_ERR_BAD_REQUEST')
-const REPLY_400_HOST = rawReply('CANARYD_ERR_INVALID_HOST')
-const REPLY_408 = rawReply('CANARYD_ERR_REQUEST_TIMEOUT')
-const REPLY_431 = rawReply('CANARYD_ERR_HEADERS_TOO_LARGE')
-const REPLY_501 = rawReply('CANARYD_ERR_NOT_IMPLEMENTED')
-const REPLY_404 = rawReply('CANARYD_ERR_NO_ROUTE')
-const REPLY_414 = rawReply('CANARYD_ERR_URI_TOO_LONG')
-const REPLY_502 = rawReply('CANARYD_ERR_UPSTREAM_CONNECT')
-const REPLY_503 = rawReply('CANARYD_ERR_UPSTREAM_UNAVAILABLE')
+const REPLY_400 = replyOf('CANARYD_ERR_BAD_REQUEST')
+const REPLY_408 = replyOf('CANARYD_ERR_REQUEST_TIMEOUT')
+const REPLY_431 = replyOf('CANARYD_ERR_HEADERS_TOO_LARGE')
 
 /**
  * Pipelined requests waiting on one connection past which the proxy stops
@@ -147,6 +139,10 @@ const HOST_CACHE_SIZE = 10_000
 /** The outcome of routing one request, in a scratch object reused by every request (single-threaded, used synchronously). */
 interface Selection {
   rt: VersionRuntime | undefined
+  /** The endpoint the version's balancer chose. */
+  ep: Endpoint | undefined
+  /** The sticky key's hash (0 when the override chose the version): the hash balancer's key, kept for a retry's pick. */
+  hash: number
   url: string
   setCookie: string
   ip: string
@@ -165,21 +161,17 @@ export class ProxyServer {
   readonly #log: Logger
   readonly #observers = new Map<string, VersionObserver>()
   readonly #headerOpts: RequestHeaderOptions
-  readonly #health = new Map<string, VersionHealth>()
   readonly #outlier: OutlierOptions
   readonly #now: Clock
   readonly #maxHeaderCount: number
   readonly #maxUrlBytes: number
   readonly #allowTrace: boolean
   readonly #retries: number
-  readonly #sel: Selection = { rt: undefined, url: '', setCookie: '', ip: '' }
+  readonly #sel: Selection = { rt: undefined, ep: undefined, hash: 0, url: '', setCookie: '', ip: '' }
   readonly #framing: RequestFraming = { contentLength: undefined, chunked: false }
   readonly #ctx: ForwardContext
-  /** The version each proxied WebSocket request went to, until the upstream answers (for the 101 count). */
-  readonly #wsRuntime = new WeakMap<IncomingMessage, VersionRuntime>()
-  readonly #ws: httpProxy
-  readonly #sockets = new Set<Duplex>()
-  #checkTimer: NodeJS.Timeout | undefined
+  readonly #ws: WebSocketProxy
+  readonly #checker: HealthChecker
   #bound: Bound
   #inFlight = 0
   #connections = 0
@@ -198,11 +190,14 @@ export class ProxyServer {
     this.#allowTrace = opts.allowTrace ?? false
     this.#retries = opts.retries ?? 1
     this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone, draining: false }
-    // WebSocket upgrades go through http-proxy (raw socket piping); plain requests never do.
-    // xfwd off: #upgrade hands it headers already sanitised, X-Forwarded-* included
-    this.#ws = httpProxy.createProxyServer({ ws: true, xfwd: false })
-    this.#ws.on('error', () => {}) // errors are handled per call; this only stops an unhandled 'error' crash
-    this.#ws.on('proxyReqWs', (proxyReq: ClientRequest, req: IncomingMessage, socket: Duplex) => { this.#wsRequested(proxyReq, req, socket) })
+    this.#ws = new WebSocketProxy(this.#log)
+    this.#checker = new HealthChecker({
+      path: opts.checkPath ?? '',
+      intervalMs: opts.checkIntervalMs ?? 5000,
+      targets: () => this.#bound.health,
+      onEject: (route, version) => { this.#observers.get(`${route}\u0000${version}`)?.ejected() },
+      log: this.#log
+    })
     this.#bound = this.#bind(opts.holder.current)
     opts.holder.onSwap((table) => {
       this.#bound = this.#bind(table)
@@ -405,7 +400,7 @@ export class ProxyServer {
       case 'connect':
         conn.closed = true
         if (stopWatching(item.socket)) return
-        endWith(item.socket, REPLY_501)
+        endWith(item.socket, replyOf('CANARYD_ERR_NOT_IMPLEMENTED'))
     }
   }
 
@@ -418,39 +413,43 @@ export class ProxyServer {
   }
 
   /**
-   * Builds the per-table bindings: pools, metric children, an empty host cache.
-   * Health lives in `#health`, one VersionHealth per (route name, version
-   * name) for the life of the process: a swap (a weight change mid-rollout)
-   * neither forgets an ejection nor hides one recorded through the old table.
+   * Builds the per-table bindings: endpoint groups (pools made here, never
+   * per request; groups kept when a version's endpoints are unchanged),
+   * metric children, an empty host cache. State outside the table (metric
+   * children, groups, endpoints, pools) is then bounded to what this table
+   * holds: what a reload removed is dropped, and pools nobody dials close
+   * once their requests in flight are done.
    */
   #bind (table: RoutingTable): Bound {
-    const health = table.routes.map((r) => new RouteHealth(r.versions.map((v) => {
-      const key = `${r.name}\u0000${v.name}`
-      let h = this.#health.get(key)
-      if (h === undefined) {
-        h = new VersionHealth(r.name, v.name)
-        this.#health.set(key, h)
-      }
-      return h
-    }), r.active.map((v) => v.index), this.#outlier, this.#now))
+    const upstreams = this.#opts.upstreams
+    const groups = table.routes.map((r) => r.versions.map((v) => upstreams.group(r.name, v.name, v.spec, v.endpointsKey)))
+    upstreams.commit()
+    const health = table.routes.map((r) => new RouteHealth(groups[r.index]!, r.active.map((v) => v.index), this.#outlier, this.#now))
+    const live = new Set<string>()
     const runtime = table.routes.map((r) => r.versions.map((v): VersionRuntime => {
       const key = `${r.name}\u0000${v.name}`
+      live.add(key)
       let observer = this.#observers.get(key)
       if (observer === undefined) {
         observer = this.#opts.observers.bind(r.name, v.name)
         this.#observers.set(key, observer)
       }
-      const slot = this.#opts.upstreams.slot(v.upstream)
-      return Object.freeze({ route: r.name, version: v.name, index: v.index, pool: slot.pool, slot, health: health[r.index]!, observer })
+      return Object.freeze({ route: r.name, version: v.name, index: v.index, group: groups[r.index]![v.index]!, health: health[r.index]!, observer })
     }))
+    for (const key of this.#observers.keys()) {
+      if (live.has(key)) continue
+      this.#observers.delete(key)
+      const [route, version] = key.split('\u0000') as [string, string]
+      this.#opts.observers.unbind?.(route, version)
+    }
     this.#opts.observers.setWeights(table.routes.flatMap((r) => r.versions.map((v) => ({ route: r.name, version: v.name, weight: v.weight }))))
     const anyHost = Object.freeze(table.matchOrder.filter((r) => r.host === undefined))
     return { table, runtime, hosts: new LRUCache({ max: HOST_CACHE_SIZE }), anyHost, hostless: anyHost.length === table.matchOrder.length, health }
   }
 
-  /** Logs the end of an ejection (cold path). */
-  readonly #ejectionEnded = (v: VersionHealth): void => {
-    this.#log.info({ route: v.route, version: v.version }, 'version back in rotation')
+  /** Healthy and ejected endpoints per (route, version) of the table in force (canaryd_upstream_endpoints). */
+  endpointStates (): Array<{ route: string, version: string, healthy: number, ejected: number }> {
+    return this.#bound.runtime.flatMap((versions) => versions.map((rt) => ({ route: rt.route, version: rt.version, ...rt.group.counts() })))
   }
 
   /**
@@ -484,20 +483,33 @@ export class ProxyServer {
     const ip = sel.ip = req.socket.remoteAddress ?? ''
     // an explicit override pins the version, ejected or not: the tester asked for it
     let version = readOverride(route, req.headers)
+    let hash = 0
     if (version === undefined) {
       let key = readStickyKey(route, req.headers, url, ip)
       if (key.length === 0) {
         key = randomUUID()
         sel.setCookie = stickyCookieHeader(route, key, isSecure(req))
       }
-      const hash = hashKey(route.salt, key)
-      const excluded = bound.health[route.index]!.excluded(this.#ejectionEnded)
+      hash = hashKey(route.salt, key)
+      const excluded = bound.health[route.index]!.excluded()
       version = pickVersion(route, hash, excluded)
       // every candidate ejected (weights changed since): fall back to plain weights, never to nothing
       if (version === undefined && excluded !== 0) version = pickVersion(route, hash)
+      if (version === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
     }
-    if (version === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
-    sel.rt = bound.runtime[route.index]![version.index]!
+    const rt = sel.rt = bound.runtime[route.index]![version.index]!
+    const group = rt.group
+    if (hash === 0 && group.balance === 'hash') {
+      // the override chose the version: the hash balancer still keys the endpoint by the user
+      const key = readStickyKey(route, req.headers, url, ip)
+      if (key.length !== 0) hash = hashKey(route.salt, key)
+    }
+    // a version picked with every endpoint out (the last one standing, or the
+    // override's choice) is still served: better a chance than a certain 503
+    const ep = group.pick(hash) ?? group.pickAny(hash)
+    if (ep === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
+    sel.ep = ep
+    sel.hash = hash
     return undefined
   }
 
@@ -532,7 +544,7 @@ export class ProxyServer {
     const sel = this.#sel
     const rt = sel.rt!
     // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers
-    const handler = new ForwardHandler(req, res, rt, sel.setCookie, t0, this.#ctx)
+    const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx)
     this.#inFlight++
     const framing = this.#framing
     const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts, framing)
@@ -563,7 +575,7 @@ export class ProxyServer {
    */
   #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.#draining) {
-      endWith(socket, REPLY_503)
+      endWith(socket, replyOf('CANARYD_ERR_UPSTREAM_UNAVAILABLE'))
       return
     }
     if (req.headers.upgrade?.toLowerCase() !== 'websocket' || req.method !== 'GET') {
@@ -575,55 +587,22 @@ export class ProxyServer {
       return
     }
     if (!hasValidHost(req)) {
-      endWith(socket, REPLY_400_HOST)
+      endWith(socket, replyOf('CANARYD_ERR_INVALID_HOST'))
       return
     }
     const problem = this.#select(req, this.#bound)
     if (problem !== undefined) {
-      endWith(socket, problem === 'CANARYD_ERR_NO_ROUTE' ? REPLY_404 : problem === 'CANARYD_ERR_UPSTREAM_UNAVAILABLE' ? REPLY_503 : problem === 'CANARYD_ERR_URI_TOO_LONG' ? REPLY_414 : REPLY_400)
+      endWith(socket, replyOf(problem))
       return
     }
-    const rt = this.#sel.rt!
-    const headers = buildUpstreamHeaders(req, rt.version, this.#sel.ip, this.#headerOpts)
+    const sel = this.#sel
+    const rt = sel.rt!
+    const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts)
     if (typeof headers === 'string') {
-      endWith(socket, headers === 'CANARYD_ERR_NOT_IMPLEMENTED' ? REPLY_501 : headers === 'CANARYD_ERR_INVALID_HOST' ? REPLY_400_HOST : REPLY_400)
+      endWith(socket, replyOf(headers))
       return
     }
-    // http-proxy sends req.headers as they are: replace them with the plain
-    // path's sanitised set (hop-by-hop and Connection-listed names gone,
-    // X-Forwarded-* appended to / set, x-canaryd-version), plus the two
-    // headers that make this an upgrade
-    req.headers = upgradeHeaders(headers, req.headers.upgrade)
-    req.url = this.#sel.url
-    this.#wsRuntime.set(req, rt)
-    this.#sockets.add(socket)
-    socket.once('close', () => { this.#sockets.delete(socket) })
-    this.#ws.ws(req, socket, head, { target: rt.slot.origin }, (err: Error) => {
-      const code = (err as NodeJS.ErrnoException).code ?? ''
-      const connect = code === 'ECONNREFUSED' || code === 'ETIMEDOUT' || code === 'EHOSTUNREACH'
-      rt.observer.upstreamError(connect ? 'connect' : 'reset')
-      recordFailure(rt, connect, this.#log)
-      this.#log.debug({ err, route: rt.route, version: rt.version }, 'websocket upstream error')
-      // before the 101 the client still speaks HTTP: tell it; after, just close
-      if (socket.writable && (socket as Socket).bytesWritten === 0) endWith(socket, REPLY_502)
-      else socket.destroy()
-    })
-  }
-
-  /**
-   * http-proxy is about to send a WebSocket request upstream: count it on its
-   * version when the upstream answers 101, and as open until the client
-   * socket closes. A refusal (any other status) or an error is not counted.
-   */
-  #wsRequested (proxyReq: ClientRequest, req: IncomingMessage, socket: Duplex): void {
-    const rt = this.#wsRuntime.get(req)
-    if (rt === undefined) return
-    this.#wsRuntime.delete(req)
-    proxyReq.once('upgrade', () => {
-      if (socket.destroyed) return
-      rt.observer.websocket?.(1)
-      socket.once('close', () => { rt.observer.websocket?.(-1) })
-    })
+    this.#ws.forward(req, socket, head, sel.url, headers, rt, sel.ep!)
   }
 
   /**
@@ -693,58 +672,8 @@ export class ProxyServer {
         resolve()
       })
     })
-    this.#startChecks()
+    this.#checker.start()
     return this.server.address() as AddressInfo
-  }
-
-  /**
-   * The optional active health check: every interval, `GET checkPath` once per
-   * upstream origin; a failure (connect error, timeout, any status but
-   * 2xx/3xx) ejects every version on that origin (never a route's last one),
-   * a 2xx/3xx ends an ejection early. A 4xx counts as a failure: the check
-   * path is ours to configure, so a 404 or 401 there means the version cannot
-   * serve it (wrong build, wrong path) and must not be trusted with users.
-   * Off when checkPath is ''.
-   */
-  #startChecks (): void {
-    const path = this.#opts.checkPath ?? ''
-    if (path.length === 0 || this.#checkTimer !== undefined) return
-    const every = this.#opts.checkIntervalMs ?? 5000
-    this.#checkTimer = setInterval(() => { void this.#checkOnce(path) }, every)
-    this.#checkTimer.unref()
-  }
-
-  async #checkOnce (path: string): Promise<void> {
-    const bound = this.#bound
-    const byOrigin = new Map<string, VersionRuntime[]>()
-    for (const versions of bound.runtime) {
-      for (const rt of versions) {
-        const l = byOrigin.get(rt.slot.origin)
-        if (l === undefined) byOrigin.set(rt.slot.origin, [rt])
-        else l.push(rt)
-      }
-    }
-    await Promise.all([...byOrigin.values()].map(async (rts) => {
-      let ok = false
-      try {
-        const r = await rts[0]!.pool.request({ path, method: 'GET', headersTimeout: this.#opts.checkIntervalMs ?? 5000 })
-        await r.body.dump()
-        ok = r.statusCode >= 200 && r.statusCode < 400
-      } catch {
-        ok = false
-      }
-      for (const rt of rts) {
-        const h = rt.health.versions[rt.index]!
-        if (ok) {
-          if (h.ejectedUntil !== 0) this.#log.info({ route: rt.route, version: rt.version }, 'health check passed: version back in rotation')
-          rt.health.restore(rt.index)
-        } else if (!h.ejected(this.#now()) && rt.health.hasOtherHealthy(rt.index)) {
-          rt.health.eject(rt.index)
-          rt.observer.ejected()
-          this.#log.warn({ route: rt.route, version: rt.version, path }, 'health check failed: version ejected')
-        }
-      }
-    }))
   }
 
   /** Requests being proxied now. */
@@ -760,7 +689,7 @@ export class ProxyServer {
   async drain (timeoutMs: number): Promise<boolean> {
     this.#draining = true
     this.#ctx.draining = true
-    if (this.#checkTimer !== undefined) clearInterval(this.#checkTimer)
+    this.#checker.stop()
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     this.server.closeIdleConnections()
     // a keep-alive connection whose request finishes during the drain closes right after it (shouldKeepAlive = false);
@@ -774,24 +703,12 @@ export class ProxyServer {
       })
     }
     this.server.closeAllConnections()
-    for (const s of this.#sockets) s.destroy(new Error('draining'))
     this.#ws.close()
     // bounded: a socket Node no longer tracks (handed over for an upgrade or
     // CONNECT) must not hold the stop forever; every one was destroyed above
     await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 2000).unref())])
     return clean
   }
-}
-
-/**
- * Writes a raw reply and closes the connection once it is flushed. Not just
- * `end()`: the server's sockets allow half-open, and one whose client never
- * closes its side would linger (with the request it was cut from still
- * holding its upstream) until the client did.
- */
-function endWith (socket: Duplex, reply: string): void {
-  socket.write(reply)
-  ;(socket as Socket).destroySoon()
 }
 
 /**
@@ -814,26 +731,6 @@ function candidatesFor (bound: Bound, host: string): readonly Route[] {
     if (r.host !== undefined && hostMatches(r.host, host)) return routesForHost(bound.table, host)
   }
   return bound.anyHost
-}
-
-/**
- * The WebSocket request's headers as an object for http-proxy: the sanitised
- * flat list from buildUpstreamHeaders (a repeated name becomes an array, sent
- * as repeated lines) plus `Upgrade` and `Connection: Upgrade`.
- */
-function upgradeHeaders (flat: readonly string[], upgrade: string | undefined): IncomingMessage['headers'] {
-  const out: OutgoingHttpHeaders = {}
-  for (let i = 0; i < flat.length; i += 2) {
-    const name = flat[i]!.toLowerCase()
-    const value = flat[i + 1]!
-    const prev = out[name]
-    if (prev === undefined) out[name] = value
-    else if (Array.isArray(prev)) prev.push(value)
-    else out[name] = [String(prev), value]
-  }
-  out.upgrade = upgrade ?? 'websocket'
-  out.connection = 'Upgrade'
-  return out as IncomingMessage['headers']
 }
 
 const kWatch = Symbol('canaryd.watchLeaving')

@@ -448,6 +448,22 @@ export class RolloutController {
     })
   }
 
+  /**
+   * Ends the rollout as `aborted` with `reason` without setting weights: a
+   * reload removed a version it needs, and the reload already set the
+   * route's weights. No-op when the rollout already ended.
+   */
+  async abandon (reason: string): Promise<void> {
+    await this.#serial(async () => {
+      if (!this.active) return
+      await this.#transact((r) => {
+        this.#end(r, 'aborted', 0, reason)
+        return { result: undefined }
+      })
+      this.#finish()
+    })
+  }
+
   /** Stops the timer and listeners without changing the record (process shutdown). */
   close (): void {
     this.#finish()

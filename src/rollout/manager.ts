@@ -91,9 +91,44 @@ export class RolloutManager {
     opts.store.onChange((e) => {
       const c = this.#controllers.get(e.route)
       if (e.source === ROLLOUT_SOURCE || c === undefined || (c.state !== 'progressing' && c.state !== 'awaiting-promotion')) return
+      // a reload that removed the canary or stable ends the rollout instead (see reloaded)
+      if (this.#missing(e.route, c).length !== 0) return
       opts.logger.warn({ route: e.route, source: e.source }, 'weights changed outside the rollout: pausing it')
       c.pause().catch((err: unknown) => opts.logger.error({ err, route: e.route }, 'cannot pause rollout'))
     })
+  }
+
+  /** The versions a rollout needs (canary, stable) that its route no longer has. */
+  #missing (route: string, c: RolloutController): string[] {
+    const weights = this.#opts.store.weights(route) ?? {}
+    const plan = c.record.plan
+    return [plan.canary, plan.stable ?? ''].filter((v) => v !== '' && weights[v] === undefined)
+  }
+
+  /**
+   * Called once a reload is applied (the app's reload does, before it
+   * answers): a rollout whose route is gone is dropped (its
+   * record went with the route); one whose canary or stable version is gone
+   * is aborted with that reason (the reload already set the weights).
+   */
+  async reloaded (removed: readonly string[]): Promise<void> {
+    const ending: Array<Promise<void>> = []
+    for (const route of removed) {
+      const c = this.#controllers.get(route)
+      if (c === undefined) continue
+      c.close()
+      this.#controllers.delete(route)
+      this.#opts.logger.warn({ route }, 'reload removed the route: its rollout ended')
+    }
+    for (const [route, c] of this.#controllers) {
+      if (!c.active) continue
+      const gone = this.#missing(route, c)
+      if (gone.length === 0) continue
+      const reason = `reload removed version ${gone.join(' and ')} from route ${route}`
+      this.#opts.logger.warn({ route, versions: gone }, `rollout aborted: ${reason}`)
+      ending.push(c.abandon(reason).catch((err: unknown) => this.#opts.logger.error({ err, route }, 'cannot record the aborted rollout')))
+    }
+    await Promise.all(ending)
   }
 
   #deps (): ControllerDeps {

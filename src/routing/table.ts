@@ -1,5 +1,5 @@
 import { saltState, versionSeed } from './hash.js'
-import type { RouteSpec } from './spec.js'
+import { endpointsKey, type RouteSpec } from './spec.js'
 import { KeyKind, type KeySource, type Route, type RoutingTable, type Version } from './types.js'
 import { toPpm } from './weights.js'
 
@@ -29,7 +29,8 @@ function buildRoute (spec: RouteSpec, index: number): Route {
       ppm,
       invPpm: ppm === 0 ? Infinity : 1 / ppm,
       seed: versionSeed(v.name),
-      upstream: v.upstream
+      spec: v,
+      endpointsKey: endpointsKey(v)
     })
   })
   const c = spec.sticky.cookie

@@ -1,3 +1,5 @@
+import type { VersionSpec } from './spec.js'
+
 /**
  * The routing table: immutable data built by `buildRoutingTable` whenever the
  * configuration or the weights change, and read by the hot path. Everything a
@@ -27,8 +29,10 @@ export interface Version {
   readonly invPpm: number
   /** Seed of this version in the rendezvous hash (hash of its name). */
   readonly seed: number
-  /** Upstream origin, e.g. `http://10.0.0.1:8080`. */
-  readonly upstream: string
+  /** The version's endpoints, balancing, discovery and TLS, as validated (read by proxy/ to bind an endpoint group; never by the pick). */
+  readonly spec: Readonly<VersionSpec>
+  /** `endpointsKey(spec)`: equal keys across tables share one endpoint group. */
+  readonly endpointsKey: string
 }
 
 /** Sticky cookie settings, with the Set-Cookie strings precomputed. */

@@ -17,6 +17,10 @@ export interface AuditEntry {
   address: string | null
   /** Routing table generation that the change produced. */
   generation: number
+  /** For a version's upstream change: the version. */
+  version?: string
+  /** For a version's upstream change: its origins before and after. */
+  upstream?: { previous: string | string[]; next: string | string[] }
 }
 
 /**

@@ -27,7 +27,14 @@ export const STATE_FORMAT_VERSION = 1
 /** One version of a route as recorded in the state file (weights are kept apart). */
 export interface StateVersion {
   name: string
-  upstream: string
+  /** Its origins when saved: one as a string, several as an array (for a human reading the file). */
+  upstream: string | string[]
+}
+
+/** A version's upstream changed at runtime, with the config file's value it replaced (the file changing it again wins). */
+export interface UpstreamOverride {
+  upstream: string[]
+  config: string[]
 }
 
 /** One route's runtime state. */
@@ -38,6 +45,8 @@ export interface RouteState {
   weights: Record<string, number>
   /** Opaque rollout state owned by the rollout controller, or null. */
   rollout: unknown
+  /** Runtime upstreams by version name (PUT /api/v1/routes/{route}/versions/{version}); absent when none. */
+  upstreams?: Record<string, UpstreamOverride>
 }
 
 /** The whole state file. */
@@ -59,6 +68,11 @@ function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
+function isOrigins (v: unknown): boolean {
+  if (typeof v === 'string') return true
+  return Array.isArray(v) && v.length !== 0 && v.every((x) => typeof x === 'string')
+}
+
 /**
  * Checks a parsed state document and returns why it is unusable, or
  * undefined. Any problem makes the whole file corrupt: a half-valid file is
@@ -76,8 +90,14 @@ export function checkStateDoc (raw: unknown): string | undefined {
     if (!Array.isArray(r.versions) || r.versions.length === 0) return `${at}.versions must be a non-empty array`
     const names = new Set<string>()
     for (const v of r.versions as unknown[]) {
-      if (!isObj(v) || typeof v.name !== 'string' || typeof v.upstream !== 'string') return `${at}.versions entries need string name and upstream`
+      if (!isObj(v) || typeof v.name !== 'string' || !isOrigins(v.upstream)) return `${at}.versions entries need a string name and upstream (a string or an array of strings)`
       names.add(v.name)
+    }
+    if (r.upstreams !== undefined) {
+      if (!isObj(r.upstreams)) return `${at}.upstreams must be an object`
+      for (const [n, o] of Object.entries(r.upstreams)) {
+        if (!isObj(o) || !Array.isArray(o.upstream) || !isOrigins(o.upstream) || !Array.isArray(o.config) || !isOrigins(o.config)) return `${at}.upstreams.${n} needs upstream and config arrays of strings`
+      }
     }
     if (!isObj(r.weights)) return `${at}.weights must be an object`
     const ws: number[] = []

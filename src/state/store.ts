@@ -1,11 +1,11 @@
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
-import { withWeights, type RouteSpec } from '../routing/spec.js'
+import { upstreamView, withWeights, type RouteSpec, type VersionSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
-import { checkStateDir, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc } from './file.js'
+import { checkStateDir, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
 
 /** Options of the runtime store. */
 export interface RuntimeStoreOptions {
@@ -20,6 +20,12 @@ export interface RuntimeStoreOptions {
   persistedAudit?: number
   /** Clock, for tests. */
   now?: () => Date
+  /**
+   * Called with the route specs a change is about to put in force, before
+   * anything is persisted or swapped (the data plane resolves new DNS names
+   * then, so the new table finds its endpoints at once).
+   */
+  prepare?: (specs: readonly RouteSpec[]) => Promise<void>
 }
 
 /** Who changes weights and why; recorded in the audit. */
@@ -38,10 +44,24 @@ export interface ChangeOptions {
   rollout?: unknown
 }
 
+/** A version as the admin API shows it. */
+export interface VersionView {
+  name: string
+  /** One origin as a string, several as an array (as written in the config). */
+  upstream: string | string[]
+  weight: number
+  /** Set when not the default `least-request`. */
+  balance?: string
+  /** `dns` when the origins are re-resolved. */
+  discovery?: string
+  /** True when the upstream was changed at runtime (PUT …/versions/{version}) and differs from the config file's. */
+  runtimeUpstream?: boolean
+}
+
 /** A route as the admin API shows it. */
 export interface RouteView {
   name: string
-  versions: Array<{ name: string; upstream: string; weight: number }>
+  versions: VersionView[]
   /** The rollout summary provider's answer for this route, or null. */
   rollout: unknown
 }
@@ -62,11 +82,49 @@ function weightsOf (spec: RouteSpec): Record<string, number> {
   return out
 }
 
-function sameVersions (a: readonly { name: string; upstream: string }[], b: readonly { name: string; upstream: string }[]): boolean {
+/** Same version names (the "version set"): runtime weights carry over only then. */
+function sameVersions (a: readonly { name: string }[], b: readonly { name: string }[]): boolean {
   if (a.length !== b.length) return false
-  const key = (vs: readonly { name: string; upstream: string }[]): string =>
-    vs.map((v) => `${v.name}\u0000${v.upstream}`).sort().join('\u0001')
+  const key = (vs: readonly { name: string }[]): string => vs.map((v) => v.name).sort().join('\u0000')
   return key(a) === key(b)
+}
+
+function sameList (a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/** The route with the runtime upstreams of `overrides` applied (versions not named keep the config's). */
+function withUpstreams (spec: RouteSpec, overrides: Readonly<Record<string, UpstreamOverride>> | undefined): RouteSpec {
+  if (overrides === undefined) return spec
+  return { ...spec, versions: spec.versions.map((v) => overrides[v.name] === undefined ? v : { ...v, upstream: [...overrides[v.name]!.upstream] }) }
+}
+
+/**
+ * The runtime upstreams that still apply to `base` (the config file's
+ * route): an override is dropped once the file itself changes that
+ * version's upstream (the file is newer than the override then), or the
+ * version is gone.
+ */
+function keptOverrides (base: RouteSpec, overrides: Readonly<Record<string, UpstreamOverride>> | undefined): { kept: Record<string, UpstreamOverride> | undefined; dropped: string[] } {
+  if (overrides === undefined) return { kept: undefined, dropped: [] }
+  const kept: Record<string, UpstreamOverride> = {}
+  const dropped: string[] = []
+  for (const [name, o] of Object.entries(overrides)) {
+    const v = base.versions.find((x) => x.name === name)
+    if (v !== undefined && sameList(v.upstream, o.config)) kept[name] = o
+    else dropped.push(name)
+  }
+  return { kept: Object.keys(kept).length === 0 ? undefined : kept, dropped }
+}
+
+/** What a reload changed, as `POST /api/v1/reload` answers it. */
+export interface ReloadSummary {
+  /** Generation of the routing table the reload put in force. */
+  generation: number
+  added: string[]
+  removed: string[]
+  /** Routes present before and after whose definition in the file changed. */
+  changed: string[]
 }
 
 function invalid (message: string): CanarydError {
@@ -127,7 +185,13 @@ export class RuntimeStore {
   readonly #now: () => Date
   readonly #audit: AuditLog
   readonly #persistedAudit: number
+  /** The routes as the config file gives them (no runtime weights or upstreams). */
+  #base: RouteSpec[]
+  /** The routes in force: the file's, with runtime weights and upstreams applied. */
   #specs: RouteSpec[]
+  /** Runtime upstreams by route, then version (PUT …/versions/{version}). */
+  #overrides = new Map<string, Record<string, UpstreamOverride>>()
+  readonly #prepare: ((specs: readonly RouteSpec[]) => Promise<void>) | undefined
   #rollouts = new Map<string, unknown>()
   #queue: Promise<unknown> = Promise.resolve()
   #summary: (route: string) => unknown = () => null
@@ -139,7 +203,9 @@ export class RuntimeStore {
     this.#now = opts.now ?? (() => new Date())
     this.#audit = new AuditLog(opts.auditSize ?? 1000)
     this.#persistedAudit = opts.persistedAudit ?? 100
+    this.#base = structuredClone([...opts.routes])
     this.#specs = structuredClone([...opts.routes])
+    this.#prepare = opts.prepare
     if (this.file !== '') this.#load()
     this.holder = new TableHolder(buildRoutingTable(this.#specs, 1))
   }
@@ -168,17 +234,24 @@ export class RuntimeStore {
       known.add(spec.name)
       const saved = doc.routes[spec.name]
       if (saved === undefined) return spec
+      const { kept, dropped } = keptOverrides(spec, saved.upstreams)
+      if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'the config file changed these versions\' upstream since it was changed at runtime: the file wins')
+      if (kept !== undefined) {
+        this.#overrides.set(spec.name, kept)
+        this.#log.info({ route: spec.name, upstreams: Object.fromEntries(Object.entries(kept).map(([k, o]) => [k, o.upstream])) }, 'runtime upstreams restored from state file')
+      }
+      const current = withUpstreams(spec, kept)
       if (!sameVersions(spec.versions, saved.versions)) {
         this.#log.warn({
           route: spec.name,
-          stateVersions: saved.versions.map((v) => `${v.name}=${v.upstream}`),
-          configVersions: spec.versions.map((v) => `${v.name}=${v.upstream}`)
+          stateVersions: saved.versions.map((v) => v.name),
+          configVersions: spec.versions.map((v) => v.name)
         }, 'config changed the versions of this route: config weights win; saved weights and rollout state are ignored')
-        return spec
+        return current
       }
       if (saved.rollout !== null && saved.rollout !== undefined) this.#rollouts.set(spec.name, saved.rollout)
       this.#log.info({ route: spec.name, weights: saved.weights, stateFile: this.file }, 'weights restored from state file')
-      return withWeights(spec, saved.weights)
+      return withWeights(current, saved.weights)
     })
     for (const name of Object.keys(doc.routes)) {
       if (!known.has(name)) this.#log.warn({ route: name, stateFile: this.file }, 'state file names a route that is not in the config: ignored')
@@ -193,14 +266,17 @@ export class RuntimeStore {
     return await p
   }
 
-  #doc (specs: readonly RouteSpec[], rollouts: ReadonlyMap<string, unknown>, extra: readonly AuditEntry[]): StateDoc {
+  #doc (specs: readonly RouteSpec[], rollouts: ReadonlyMap<string, unknown>, extra: readonly AuditEntry[], overrides: ReadonlyMap<string, Record<string, UpstreamOverride>> = this.#overrides): StateDoc {
     const routes: Record<string, RouteState> = {}
     for (const s of specs) {
-      routes[s.name] = {
-        versions: s.versions.map((v) => ({ name: v.name, upstream: v.upstream })),
+      const r: RouteState = {
+        versions: s.versions.map((v) => ({ name: v.name, upstream: upstreamView(v.upstream) })),
         weights: weightsOf(s),
         rollout: rollouts.get(s.name) ?? null
       }
+      const o = overrides.get(s.name)
+      if (o !== undefined) r.upstreams = o
+      routes[s.name] = r
     }
     const keep = Math.max(0, this.#persistedAudit - extra.length)
     const audit = [...(keep === 0 ? [] : this.#audit.tail(keep)), ...extra].slice(-this.#persistedAudit)
@@ -245,35 +321,131 @@ export class RuntimeStore {
         if (opts.rollout === null) rollouts.delete(route)
         else rollouts.set(route, jsonCopy(opts.rollout))
       }
-      const entry: AuditEntry = {
-        id: this.#audit.nextId,
-        time: this.#now().toISOString(),
-        route,
-        previous,
-        weights: next,
-        reason: opts.reason ?? null,
-        source: opts.source,
-        address: opts.address ?? null,
-        generation: table.generation
-      }
+      const entry = this.#entry(this.#audit.nextId, route, previous, next, opts, table.generation)
       await this.#persist(this.#doc(specs, rollouts, [entry]))
       // persisted: from here on the change is real, apply it in memory
       this.#specs = specs
       this.#rollouts = rollouts
       this.holder.swap(table)
-      this.#audit.push(entry)
-      // `time` is pino's own field: the entry's time goes out as `changedAt`
-      const { time, id, ...rest } = entry
-      this.#log.info({ auditId: id, changedAt: time, ...rest }, 'weights changed')
-      for (const l of this.#listeners) {
-        try {
-          l(entry)
-        } catch (err) {
-          this.#log.error({ err, route }, 'weight change listener failed')
-        }
-      }
+      this.#record(entry, 'weights changed')
       return { previous, route: this.routeView(route)!, entry }
     })
+  }
+
+  /** Audits an applied change, logs it and tells the change listeners. */
+  #record (entry: AuditEntry, message: string): void {
+    this.#audit.push(entry)
+    // `time` is pino's own field: the entry's time goes out as `changedAt`
+    const { time, id, ...rest } = entry
+    this.#log.info({ auditId: id, changedAt: time, ...rest }, message)
+    for (const l of this.#listeners) {
+      try {
+        l(entry)
+      } catch (err) {
+        this.#log.error({ err, route: entry.route }, 'change listener failed')
+      }
+    }
+  }
+
+  #entry (id: number, route: string, previous: Record<string, number>, weights: Record<string, number>, opts: ChangeOptions, generation: number): AuditEntry {
+    return { id, time: this.#now().toISOString(), route, previous, weights, reason: opts.reason ?? null, source: opts.source, address: opts.address ?? null, generation }
+  }
+
+  /**
+   * Points a version at new endpoints (`PUT /api/v1/routes/{route}/versions/{version}`):
+   * `upstream` is validated by the caller (config's rules). Persisted as a
+   * runtime upstream that survives restarts and reloads until the config
+   * file itself changes that version's upstream; setting the file's own
+   * value again removes it. Audited; effective at once (requests in flight
+   * finish on the endpoints they started on). Throws
+   * CANARYD_ERR_ROUTE_NOT_FOUND, CANARYD_ERR_VERSION_NOT_FOUND or
+   * CANARYD_ERR_STATE_PERSIST; then nothing changed.
+   */
+  async setUpstream (route: string, version: string, upstream: readonly string[], opts: ChangeOptions): Promise<{ previous: string | string[]; route: RouteView; entry: AuditEntry }> {
+    return await this.#serialize(async () => {
+      const i = this.#routeIndex(route)
+      const spec = this.#specs[i]!
+      const vi = spec.versions.findIndex((v) => v.name === version)
+      if (vi === -1) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(version), versions: spec.versions.map((v) => v.name).join(', ') })
+      const previous = spec.versions[vi]!.upstream
+      const config = this.#base.find((b) => b.name === route)!.versions.find((v) => v.name === version)!.upstream
+      const overrides = new Map(this.#overrides)
+      const mine = { ...overrides.get(route) }
+      if (sameList(upstream, config)) delete mine[version]
+      else mine[version] = { upstream: [...upstream], config: [...config] }
+      if (Object.keys(mine).length === 0) overrides.delete(route)
+      else overrides.set(route, mine)
+      const specs = this.#specs.slice()
+      const versions = spec.versions.slice()
+      versions[vi] = { ...versions[vi]!, upstream: [...upstream] } satisfies VersionSpec
+      specs[i] = { ...spec, versions }
+      await this.#prepare?.(specs)
+      const table = buildRoutingTable(specs, this.holder.current.generation + 1)
+      const w = weightsOf(spec)
+      const entry: AuditEntry = { ...this.#entry(this.#audit.nextId, route, w, w, opts, table.generation), version, upstream: { previous: upstreamView(previous), next: upstreamView(upstream) } }
+      await this.#persist(this.#doc(specs, this.#rollouts, [entry], overrides))
+      this.#specs = specs
+      this.#overrides = overrides
+      this.holder.swap(table)
+      this.#record(entry, 'version upstream changed')
+      return { previous: upstreamView(previous), route: this.routeView(route)!, entry }
+    })
+  }
+
+  /**
+   * Applies a reloaded config file's routes (validated by the caller).
+   * Routes whose version set (names) is unchanged keep their runtime
+   * weights, rollout state and runtime upstreams (unless the file changed
+   * that version's upstream); a route whose version set changed takes the
+   * file's weights, audited with source `reload`; new routes come in at the
+   * file's weights; removed routes go, with their state. One atomic write,
+   * one swap: a request sees the old table or the new one, never a mix.
+   */
+  async reload (routes: readonly RouteSpec[], opts: ChangeOptions): Promise<ReloadSummary> {
+    return await this.#serialize(async () => {
+      const base = structuredClone([...routes])
+      const current = new Map(this.#specs.map((s) => [s.name, s]))
+      const oldBase = new Map(this.#base.map((s) => [s.name, s]))
+      const added: string[] = []
+      const changed: string[] = []
+      const pending: Array<{ route: string; previous: Record<string, number>; weights: Record<string, number>; reason: string }> = []
+      const overrides = new Map<string, Record<string, UpstreamOverride>>()
+      const specs = base.map((spec) => {
+        const cur = current.get(spec.name)
+        if (cur === undefined) {
+          added.push(spec.name)
+          return spec
+        }
+        if (JSON.stringify(oldBase.get(spec.name)) !== JSON.stringify(spec)) changed.push(spec.name)
+        const { kept, dropped } = keptOverrides(spec, this.#overrides.get(spec.name))
+        if (kept !== undefined) overrides.set(spec.name, kept)
+        if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'reload: the file changed these versions\' upstream (or removed them): their runtime upstream is dropped')
+        const next = withUpstreams(spec, kept)
+        if (sameVersions(cur.versions, spec.versions)) return withWeights(next, weightsOf(cur))
+        pending.push({ route: spec.name, previous: weightsOf(cur), weights: weightsOf(spec), reason: `reload changed the versions (${cur.versions.map((v) => v.name).join(', ')} → ${spec.versions.map((v) => v.name).join(', ')}): the file's weights apply` })
+        return next
+      })
+      const names = new Set(base.map((s) => s.name))
+      const removed = this.#specs.map((s) => s.name).filter((n) => !names.has(n))
+      const rollouts = new Map([...this.#rollouts].filter(([r]) => names.has(r)))
+      await this.#prepare?.(specs)
+      const table = buildRoutingTable(specs, this.holder.current.generation + 1)
+      let id = this.#audit.nextId
+      const entries = pending.map((p) => this.#entry(id++, p.route, p.previous, p.weights, { ...opts, reason: p.reason }, table.generation))
+      await this.#persist(this.#doc(specs, rollouts, entries, overrides))
+      this.#base = base
+      this.#specs = specs
+      this.#overrides = overrides
+      this.#rollouts = rollouts
+      this.holder.swap(table)
+      for (const e of entries) this.#record(e, 'weights changed by reload')
+      return { generation: table.generation, added, removed, changed }
+    })
+  }
+
+  /** The routes in force (runtime weights and upstreams applied), e.g. for cluster workers. */
+  get specs (): readonly RouteSpec[] {
+    return this.#specs
   }
 
   /**
@@ -333,9 +505,16 @@ export class RuntimeStore {
     } catch (err) {
       this.#log.warn({ err, route }, 'rollout summary provider failed')
     }
+    const overrides = this.#overrides.get(route)
     return {
       name: spec.name,
-      versions: spec.versions.map((v) => ({ name: v.name, upstream: v.upstream, weight: v.weight })),
+      versions: spec.versions.map((v) => {
+        const view: VersionView = { name: v.name, upstream: upstreamView(v.upstream), weight: v.weight }
+        if (v.balance !== undefined) view.balance = v.balance
+        if (v.discovery !== undefined) view.discovery = v.discovery
+        if (overrides?.[v.name] !== undefined) view.runtimeUpstream = true
+        return view
+      }),
       rollout
     }
   }

@@ -1,152 +1,108 @@
+import type { Endpoint } from './endpoint.js'
+import type { Clock, EndpointGroup } from './group.js'
+
 /** Outlier-detection settings (startup config `health.*`). */
 export interface OutlierOptions {
-  /** Consecutive failures that eject a version; 0 turns passive ejection off. */
+  /** Consecutive failures that eject an endpoint; 0 turns passive ejection off. */
   consecutiveFailures: number
   /** How long an ejection lasts, ms. */
   ejectionMs: number
 }
 
-/** A millisecond clock; tests pass their own so nothing sleeps. */
-export type Clock = () => number
+/** What a recorded failure did: nothing, ejected one endpoint, or ejected the version's last endpoint (the version is out). */
+export type Ejection = 'none' | 'endpoint' | 'version'
 
 /**
- * Health of one version of one route, as seen by the proxy (passive outlier
- * detection, as Envoy's `consecutive_gateway_failure`) and by the optional
- * active check. Kept across routing-table swaps (keyed by route and version
- * name), so a weight change neither forgets nor resets an ejection.
- *
- * Plain counters written on the hot path; no timers: an ejection ends lazily
- * the first time a request looks at it after `ejectedUntil`.
- */
-export class VersionHealth {
-  readonly route: string
-  readonly version: string
-  /** Consecutive gateway failures (connect, reset, timeout, upstream 5xx). */
-  failures = 0
-  /** The last attempt failed to connect: this version is known unreachable now. */
-  connectFailing = false
-  /** Clock time the current ejection ends; 0 when not ejected. */
-  ejectedUntil = 0
-
-  constructor (route: string, version: string) {
-    this.route = route
-    this.version = version
-  }
-
-  /** A response (any status below 500) came back: the streak ends. */
-  success (): void {
-    this.failures = 0
-    this.connectFailing = false
-  }
-
-  /** True while ejected at `now`. */
-  ejected (now: number): boolean {
-    return this.ejectedUntil !== 0 && this.ejectedUntil > now
-  }
-}
-
-/**
- * The versions of one route and their health, in version-index order, built
- * with each routing table. `excluded` gives the bit mask `pickVersion` takes.
- *
- * Holds no state of its own beyond the table's shape: every ejection lives in
- * the shared VersionHealth objects. A request that spans a table swap (or an
- * active check that awaits across one) may record a failure through the old
- * table's RouteHealth; the new table's RouteHealth must see it, so nothing
- * (such as a count of ejected versions) may be cached here.
+ * The versions of one route as endpoint groups, in version-index order,
+ * built with each routing table: passive outlier detection per endpoint (as
+ * Envoy's `consecutive_gateway_failure`), the rules for who may be ejected,
+ * and the bit mask of versions with no endpoint left that `pickVersion`
+ * takes. Holds no state of its own beyond the table's shape: ejections live
+ * on the shared Endpoint objects, so a request that spans a table swap
+ * records into the same state the new table reads.
  */
 export class RouteHealth {
-  readonly versions: readonly VersionHealth[]
+  readonly groups: readonly EndpointGroup[]
   /** Indexes of versions with weight > 0. */
   readonly #active: readonly number[]
   readonly #opts: OutlierOptions
   readonly #now: Clock
 
-  constructor (versions: readonly VersionHealth[], active: readonly number[], opts: OutlierOptions, now: Clock) {
-    this.versions = versions
+  constructor (groups: readonly EndpointGroup[], active: readonly number[], opts: OutlierOptions, now: Clock) {
+    this.groups = groups
     this.#active = active
     this.#opts = opts
     this.#now = now
   }
 
   /**
-   * Bit mask of ejected version indexes for `pickVersion`; ends expired
-   * ejections (returns `ended` names through `onEnd`). Allocation-free, and
-   * the clock is read only when some version is ejected (a route has a
-   * handful of versions: the scan is a few loads).
+   * Bit mask of version indexes with no endpoint to offer. Allocation-free;
+   * the clock is read only for a group whose every endpoint is out.
    */
-  excluded (onEnd?: (v: VersionHealth) => void): number {
-    const versions = this.versions
+  excluded (): number {
+    const groups = this.groups
     let mask = 0
-    let now = -1
-    for (let i = 0; i < versions.length; i++) {
-      const v = versions[i]!
-      if (v.ejectedUntil === 0) continue
-      if (now === -1) now = this.#now()
-      if (v.ejectedUntil > now) {
-        mask |= 1 << i
-      } else {
-        v.ejectedUntil = 0
-        v.failures = 0
-        onEnd?.(v)
-      }
+    for (let i = 0; i < groups.length; i++) {
+      if (!groups[i]!.available()) mask |= 1 << i
     }
     return mask
   }
 
+  /** A response below 500 came back from `e`: its streak ends. */
+  success (index: number, e: Endpoint): void {
+    e.failures = 0
+    this.groups[index]!.connectFailing = false
+  }
+
   /**
-   * Records a gateway failure of version `index`; returns true when this
-   * failure ejected it. The last version standing is never ejected (its
-   * users would have nowhere to go: better a chance than a certain 503).
+   * Records a gateway failure of endpoint `e` of version `index`; returns
+   * what it ejected. An endpoint is ejected when its version keeps another
+   * endpoint, or when another active version can take the users; the last
+   * endpoint of the last version standing is never ejected (its users would
+   * have nowhere to go: better a chance than a certain 503).
    */
-  failure (index: number, connect: boolean): boolean {
-    const v = this.versions[index]!
-    v.failures++
-    if (connect) v.connectFailing = true
+  failure (index: number, e: Endpoint, connect: boolean): Ejection {
+    const g = this.groups[index]!
+    e.failures++
+    if (connect) g.connectFailing = true
     const n = this.#opts.consecutiveFailures
-    if (n === 0 || v.failures < n) return false
-    const now = this.#now()
-    if (v.ejected(now)) return false
-    for (const i of this.#active) {
-      if (i !== index && !this.versions[i]!.ejected(now)) {
-        this.eject(index, now)
-        return true
-      }
-    }
-    return false
+    if (n === 0 || e.failures < n || e.ejectedUntil !== 0) return 'none'
+    return this.eject(index, e)
   }
 
-  /** Ejects version `index` until `now + ejectionMs` (passive or active check). */
-  eject (index: number, now: number = this.#now()): void {
-    const v = this.versions[index]!
-    v.ejectedUntil = now + this.#opts.ejectionMs
+  /** Ejects `e` for `ejectionMs` when the rules allow it (passive or active check); returns what it ejected. */
+  eject (index: number, e: Endpoint): Ejection {
+    const g = this.groups[index]!
+    if (e.ejectedUntil !== 0 && e.ejectedUntil > this.#now()) return 'none'
+    const last = !g.healthy.some((o) => o !== e)
+    if (last && !this.hasOtherHealthy(index)) return 'none'
+    g.eject(e, this.#now() + this.#opts.ejectionMs)
+    return last ? 'version' : 'endpoint'
   }
 
-  /** Ends an ejection early (the active check saw the version healthy again). */
-  restore (index: number): void {
-    const v = this.versions[index]!
-    v.ejectedUntil = 0
-    v.success()
+  /** Ends `e`'s ejection early (the active check saw it healthy again). */
+  restore (index: number, e: Endpoint): void {
+    this.groups[index]!.restore(e)
+    this.groups[index]!.connectFailing = false
   }
 
   /**
    * True when every other version of the route (0% ones included: they are
-   * configured and could serve) is ejected or failed its last connect too.
+   * configured and could serve) has no endpoint or failed its last connect too.
    */
   othersUnreachable (index: number): boolean {
-    const now = this.#now()
-    for (let i = 0; i < this.versions.length; i++) {
+    const groups = this.groups
+    for (let i = 0; i < groups.length; i++) {
       if (i === index) continue
-      const v = this.versions[i]!
-      if (!v.ejected(now) && !v.connectFailing) return false
+      const g = groups[i]!
+      if (g.available() && !g.connectFailing) return false
     }
     return true
   }
 
-  /** True when another active version is not ejected (so `index` may be ejected). */
+  /** True when another active version has an endpoint to offer (so `index` may lose its last one). */
   hasOtherHealthy (index: number): boolean {
-    const now = this.#now()
-    for (const i of this.#active) if (i !== index && !this.versions[i]!.ejected(now)) return true
+    for (const i of this.#active) if (i !== index && this.groups[i]!.available()) return true
     return false
   }
 }

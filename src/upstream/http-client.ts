@@ -36,6 +36,8 @@ export interface HttpClientOptions {
   connections: number
   /** Idle keep-alive socket lifetime, lowered by the upstream's `Keep-Alive: timeout` hint. */
   keepAliveMs: number
+  /** TLS options for an https origin (CA, client certificate, servername, verification), as undici's pool gets them. */
+  tls?: Record<string, unknown>
 }
 
 /**
@@ -53,6 +55,8 @@ export class HttpOrigin {
   readonly #request: typeof httpRequest
   readonly #base: RequestOptions
   readonly #tls: boolean
+  /** upstream TLS `servername`: overrides the name taken from Host, as for undici's pool. */
+  readonly #servername: string | undefined
   /** host[:port] of the origin, the Host sent when the client sent none (HTTP/1.0), as undici does. */
   readonly #host: string
   readonly #opts: HttpClientOptions
@@ -69,10 +73,11 @@ export class HttpOrigin {
       // reuse the most recent socket: fewer sockets stay warm, the idle ones time out
       scheduling: 'lifo' as const
     }
-    this.#agent = tls ? new HttpsAgent(agentOpts) : new HttpAgent(agentOpts)
+    this.#agent = tls ? new HttpsAgent({ ...agentOpts, ...opts.tls }) : new HttpAgent(agentOpts)
     this.#request = tls ? httpsRequest as typeof httpRequest : httpRequest
     this.#base = { protocol: u.protocol, hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (tls ? 443 : 80) : Number(u.port), agent: this.#agent }
     this.#tls = tls
+    this.#servername = typeof opts.tls?.servername === 'string' ? opts.tls.servername : undefined
     this.#host = u.host
     this.#opts = opts
   }
@@ -87,7 +92,7 @@ export class HttpOrigin {
     const options: RequestOptions = { ...this.#base, method: req.method, path: req.path, headers, setHost: false }
     // TLS names the host the client asked for, as undici does (it derives
     // servername from Host): both clients then verify the same certificate
-    if (this.#tls) (options as { servername?: string }).servername = serverName(host ?? this.#host)
+    if (this.#tls) (options as { servername?: string }).servername = this.#servername ?? serverName(host ?? this.#host)
     let cr: ClientRequest
     try {
       cr = this.#request(options)
@@ -97,6 +102,15 @@ export class HttpOrigin {
       return
     }
     void new Exchange(cr, req.body, handler, this.#opts, this.#tls)
+  }
+
+  /**
+   * Retires the origin (a reload no longer lists it): idle sockets close now,
+   * busy ones once their exchange ends (a freed socket is not kept).
+   */
+  close (): void {
+    noKeepAlive(this.#agent)
+    for (const list of Object.values(this.#agent.freeSockets)) for (const s of list ?? []) s.destroy()
   }
 
   /** Destroys every socket (after the drain). */

@@ -64,7 +64,7 @@ t.test('/metrics is a JSON 404 when metrics are off', async (t) => {
 
 t.test('GET routes and one route', async (t) => {
   const p = await setup(t)
-  const [stable, canary] = p.app.config.routes[0]!.versions.map((v) => v.upstream)
+  const [stable, canary] = p.app.config.routes[0]!.versions.map((v) => v.upstream[0])
   const all = await api(p, '/api/v1/routes')
   t.equal(all.status, 200)
   t.match(all.headers['content-type'], /^application\/json/)

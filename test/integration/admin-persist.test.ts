@@ -82,8 +82,14 @@ t.test('config that changed a route\'s versions wins over the state file', async
   const a = await startProxy(config)
   await send(`${a.adminUrl}/api/v1/routes/web/weights`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"weights":{"stable":50,"canary":50}}' })
   await a.close()
-  const changed = { ...config, routes: testConfig([twoVersionRoute(stable.origin, canary2.origin)]).routes }
-  const b = await startProxy(changed)
-  t.teardown(b.close)
-  t.same(await weightsOf(b.adminUrl), [90, 10])
+  // a new upstream for the same version names keeps the runtime weights (the version set is the names)
+  const moved = { ...config, routes: testConfig([twoVersionRoute(stable.origin, canary2.origin)]).routes }
+  const b = await startProxy(moved)
+  t.same(await weightsOf(b.adminUrl), [50, 50])
+  await b.close()
+  const renamed = testConfig([twoVersionRoute(stable.origin, canary2.origin)]).routes
+  renamed[0]!.versions[1]!.name = 'canary2'
+  const c = await startProxy({ ...config, routes: renamed })
+  t.teardown(c.close)
+  t.same(await weightsOf(c.adminUrl), [90, 10])
 })

@@ -8,23 +8,24 @@
 import { createServer } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import t from 'tap'
-import { Pool } from 'undici'
 import { createLogger } from '../../src/logger.js'
 import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
 import { ForwardHandler, type VersionRuntime } from '../../src/proxy/forward.js'
-import { RouteHealth, VersionHealth } from '../../src/upstream/health.js'
-import { HttpOrigin } from '../../src/upstream/http-client.js'
+import { RouteHealth } from '../../src/upstream/health.js'
+import { Upstreams } from '../../src/upstream/pools.js'
 import { send } from '../helpers/http.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 t.test('undici refusing a header → 400, no exception, upstream untouched', async (t) => {
   const up = await startUpstream('stable')
-  const pool = new Pool(up.origin)
-  const health = new RouteHealth([new VersionHealth('web', 'stable')], [0], { consecutiveFailures: 5, ejectionMs: 1000 }, Date.now)
-  const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, pool, slot: { origin: up.origin, pool, http: new HttpOrigin(up.origin, { connectTimeoutMs: 1000, responseTimeoutMs: 1000, bodyTimeoutMs: 1000, connections: 1, keepAliveMs: 1000 }), cap: 0, inFlight: 0 }, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
+  const upstreams = new Upstreams({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, bodyTimeoutMs: 1000, connections: 1, keepAliveMs: 1000 })
+  const group = upstreams.group('web', 'stable', { upstream: [up.origin] }, 'k')
+  upstreams.commit()
+  const health = new RouteHealth([group], [0], { consecutiveFailures: 5, ejectionMs: 1000 }, Date.now)
+  const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, group, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
   let threw: unknown
   const server = createServer((req, res) => {
-    const handler = new ForwardHandler(req, res, rt, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {}, draining: false })
+    const handler = new ForwardHandler(req, res, rt, group.all[0]!, 0, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {}, draining: false })
     try {
       handler.forward('/', ['x-bad', 'a\nb'], undefined, false)
     } catch (err) {
@@ -33,7 +34,7 @@ t.test('undici refusing a header → 400, no exception, upstream untouched', asy
     }
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { server.close(); await pool.close(); await up.close() })
+  t.teardown(async () => { server.close(); await upstreams.close(); await up.close() })
   const r = await send(`http://127.0.0.1:${(server.address() as { port: number }).port}/`)
   t.equal(threw, undefined, 'dispatch did not throw')
   t.equal(r.status, 400)

@@ -11,7 +11,7 @@ function route (weights: Record<string, number>, name = 'web', salt?: string): R
     match: { pathPrefix: '/' },
     sticky: { keys: ['header:x-user-id'], cookie: { name: 'canaryd_id', maxAge: 60 } },
     override: {},
-    versions: Object.entries(weights).map(([n, w], i) => ({ name: n, upstream: `http://127.0.0.1:${1000 + i}`, weight: w }))
+    versions: Object.entries(weights).map(([n, w], i) => ({ name: n, upstream: [`http://127.0.0.1:${1000 + i}`], weight: w }))
   }
   if (salt !== undefined) spec.sticky.salt = salt
   return buildRoutingTable([spec]).routes[0]!

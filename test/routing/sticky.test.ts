@@ -8,7 +8,7 @@ const table = buildRoutingTable([{
   match: { pathPrefix: '/' },
   sticky: { keys: ['header:x-user-id', 'cookie:session', 'query:uid', 'ip'], cookie: { name: 'canaryd_id', maxAge: 86400 } },
   override: { header: 'x-canary', cookie: 'canary' },
-  versions: [{ name: 'stable', upstream: 'http://127.0.0.1:1', weight: 100 }, { name: 'canary', upstream: 'http://127.0.0.1:2', weight: 0 }]
+  versions: [{ name: 'stable', upstream: ['http://127.0.0.1:1'], weight: 100 }, { name: 'canary', upstream: ['http://127.0.0.1:2'], weight: 0 }]
 }])
 const web = table.routes[0]!
 
@@ -49,7 +49,7 @@ t.test('sticky key sources: first present wins, the sticky cookie is last', asyn
   t.equal(readStickyKey(web, { cookie: 'canaryd_id=c1' }, '/?uid=q1', '10.0.0.9'), 'q1', 'then query')
   t.equal(readStickyKey(web, {}, '/', '10.0.0.9'), '10.0.0.9', 'then ip')
   t.equal(readStickyKey(web, { 'x-user-id': '' }, '/', ''), '', 'empty values count as absent')
-  const noIp = buildRoutingTable([{ name: 'x', match: { pathPrefix: '/' }, sticky: { keys: ['header:x-user-id'], cookie: { name: 'cid', maxAge: 1 } }, override: {}, versions: [{ name: 'a', upstream: 'http://127.0.0.1:1', weight: 50 }, { name: 'b', upstream: 'http://127.0.0.1:2', weight: 50 }] }]).routes[0]!
+  const noIp = buildRoutingTable([{ name: 'x', match: { pathPrefix: '/' }, sticky: { keys: ['header:x-user-id'], cookie: { name: 'cid', maxAge: 1 } }, override: {}, versions: [{ name: 'a', upstream: ['http://127.0.0.1:1'], weight: 50 }, { name: 'b', upstream: ['http://127.0.0.1:2'], weight: 50 }] }]).routes[0]!
   t.equal(readStickyKey(noIp, { cookie: 'cid=c9' }, '/', '1.2.3.4'), 'c9', 'the sticky cookie is always the last source')
   t.equal(readStickyKey(noIp, {}, '/', '1.2.3.4'), '', 'nothing present → empty (the proxy mints an id)')
 })
@@ -68,7 +68,7 @@ t.test('sticky cookie string', async (t) => {
 })
 
 t.test('route matching: host, then longest pathPrefix', async (t) => {
-  const v = [{ name: 'a', upstream: 'http://127.0.0.1:1', weight: 50 }, { name: 'b', upstream: 'http://127.0.0.1:2', weight: 50 }]
+  const v = [{ name: 'a', upstream: ['http://127.0.0.1:1'], weight: 50 }, { name: 'b', upstream: ['http://127.0.0.1:2'], weight: 50 }]
   const base = { sticky: { keys: [], cookie: { name: 'c', maxAge: 1 } }, override: {}, versions: v }
   const tbl = buildRoutingTable([
     { name: 'any', match: { pathPrefix: '/' }, ...base },

@@ -137,11 +137,15 @@ t.test('state weights override config when the version set is unchanged; rollout
   t.equal(JSON.parse(readFileSync(file, 'utf8')).routes.web.rollout, null)
 })
 
-t.test('config that changed the versions wins, and the log says so', async (t) => {
+t.test('config that changed the version set (names) wins, and the log says so; a new upstream alone keeps the weights', async (t) => {
   const file = tmpFile(t)
   await store(file).s.setWeights('web', { stable: 50, canary: 50 }, { source: 'test' })
-  const { s, lines } = store(file, routes('http://127.0.0.1:3001', 'http://127.0.0.1:3009'))
-  t.same(s.weights('web'), { stable: 90, canary: 10 })
+  const moved = store(file, routes('http://127.0.0.1:3001', 'http://127.0.0.1:3009'))
+  t.same(moved.s.weights('web'), { stable: 50, canary: 50 }, 'same names, new upstream: the runtime weights stay')
+  const renamed = routes()
+  renamed[0]!.versions[1]!.name = 'canary2'
+  const { s, lines } = store(file, renamed)
+  t.same(s.weights('web'), { stable: 90, canary2: 10 })
   t.match(lines.find((l) => l.level === 40), { route: 'web', msg: /config changed the versions of this route: config weights win/ })
   t.ok(existsSync(file), 'the state file is kept (it is not corrupt)')
 })

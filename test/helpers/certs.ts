@@ -1,0 +1,123 @@
+/**
+ * Test certificates made at test time with the openssl binary (Debian
+ * package `openssl`), as a user would make them, into a temp dir. EC P-256
+ * keys: a handful of certificates take milliseconds, not seconds as RSA does.
+ */
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+/** True when the openssl binary runs. */
+export const hasOpenssl = spawnSync('openssl', ['version']).status === 0
+
+/** A tap `skip` value: false when openssl is there, else why the test is skipped. */
+export const opensslSkip: false | string = hasOpenssl ? false : 'openssl not installed (apt-get install openssl)'
+
+/** A certificate and its private key: file paths and their PEM contents. */
+export interface CertPair {
+  certPath: string
+  keyPath: string
+  cert: Buffer
+  key: Buffer
+}
+
+/** What a leaf certificate is for and the names it covers. */
+export interface LeafOptions {
+  /** Subject CN (also the first DNS name when `dns` is not given). */
+  cn: string
+  /** subjectAltName DNS entries. */
+  dns?: string[]
+  /** subjectAltName IP entries. */
+  ip?: string[]
+  /** extendedKeyUsage: serverAuth (default) or clientAuth. */
+  usage?: 'server' | 'client'
+}
+
+function openssl (args: string[]): void {
+  const r = spawnSync('openssl', args, { encoding: 'utf8' })
+  // the command line and stderr say which step failed, not just "status 1"
+  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`)
+}
+
+function pair (certPath: string, keyPath: string): CertPair {
+  return { certPath, keyPath, cert: readFileSync(certPath), key: readFileSync(keyPath) }
+}
+
+const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+
+function san (o: LeafOptions): string {
+  const names = [...(o.dns ?? [o.cn]).map((d) => `DNS:${d}`), ...(o.ip ?? []).map((i) => `IP:${i}`)]
+  return `subjectAltName=${names.join(',')}`
+}
+
+/** A certificate authority (self-signed, CA:TRUE) named `name`, written as `<name>.pem` and `<name>-key.pem` in `dir`. */
+export function makeCa (dir: string, name: string): CertPair {
+  const certPath = join(dir, `${name}.pem`)
+  const keyPath = join(dir, `${name}-key.pem`)
+  openssl(['req', '-x509', ...EC, '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', `/CN=${name}`,
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'])
+  return pair(certPath, keyPath)
+}
+
+/** A leaf certificate signed by `ca`, written as `<name>.pem` and `<name>-key.pem` in `dir`. */
+export function makeLeaf (dir: string, name: string, ca: CertPair, o: LeafOptions): CertPair {
+  const certPath = join(dir, `${name}.pem`)
+  const keyPath = join(dir, `${name}-key.pem`)
+  const csr = join(dir, `${name}.csr`)
+  const ext = join(dir, `${name}.ext`)
+  openssl(['req', '-new', ...EC, '-keyout', keyPath, '-out', csr, '-subj', `/CN=${o.cn}`])
+  // `x509 -req` copies no extension from the request: they come from this file
+  writeFileSync(ext, [
+    'basicConstraints=CA:FALSE',
+    'keyUsage=critical,digitalSignature',
+    `extendedKeyUsage=${o.usage === 'client' ? 'clientAuth' : 'serverAuth'}`,
+    san(o)
+  ].join('\n') + '\n')
+  openssl(['x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-CAcreateserial', '-out', certPath, '-days', '2', '-extfile', ext])
+  return pair(certPath, keyPath)
+}
+
+/** A self-signed leaf (no CA trusts it), written as `<name>.pem` and `<name>-key.pem` in `dir`. */
+export function makeSelfSigned (dir: string, name: string, o: LeafOptions): CertPair {
+  const certPath = join(dir, `${name}.pem`)
+  const keyPath = join(dir, `${name}-key.pem`)
+  openssl(['req', '-x509', ...EC, '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', `/CN=${o.cn}`, '-addext', san(o)])
+  return pair(certPath, keyPath)
+}
+
+/** The certificates of an upstream-TLS test, all in one temp dir. */
+export interface TestPki {
+  dir: string
+  /** The CA that signs the server certificates. */
+  ca: CertPair
+  /** Signed by `ca` for DNS localhost, api.internal and IP 127.0.0.1. */
+  server: CertPair
+  /** Signed by `ca` for DNS other.internal only. */
+  other: CertPair
+  /** A second CA, that signs client certificates only. */
+  clientCa: CertPair
+  /** A client certificate (clientAuth, CN canaryd) signed by `clientCa`. */
+  client: CertPair
+  /** Self-signed for DNS localhost and IP 127.0.0.1. */
+  selfSigned: CertPair
+  /** Removes the temp dir. */
+  cleanup: () => void
+}
+
+/** Makes the CAs and certificates of a TLS test in a new temp dir (call `cleanup` in a teardown). */
+export function makeTestPki (): TestPki {
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-pki-'))
+  const ca = makeCa(dir, 'ca')
+  const clientCa = makeCa(dir, 'client-ca')
+  return {
+    dir,
+    ca,
+    server: makeLeaf(dir, 'server', ca, { cn: 'localhost', dns: ['localhost', 'api.internal'], ip: ['127.0.0.1'] }),
+    other: makeLeaf(dir, 'other', ca, { cn: 'other.internal' }),
+    clientCa,
+    client: makeLeaf(dir, 'client', clientCa, { cn: 'canaryd', usage: 'client' }),
+    selfSigned: makeSelfSigned(dir, 'self-signed', { cn: 'localhost', dns: ['localhost'], ip: ['127.0.0.1'] }),
+    cleanup: () => { rmSync(dir, { recursive: true, force: true }) }
+  }
+}
