@@ -17,8 +17,11 @@ import { checkWeight, checkWeightSum } from '../routing/weights.js'
  *   "audit": [ …newest last… ] }
  * ```
  *
- * Each route records the version set (names and upstreams) its weights were
- * saved for, so a config that changed the versions is detected on start.
+ * Each route records the version set its weights were saved for (names; the
+ * upstreams beside them are for a human reading the file), so a config that
+ * renamed, added or removed versions is detected on start; and, under
+ * `upstreams`, the version upstreams changed at runtime with the config
+ * value each replaced (the config file changing that value again wins).
  */
 
 /** The state file format version this build writes and reads. */

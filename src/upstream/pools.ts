@@ -86,6 +86,8 @@ export class Upstreams {
   readonly #bound = new Set<string>()
   /** Last good addresses of each discovery host name (warmed before a swap, refreshed by the watches). */
   readonly #dns = new Map<string, readonly string[]>()
+  /** Names warmed for a table not bound yet: a sweep before that bind must not forget them. */
+  readonly #warmed = new Set<string>()
   /** First resolutions still running (start-up waits for them). */
   readonly #pending = new Set<Promise<void>>()
   readonly #resolver: DnsResolver
@@ -149,6 +151,7 @@ export class Upstreams {
       this.#groups.delete(gk)
     }
     this.#bound.clear()
+    this.#warmed.clear()
     this.#sweep()
   }
 
@@ -218,6 +221,7 @@ export class Upstreams {
     await Promise.all([...hosts].map(async (h) => {
       try {
         this.#dns.set(h, await this.#resolver.resolve(h))
+        this.#warmed.add(h)
       } catch (err) {
         this.#log.warn({ host: h, cause: (err as Error).message }, 'DNS discovery: cannot resolve yet; the version has no endpoint until it does')
       }
@@ -238,7 +242,7 @@ export class Upstreams {
       for (const w of entry.watches) hosts.add(w.hostname)
     }
     for (const [k, e] of this.#endpoints) if (!listed.has(e)) this.#endpoints.delete(k)
-    for (const h of this.#dns.keys()) if (!hosts.has(h)) this.#dns.delete(h)
+    for (const h of this.#dns.keys()) if (!hosts.has(h) && !this.#warmed.has(h)) this.#dns.delete(h)
     const dialled = new Set<UpstreamSlot>()
     for (const e of this.#endpoints.values()) dialled.add(e.slot)
     for (const [k, s] of this.#slots) {
