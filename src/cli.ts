@@ -27,7 +27,7 @@ Usage:
                                         validated, persisted and audited by the admin server
   canaryd status [ROUTE] [--admin URL] [--token T] [--json]
                                         routes, versions, weights, upstreams, rollout state
-  canaryd versions set ROUTE VERSION --upstream URL[,URL...] [--reason TEXT] [--admin URL] [--token T]
+  canaryd versions set ROUTE VERSION --upstream URL[,URL...] [--reason TEXT] [--admin URL] [--token T] [--json]
                                         point a version at new endpoints live (persisted, audited)
   canaryd versions get ROUTE [VERSION] [--admin URL] [--token T] [--json]
                                         a route's versions and their upstreams
@@ -49,7 +49,7 @@ Usage:
 Environment:
   CANARYD_CONFIG        config file path (serve, validate, config print)
   LOG_LEVEL             log level (fatal, error, warn, info, debug, trace, silent)
-  CANARYD_ADMIN_URL     admin URL for weights/status/rollout/top (default http://127.0.0.1:9901)
+  CANARYD_ADMIN_URL     admin URL for weights/status/versions/reload/rollout/top (default http://127.0.0.1:9901)
   CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see docs/configuration.md
 `
 

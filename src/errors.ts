@@ -23,7 +23,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_UPSTREAM_RESET: { status: 502, doc: 'The upstream closed or reset the connection before sending response headers.', message: 'the upstream closed the connection before responding' },
   CANARYD_ERR_UPSTREAM_PROTOCOL: { status: 502, doc: 'The upstream sent an invalid HTTP response (bad status line, ambiguous framing).', message: 'the upstream sent an invalid HTTP response' },
   CANARYD_ERR_UPSTREAM_TIMEOUT: { status: 504, doc: 'The upstream sent no response headers within timeouts.upstreamResponseMs.', message: 'the upstream did not respond in time' },
-  CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (all ejected or over their concurrency cap).', message: 'no upstream is available for this route' },
+  CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (every endpoint of every version ejected, or a version with no endpoint, e.g. a DNS name that resolved to nothing).', message: 'no upstream is available for this route' },
   CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.', message: 'forwarding to the upstream failed' },
   CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
   CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },

@@ -43,6 +43,7 @@ export function checkUpstream (v: unknown, at: string): string {
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(at, `${JSON.stringify(s)} must be an http:// or https:// URL`)
   if (u.username !== '' || u.password !== '') throw new ConfigError(at, 'must not contain credentials')
+  if (u.port === '0') throw new ConfigError(at, `${JSON.stringify(s)} has port 0, which cannot be dialled`)
   if ((u.pathname !== '/' && u.pathname !== '') || u.search !== '' || u.hash !== '') throw new ConfigError(at, `${JSON.stringify(s)} must be an origin (scheme://host:port) without path or query`)
   return u.origin
 }
@@ -79,7 +80,8 @@ export function checkTls (v: unknown, at: string): TlsSpec | undefined {
   if (o.servername !== undefined) out.servername = str(o.servername, `${at}.servername`, HOST_RE, 'server name').toLowerCase()
   if (o.insecureSkipVerify !== undefined) {
     if (typeof o.insecureSkipVerify !== 'boolean') throw new ConfigError(`${at}.insecureSkipVerify`, `must be true or false, got ${JSON.stringify(o.insecureSkipVerify)}`)
-    if (o.insecureSkipVerify) out.insecureSkipVerify = true
+    // false is kept: it turns a static upstream.tls.insecureSkipVerify off for this version
+    out.insecureSkipVerify = o.insecureSkipVerify
   }
   if ((out.cert === undefined) !== (out.key === undefined)) throw new ConfigError(out.cert === undefined ? `${at}.cert` : `${at}.key`, 'cert and key go together (a client certificate for mTLS)')
   return Object.keys(out).length === 0 ? undefined : out

@@ -10,6 +10,7 @@ import type { Endpoint } from '../upstream/endpoint.js'
 import type { EndpointGroup } from '../upstream/group.js'
 import type { RouteHealth } from '../upstream/health.js'
 import type { ExchangeHandler, ExchangeRequest } from '../upstream/http-client.js'
+import { holdSlot, releaseSlot } from '../upstream/pools.js'
 import { filterResponseHeaders } from './headers.js'
 import { mayRetry } from './retry.js'
 
@@ -48,10 +49,12 @@ const TLS_WARN_EVERY_MS = 60_000
  * certificate) an operator must see, while every request to the origin
  * repeats it. Cold path: failures only.
  */
-function warnTls (rt: VersionRuntime, origin: string, err: Error, log: Logger): void {
+export function warnTls (rt: VersionRuntime, origin: string, err: Error, log: Logger): void {
   const now = Date.now()
   const last = tlsWarned.get(origin)
   if (last !== undefined && now - last < TLS_WARN_EVERY_MS) return
+  // bounded: reloads and DNS can bring many origins over time; only the last minute's matter
+  if (tlsWarned.size >= 1024) for (const [o, t] of tlsWarned) if (now - t >= TLS_WARN_EVERY_MS) tlsWarned.delete(o)
   tlsWarned.set(origin, now)
   const code = (err as NodeJS.ErrnoException).code ?? ''
   log.warn({ route: rt.route, version: rt.version, origin, code, cause: err.message }, 'TLS handshake with the upstream failed (answered 502; logged once per origin per minute)')
@@ -161,6 +164,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#t0 = t0
     this.#retries = ctx.retries
     this.socket = req.socket
+    holdSlot(ep.slot)
     rt.observer.start()
     // 'close' is emitted once: `on` spares the wrapper `once` would allocate
     res.on('close', this.#onClose)
@@ -235,11 +239,17 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
 
   /** Takes a concurrency slot of the upstream and dispatches; past the cap, a fast 503. */
   #take (): void {
-    const slot = this.#ep.slot
+    let slot = this.#ep.slot
     if (slot.cap !== 0 && slot.inFlight >= slot.cap) {
-      // a bounded queue is a fast 503, not a growing undici queue and a late 504
-      this.refuse('CANARYD_ERR_UPSTREAM_OVERLOADED')
-      return
+      // the balancer's choice is full: another endpoint of the version with room takes it
+      const other = this.#rt.group.healthy.find((e) => e.slot.inFlight < e.slot.cap)
+      if (other === undefined) {
+        // a bounded queue is a fast 503, not a growing undici queue and a late 504
+        this.refuse('CANARYD_ERR_UPSTREAM_OVERLOADED')
+        return
+      }
+      this.#switch(other)
+      slot = other.slot
     }
     slot.inFlight++
     this.#slotTaken = true
@@ -286,6 +296,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
       this.#slotTaken = false
       this.#ep.slot.inFlight--
     }
+    releaseSlot(this.#ep.slot)
     // 499 (nginx's "client closed request") when the client left before a status went out
     const status = res.headersSent ? res.statusCode : 499
     const seconds = (performance.now() - this.#t0) / 1000
@@ -392,11 +403,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     }
     const connect = failure.kind === 'connect'
     if (!this.#responded && this.#retries > 0 && mayRetry({ kind: failure.kind, notSent: failure.notSent, method: this.#opts!.method, body: this.#opts!.body, bodyRead: this.#req.readableDidRead })) {
-      const next = this.#rt.group.pickRetry(this.#ep, this.#hash)
+      const failed = this.#ep
+      const next = this.#rt.group.pickRetry(failed, this.#hash)
       if (next !== undefined && this.#move(next)) {
         // the failed attempt still counts towards its endpoint's outlier streak
-        if (next !== this.#ep) recordFailure(this.#rt, this.#ep, connect, this.#log)
-        this.#ep = next
+        if (next !== failed) recordFailure(this.#rt, failed, connect, this.#log)
         this.#retries--
         this.#abort = undefined
         this.dispatch()
@@ -422,11 +433,23 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
 
   /** Moves the request's concurrency slot to `next` for a retry; false when `next` is at its cap. */
   #move (next: Endpoint): boolean {
-    if (next === this.#ep || !this.#slotTaken) return true
+    if (next === this.#ep) return true
+    if (!this.#slotTaken) {
+      this.#switch(next)
+      return true
+    }
     const slot = next.slot
     if (slot.cap !== 0 && slot.inFlight >= slot.cap) return false
     this.#ep.slot.inFlight--
     slot.inFlight++
+    this.#switch(next)
     return true
+  }
+
+  /** The request now goes to `next`: its hold on the pool moves with it. */
+  #switch (next: Endpoint): void {
+    holdSlot(next.slot)
+    releaseSlot(this.#ep.slot)
+    this.#ep = next
   }
 }

@@ -502,7 +502,8 @@ export class ProxyServer {
     if (hash === 0 && group.balance === 'hash') {
       // the override chose the version: the hash balancer still keys the endpoint by the user
       const key = readStickyKey(route, req.headers, url, ip)
-      if (key.length !== 0) hash = hashKey(route.salt, key)
+      // no key to keep: spread like any new user instead of always the same endpoint
+      hash = key.length !== 0 ? hashKey(route.salt, key) : (Math.random() * 4294967296) >>> 0
     }
     // a version picked with every endpoint out (the last one standing, or the
     // override's choice) is still served: better a chance than a certain 503

@@ -4,7 +4,8 @@ import type { Duplex } from 'node:stream'
 import httpProxy from 'http-proxy'
 import type { Logger } from '../logger.js'
 import type { Endpoint } from '../upstream/endpoint.js'
-import { recordFailure, type VersionRuntime } from './forward.js'
+import { classifyUpstreamError } from '../upstream/classify.js'
+import { recordFailure, warnTls, type VersionRuntime } from './forward.js'
 import { endWith, replyOf } from './replies.js'
 
 /** Where one routed WebSocket request goes. */
@@ -44,15 +45,19 @@ export class WebSocketProxy {
     this.#sockets.add(socket)
     socket.once('close', () => { this.#sockets.delete(socket) })
     const tls = ep.slot.tls
-    const target = tls === undefined ? ep.origin : { ...originParts(ep.origin), ...tls }
-    this.#ws.ws(req, socket, head, { target, secure: tls?.rejectUnauthorized !== false }, (err: Error) => {
+    // https: the slot's agent carries CA, client certificate and the TLS name
+    const opts = tls === undefined ? { target: ep.origin } : { target: ep.origin, agent: ep.slot.wsAgent, secure: tls.rejectUnauthorized !== false }
+    this.#ws.ws(req, socket, head, opts, (err: Error) => {
       const code = (err as NodeJS.ErrnoException).code ?? ''
-      const connect = code === 'ECONNREFUSED' || code === 'ETIMEDOUT' || code === 'EHOSTUNREACH'
+      const failure = classifyUpstreamError(err)
+      const connect = failure.kind === 'connect' || code === 'ECONNREFUSED' || code === 'ETIMEDOUT' || code === 'EHOSTUNREACH'
       rt.observer.upstreamError(connect ? 'connect' : 'reset')
       recordFailure(rt, ep, connect, this.#log)
-      this.#log.debug({ err, route: rt.route, version: rt.version, endpoint: ep.origin }, 'websocket upstream error')
+      const tlsFailed = failure.code === 'CANARYD_ERR_UPSTREAM_TLS'
+      if (tlsFailed) warnTls(rt, ep.origin, err, this.#log)
+      else this.#log.debug({ err, route: rt.route, version: rt.version, endpoint: ep.origin }, 'websocket upstream error')
       // before the 101 the client still speaks HTTP: tell it; after, just close
-      if (socket.writable && (socket as Socket).bytesWritten === 0) endWith(socket, replyOf('CANARYD_ERR_UPSTREAM_CONNECT'))
+      if (socket.writable && (socket as Socket).bytesWritten === 0) endWith(socket, replyOf(tlsFailed ? 'CANARYD_ERR_UPSTREAM_TLS' : 'CANARYD_ERR_UPSTREAM_CONNECT'))
       else socket.destroy()
     })
   }
@@ -79,12 +84,6 @@ export class WebSocketProxy {
     for (const s of this.#sockets) s.destroy(new Error('draining'))
     this.#ws.close()
   }
-}
-
-/** An origin as http-proxy's target object (so TLS options can ride along). */
-function originParts (origin: string): { protocol: string, host: string, port: string } {
-  const u = new URL(origin)
-  return { protocol: u.protocol, host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (u.protocol === 'https:' ? '443' : '80') : u.port }
 }
 
 /**

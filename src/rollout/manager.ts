@@ -18,7 +18,7 @@ export interface RolloutStore {
   weights (route: string): Record<string, number> | undefined
   readonly routeNames: string[]
   setRolloutSummary (fn: (route: string) => unknown): void
-  onChange (listener: (entry: { route: string; source: string }) => void): void
+  onChange (listener: (entry: { route: string; source: string; version?: string }) => void): void
 }
 
 /** The `source` of weight changes made by rollouts, in the audit. */
@@ -93,7 +93,8 @@ export class RolloutManager {
       if (e.source === ROLLOUT_SOURCE || c === undefined || (c.state !== 'progressing' && c.state !== 'awaiting-promotion')) return
       // a reload that removed the canary or stable ends the rollout instead (see reloaded)
       if (this.#missing(e.route, c).length !== 0) return
-      opts.logger.warn({ route: e.route, source: e.source }, 'weights changed outside the rollout: pausing it')
+      const what = e.version === undefined ? 'weights changed' : `version ${e.version} was pointed at new endpoints`
+      opts.logger.warn({ route: e.route, source: e.source }, `${what} outside the rollout: pausing it`)
       c.pause().catch((err: unknown) => opts.logger.error({ err, route: e.route }, 'cannot pause rollout'))
     })
   }

@@ -76,7 +76,7 @@ export function withWeights (spec: RouteSpec, weights: Readonly<Record<string, n
  */
 export function endpointsKey (v: VersionSpec): string {
   const t = v.tls
-  const tls = t === undefined ? '' : [t.ca ?? '', t.servername ?? '', t.cert ?? '', t.key ?? '', t.insecureSkipVerify === true ? '1' : ''].join('\u0001')
+  const tls = t === undefined ? '' : [t.ca ?? '', t.servername ?? '', t.cert ?? '', t.key ?? '', t.insecureSkipVerify === undefined ? '' : String(t.insecureSkipVerify)].join('\u0001')
   return [v.upstream.join(' '), v.balance ?? 'least-request', v.discovery ?? '', tls].join('\u0000')
 }
 

@@ -71,6 +71,20 @@ function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
+/**
+ * True for an origin as canaryd writes them (`checkUpstream`'s output:
+ * http(s), a host, a port other than 0, nothing after): a state file edited
+ * by hand must not hand the pools something they cannot dial.
+ */
+export function isOrigin (s: string): boolean {
+  try {
+    const u = new URL(s)
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === s && u.port !== '0'
+  } catch {
+    return false
+  }
+}
+
 function isOrigins (v: unknown): boolean {
   if (typeof v === 'string') return true
   return Array.isArray(v) && v.length !== 0 && v.every((x) => typeof x === 'string')

@@ -5,7 +5,7 @@ import { upstreamView, withWeights, type RouteSpec, type VersionSpec } from '../
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
-import { checkStateDir, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
+import { checkStateDir, isOrigin, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
 
 /** Options of the runtime store. */
 export interface RuntimeStoreOptions {
@@ -103,7 +103,7 @@ function withUpstreams (spec: RouteSpec, overrides: Readonly<Record<string, Upst
  * The runtime upstreams that still apply to `base` (the config file's
  * route): an override is dropped once the file itself changes that
  * version's upstream (the file is newer than the override then), or the
- * version is gone.
+ * version is gone, or (a hand-edited state file) it is not a list of origins.
  */
 function keptOverrides (base: RouteSpec, overrides: Readonly<Record<string, UpstreamOverride>> | undefined): { kept: Record<string, UpstreamOverride> | undefined; dropped: string[] } {
   if (overrides === undefined) return { kept: undefined, dropped: [] }
@@ -111,7 +111,7 @@ function keptOverrides (base: RouteSpec, overrides: Readonly<Record<string, Upst
   const dropped: string[] = []
   for (const [name, o] of Object.entries(overrides)) {
     const v = base.versions.find((x) => x.name === name)
-    if (v !== undefined && sameList(v.upstream, o.config)) kept[name] = o
+    if (v !== undefined && sameList(v.upstream, o.config) && o.upstream.length !== 0 && o.upstream.every(isOrigin)) kept[name] = o
     else dropped.push(name)
   }
   return { kept: Object.keys(kept).length === 0 ? undefined : kept, dropped }
@@ -171,7 +171,7 @@ export function validateWeights (spec: RouteSpec, weights: unknown): Record<stri
  * old table and the first change would be lost).
  *
  * On construction the state file is read (synchronously, start-up only):
- * for each route whose version set (names and upstreams) is unchanged, the
+ * for each route whose version set (version names) is unchanged, the
  * saved weights and rollout state override the config; where the config
  * changed the versions, the config wins and a warning says so. A corrupt or
  * unreadable file is moved aside and config weights are used.

@@ -1,3 +1,4 @@
+import { Agent as HttpsAgent } from 'node:https'
 import { buildConnector, Pool } from 'undici'
 import type { Logger } from '../logger.js'
 import { DnsResolver, DnsWatch, discoveryHost, endpointOrigin } from './dns.js'
@@ -49,6 +50,37 @@ export interface UpstreamSlot {
    */
   readonly servername: string | undefined
   inFlight: number
+  /**
+   * Requests holding this pool, from routing until their response closes
+   * (`holdSlot` / `releaseSlot`): a pool a swap no longer lists is closed
+   * only when the last one lets go, so a request routed before the swap can
+   * still dispatch there (a body that arrives late, a retry).
+   */
+  refs: number
+  /** No endpoint lists it any more: closed when `refs` reaches 0. */
+  retired: boolean
+  /**
+   * For https: an agent with the TLS options for WebSocket upgrades
+   * (http-proxy copies CA and certificate from its target but not the
+   * server name, so without it Node would verify the client's Host).
+   */
+  readonly wsAgent: HttpsAgent | undefined
+}
+
+/** A request routed to `s` holds it until its response closes. */
+export function holdSlot (s: UpstreamSlot): void {
+  s.refs++
+}
+
+/** Lets go of `s`; the last request on a retired pool closes it. */
+export function releaseSlot (s: UpstreamSlot): void {
+  if (--s.refs === 0 && s.retired) closeSlot(s)
+}
+
+/** Graceful: requests in flight finish, then the sockets close. */
+function closeSlot (s: UpstreamSlot): void {
+  void s.pool.close().catch(() => {})
+  s.http.close()
 }
 
 /** A group and what keeps it current. */
@@ -248,9 +280,9 @@ export class Upstreams {
     for (const [k, s] of this.#slots) {
       if (dialled.has(s)) continue
       this.#slots.delete(k)
-      // graceful: requests in flight (a swap never cuts one) finish, then the sockets close
-      void s.pool.close().catch(() => {})
-      s.http.close()
+      // requests routed before the swap may still dispatch here (a retry, a late body): close after the last
+      s.retired = true
+      if (s.refs === 0) closeSlot(s)
     }
   }
 
@@ -283,7 +315,7 @@ export class Upstreams {
         pipelining: 1
       })
       const http = new HttpOrigin(origin, { connectTimeoutMs: o.connectTimeoutMs, responseTimeoutMs: o.responseTimeoutMs, bodyTimeoutMs: o.bodyTimeoutMs, connections: o.connections, keepAliveMs: o.keepAliveMs, tls: connect })
-      s = { origin, pool, http, cap: o.maxInFlight ?? 0, tls: connect, servername: connect === undefined ? undefined : String(connect.servername ?? '') || new URL(origin).hostname, inFlight: 0 }
+      s = { origin, pool, http, cap: o.maxInFlight ?? 0, tls: connect, servername: connect === undefined ? undefined : String(connect.servername ?? '') || new URL(origin).hostname, inFlight: 0, refs: 0, retired: false, wsAgent: connect === undefined ? undefined : new HttpsAgent({ ...connect, keepAlive: false }) }
       this.#slots.set(key, s)
     }
     return s
