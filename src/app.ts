@@ -107,11 +107,11 @@ export function dnsServers (config: Config): string[] {
 
 /**
  * Checks the upstream TLS files of a config (static `upstream.tls` and each
- * https version's own `tls`): readable, PEM that parses, cert and key
- * matching. Throws a ConfigError naming the key; returns where certificate
- * verification is off, for a warn line at start and on reload.
+ * version's own `tls` over it): readable, PEM that parses, cert and key
+ * matching. Throws a ConfigError naming the key. Run by `serve` and
+ * `validate` before anything starts, and by every reload.
  */
-export function checkUpstreamTls (config: Config): string[] {
+export function checkUpstreamTls (config: Config): void {
   const defaults = staticTls(config)
   const load = (tls: UpstreamTls, at: string): void => {
     try {
@@ -121,19 +121,17 @@ export function checkUpstreamTls (config: Config): string[] {
     }
   }
   if (defaults !== undefined) load(defaults, 'upstream.tls')
-  const insecure: string[] = []
-  if (defaults?.insecureSkipVerify === true) insecure.push('upstream.tls')
   config.routes.forEach((r, i) => r.versions.forEach((v, j) => {
-    if (v.tls === undefined) return
-    const merged = mergeTls(defaults, v.tls)
+    const merged = v.tls === undefined ? undefined : mergeTls(defaults, v.tls)
     if (merged !== undefined) load(merged, `routes[${i}].versions[${j}].tls`)
-    if (v.tls.insecureSkipVerify === true) insecure.push(`route ${r.name} version ${v.name}`)
   }))
-  return insecure
 }
 
-/** Logs, at warn, every place where upstream certificates are not verified. */
-export function warnInsecure (logger: Logger, where: readonly string[]): void {
+/** Logs, at warn, every place where upstream certificates are not verified (at start and after a reload). */
+export function warnInsecure (logger: Logger, config: Config): void {
+  const where: string[] = []
+  if (config.upstream.tls.insecureSkipVerify) where.push('upstream.tls')
+  for (const r of config.routes) for (const v of r.versions) if (v.tls?.insecureSkipVerify === true) where.push(`route ${r.name} version ${v.name}`)
   for (const w of where) logger.warn({ where: w }, 'upstream TLS: insecureSkipVerify is on, certificates are not verified (testing only)')
 }
 
@@ -215,10 +213,9 @@ function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts
     // source is the file's absolute path; built from an object it is '' or a label
     if (!isAbsolute(config.source)) throw new CanarydError('CANARYD_ERR_RELOAD_UNAVAILABLE', 'this instance was not started from a config file: nothing to reload')
     let next: Config
-    let insecure: string[]
     try {
       next = await reloadConfig(config.source)
-      insecure = checkUpstreamTls(next)
+      checkUpstreamTls(next)
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err
       logger.error({ config: config.source }, `reload refused, nothing changed: ${err.message}`)
@@ -228,7 +225,7 @@ function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts
     const summary = await state.reload(next.routes, { source: 'reload', address, reason: 'config file reloaded' })
     // rollouts whose route or versions the reload removed end before the reload answers
     await rollouts.reloaded(summary.removed)
-    warnInsecure(logger, insecure)
+    warnInsecure(logger, next)
     if (restart.length !== 0) logger.warn({ keys: restart }, 'reload: these static keys changed and need a restart; they were not applied')
     logger.info({ ...summary, restartRequired: restart }, 'config reloaded')
     return { ...summary, restartRequired: restart }
@@ -299,7 +296,7 @@ export class App {
     this.config = config
     this.logger = opts.logger ?? createLogger(config.log.level, undefined, { maxBufferBytes: config.log.maxBufferBytes })
     // the state file's weights (where still valid) override the config's before the first table is built
-    warnInsecure(this.logger, checkUpstreamTls(config))
+    warnInsecure(this.logger, config)
     // a change's new DNS names are resolved before its table is swapped in (see Upstreams.warm)
     this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) } })
     this.holder = this.state.holder

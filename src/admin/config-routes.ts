@@ -36,21 +36,22 @@ export function registerReloadRoute (admin: Pick<AdminServer, 'addRoute'>, reloa
  */
 export function registerVersionRoutes (admin: Pick<AdminServer, 'addRoute'>, store: RuntimeStore): void {
   const path = '/api/v1/routes/{route}/versions/{version}'
-  const find = (route: string, version: string): { view: NonNullable<ReturnType<RuntimeStore['routeView']>>, spec: VersionSpec } => {
-    const view = store.routeView(route)
-    if (view === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: store.routeNames.join(', ') })
-    const spec = store.specs.find((s) => s.name === route)!.versions.find((v) => v.name === version)
-    if (spec === undefined) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(version), versions: view.versions.map((v) => v.name).join(', ') })
-    return { view, spec }
+  /** The version's spec in force, or the 404 naming what exists. */
+  const find = (route: string, version: string): VersionSpec => {
+    const r = store.specs.find((s) => s.name === route)
+    if (r === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: store.routeNames.join(', ') })
+    const spec = r.versions.find((v) => v.name === version)
+    if (spec === undefined) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(version), versions: r.versions.map((v) => v.name).join(', ') })
+    return spec
   }
   admin.addRoute('GET', path, (q) => {
-    const { view } = find(q.params.route!, q.params.version!)
-    return { json: view.versions.find((v) => v.name === q.params.version)! }
+    find(q.params.route!, q.params.version!)
+    return { json: store.routeView(q.params.route!)!.versions.find((v) => v.name === q.params.version)! }
   })
   admin.addRoute('PUT', path, async (q) => {
     const route = q.params.route!
     const version = q.params.version!
-    const { spec } = find(route, version)
+    const spec = find(route, version)
     const body = await q.json()
     if (!isObj(body)) throw new CanarydError('CANARYD_ERR_INVALID_BODY', 'the body must be a JSON object like {"upstream":"http://10.0.0.9:8080","reason":"…"} or {"upstream":["http://…","http://…"]}')
     for (const k of Object.keys(body)) {

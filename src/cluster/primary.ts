@@ -18,7 +18,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { addLogReadout, announceStarted, checkUpstreamTls, createControlPlane, warnInsecure, type ControlPlane } from '../app.js'
+import { addLogReadout, announceStarted, createControlPlane, warnInsecure, type ControlPlane } from '../app.js'
 import type { Config } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
@@ -74,7 +74,7 @@ export class ClusterPrimary {
     // the primary's own registry: process metrics of the primary and the rollout metrics
     this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
     if (this.#own !== undefined) addLogReadout(this.#own)
-    warnInsecure(opts.logger, checkUpstreamTls(opts.config))
+    warnInsecure(opts.logger, opts.config)
     this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger })
     this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', routes: [...this.state.specs], generation: table.generation }) })
     const own = this.#own

@@ -50,7 +50,8 @@ export class WebSocketProxy {
     this.#ws.ws(req, socket, head, opts, (err: Error) => {
       const code = (err as NodeJS.ErrnoException).code ?? ''
       const failure = classifyUpstreamError(err)
-      const connect = failure.kind === 'connect' || code === 'ECONNREFUSED' || code === 'ETIMEDOUT' || code === 'EHOSTUNREACH'
+      // http-proxy's own socket reports a connect timeout as ETIMEDOUT, which undici never does
+      const connect = failure.kind === 'connect' || code === 'ETIMEDOUT'
       rt.observer.upstreamError(connect ? 'connect' : 'reset')
       recordFailure(rt, ep, connect, this.#log)
       const tlsFailed = failure.code === 'CANARYD_ERR_UPSTREAM_TLS'

@@ -73,10 +73,11 @@ export class RouteHealth {
   /** Ejects `e` for `ejectionMs` when the rules allow it (passive or active check); returns what it ejected. */
   eject (index: number, e: Endpoint): Ejection {
     const g = this.groups[index]!
-    if (e.ejectedUntil !== 0 && e.ejectedUntil > this.#now()) return 'none'
+    const now = this.#now()
+    if (e.ejectedUntil !== 0 && e.ejectedUntil > now) return 'none'
     const last = !g.healthy.some((o) => o !== e)
     if (last && !this.hasOtherHealthy(index)) return 'none'
-    g.eject(e, this.#now() + this.#opts.ejectionMs)
+    g.eject(e, now + this.#opts.ejectionMs)
     return last ? 'version' : 'endpoint'
   }
 

@@ -1,8 +1,9 @@
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
-import { isIP, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { errors } from 'undici'
+import { connectOptions, loadTls } from './tls.js'
 
 /**
  * The callbacks an exchange drives: the same core handler shape undici's
@@ -55,8 +56,6 @@ export class HttpOrigin {
   readonly #request: typeof httpRequest
   readonly #base: RequestOptions
   readonly #tls: boolean
-  /** upstream TLS `servername`: overrides the name taken from Host, as for undici's pool. */
-  readonly #servername: string | undefined
   /** host[:port] of the origin, the Host sent when the client sent none (HTTP/1.0), as undici does. */
   readonly #host: string
   readonly #opts: HttpClientOptions
@@ -73,11 +72,12 @@ export class HttpOrigin {
       // reuse the most recent socket: fewer sockets stay warm, the idle ones time out
       scheduling: 'lifo' as const
     }
-    this.#agent = tls ? new HttpsAgent({ ...agentOpts, ...opts.tls }) : new HttpAgent(agentOpts)
+    // the agent's TLS options (servername included) win over each request's, so the
+    // name verified is the configured one or the origin's, never the client's Host
+    this.#agent = tls ? new HttpsAgent({ ...agentOpts, ...(opts.tls ?? connectOptions(loadTls({}, origin), origin)) }) : new HttpAgent(agentOpts)
     this.#request = tls ? httpsRequest as typeof httpRequest : httpRequest
     this.#base = { protocol: u.protocol, hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? (tls ? 443 : 80) : Number(u.port), agent: this.#agent }
     this.#tls = tls
-    this.#servername = typeof opts.tls?.servername === 'string' ? opts.tls.servername : undefined
     this.#host = u.host
     this.#opts = opts
   }
@@ -87,12 +87,8 @@ export class HttpOrigin {
     // without a Content-Length Node would frame a DELETE or OPTIONS body by closing
     // the connection: chunked, said explicitly, frames every method the same way
     let headers = chunked ? [...req.headers, 'transfer-encoding', 'chunked'] : req.headers
-    const host = hostOf(headers)
-    if (host === undefined) headers = [...headers, 'host', this.#host]
+    if (hostOf(headers) === undefined) headers = [...headers, 'host', this.#host]
     const options: RequestOptions = { ...this.#base, method: req.method, path: req.path, headers, setHost: false }
-    // TLS names the host the client asked for, as undici does (it derives
-    // servername from Host): both clients then verify the same certificate
-    if (this.#tls) (options as { servername?: string }).servername = this.#servername ?? serverName(host ?? this.#host)
     let cr: ClientRequest
     try {
       cr = this.#request(options)
@@ -132,15 +128,6 @@ function hostOf (headers: readonly string[]): string | undefined {
     if (n.length === 4 && n.toLowerCase() === 'host') return headers[i + 1]
   }
   return undefined
-}
-
-/** undici's rule for the TLS server name: the Host without its port, none for an IP literal. */
-function serverName (host: string): string {
-  let name = host
-  if (name.startsWith('[')) return '' // IPv6 literal
-  const colon = name.indexOf(':')
-  if (colon !== -1) name = name.slice(0, colon)
-  return isIP(name) === 0 ? name : ''
 }
 
 /**

@@ -125,7 +125,6 @@ export class Upstreams {
   readonly #resolver: DnsResolver
   readonly #opts: UpstreamOptions
   readonly #now: Clock
-  #closed = false
 
   constructor (opts: UpstreamOptions) {
     this.#opts = opts
@@ -222,9 +221,12 @@ export class Upstreams {
     return e
   }
 
-  /** A DNS answer changed: rebuild the group's endpoints from every name's last good answer. */
+  /**
+   * A DNS answer changed: rebuild the group's endpoints from every name's
+   * last good answer. Only live groups hear it: `commit` and `close` stop the
+   * watches of groups they drop, and a stopped watch never calls back.
+   */
   #dnsChanged (entry: GroupEntry, host: string, addresses: readonly string[]): void {
-    if (this.#closed || ![...this.#groups.values()].includes(entry)) return
     this.#dns.set(host, [...addresses])
     const g = entry.group
     const before = g.all.map((e) => e.origin)
@@ -332,7 +334,6 @@ export class Upstreams {
 
   /** Closes every pool, letting in-flight requests finish; stops DNS watches. */
   async close (): Promise<void> {
-    this.#closed = true
     for (const entry of this.#groups.values()) for (const w of entry.watches) w.stop()
     await Promise.all([...this.#slots.values()].map(async (s) => { await s.pool.close() }))
     // called after the drain: what is left on the http client is idle keep-alive sockets

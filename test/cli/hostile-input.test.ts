@@ -1,9 +1,8 @@
-import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { CLI, ensureBuilt, runCli } from '../helpers/cli.js'
+import { ensureBuilt, runCli } from '../helpers/cli.js'
 
 // A hostile new user against start-up and the config paths: `validate`, `config print` and
 // `serve` with broken files, wrong types, bad environment values and bad arguments. The rule
@@ -64,16 +63,7 @@ function assertOneLine (t: Test, stderr: string, want: RegExp, what: string): vo
  * exits in well under a second even on a loaded CI machine): the result says whether it was killed. Bounded, so a start-up bug that lets serve run cannot hang the file.
  */
 async function runServe (args: string[], env: Record<string, string> = {}, ms = 4000): Promise<{ code: number | null; killed: boolean; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, 'serve', ...args], { env: { ...process.env, NODE_OPTIONS: '', LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  let killed = false
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const timer = setTimeout(() => { killed = true; child.kill('SIGKILL') }, ms)
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  clearTimeout(timer)
-  return { code, killed, stdout, stderr }
+  return await runCli(['serve', ...args], { NODE_OPTIONS: '', ...env }, ms)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,10 +11,20 @@ import { startDnsServer } from '../helpers/dns.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, type TestProxy } from '../helpers/proxy.js'
 import {
-  adminCall, configDir, endpointGauge, postReload, rawConfig, routeFile, sleep,
-  startFileProxy, until, writeConfig, type FileProxy
+  adminCall,
+  configDir,
+  endpointGauge,
+  type FileProxy,
+  fileProxy,
+  postReload,
+  rawConfig,
+  routeFile,
+  sleep,
+  startFileProxy,
+  until,
+  writeConfig
 } from '../helpers/reload.js'
-import { refusedOrigin, startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream, startUpstreams, type TestUpstream } from '../helpers/upstream.js'
 
 // Issue 13, second reader: attacks on endpoint groups, balancers, reload and
 // the versions API, against real servers on 127.0.0.1. Each test names the
@@ -24,20 +34,6 @@ import { refusedOrigin, startUpstream, type TestUpstream } from '../helpers/upst
 ensureBuilt()
 
 interface ErrorBody { error: { code: string; message: string } }
-
-async function upstreams (t: Test, names: string[]): Promise<Record<string, TestUpstream>> {
-  const out: Record<string, TestUpstream> = {}
-  for (const n of names) out[n] = await startUpstream(n)
-  t.teardown(async () => { for (const u of Object.values(out)) await u.close() })
-  return out
-}
-
-async function fileProxy (t: Test, routes: unknown[], extra: Record<string, unknown> = {}): Promise<FileProxy & { write: (routes: unknown[], extra?: Record<string, unknown>) => void, dir: string }> {
-  const d = configDir()
-  const p = await startFileProxy(d.file, d.stateFile, rawConfig(d.stateFile, routes, extra))
-  t.teardown(async () => { await p.close() })
-  return { ...p, dir: d.dir, write: (r, e = extra) => { writeConfig(d.file, rawConfig(d.stateFile, r, e)) } }
-}
 
 async function inProc (t: Test, routes: unknown[], extra: Record<string, unknown> = {}): Promise<TestProxy> {
   const p = await startProxy(testConfig(routes, extra))
@@ -99,7 +95,7 @@ async function chunkedAfter (url: string, before: () => Promise<unknown>): Promi
 // ------------------------------------------------------------------ bugs
 
 t.test('a GET reset by its upstream is retried even when a PUT removed that endpoint meanwhile (in-flight requests finish where they started)', async (t) => {
-  const u = await upstreams(t, ['b', 'c'])
+  const u = await startUpstreams(t, ['b', 'c'])
   // control: with no change in between, the reset is retried on the same endpoint and succeeds
   const ctl = await resetFirst(t, 'a0')
   const p0 = await inProc(t, [web(ctl.up.origin, u.c!.origin)], { health: { consecutiveFailures: 0 } })
@@ -119,7 +115,7 @@ t.test('a GET reset by its upstream is retried even when a PUT removed that endp
 })
 
 t.test('a chunked request whose body arrives after a PUT moved its version is served, not 502 (upstream.largeBodyBytes: 0)', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p0 = await inProc(t, [web(u.a!.origin, u.c!.origin)], { upstream: { largeBodyBytes: 0 } })
   t.equal(await chunkedAfter(p0.url, async () => {}), 200, 'control: without a change in between, 200')
   const p = await inProc(t, [web(u.a!.origin, u.c!.origin)], { upstream: { largeBodyBytes: 0 } })
@@ -131,7 +127,7 @@ t.test('round-robin never answers 503 overloaded while another endpoint of the v
   let hold: Array<() => void> = []
   const slow = await startUpstream('slow', (_req, res) => { hold.push(() => { res.setHeader('x-upstream', 'slow'); res.end('slow') }) })
   t.teardown(async () => { for (const h of hold) h(); hold = []; await slow.close() })
-  const u = await upstreams(t, ['fast', 'c'])
+  const u = await startUpstreams(t, ['fast', 'c'])
   const p = await inProc(t, [web([slow.origin, u.fast!.origin], u.c!.origin, {}, [100, 0], [{ balance: 'round-robin' }, {}])], { upstream: { maxInFlight: 2 }, health: { consecutiveFailures: 0 } })
   // round robin sends every other request to `slow`, which holds them: it fills up (2 in flight)
   const pending = Array.from({ length: 4 }, async (_, i) => await get(p.url, { 'x-user-id': `h${i}` }))
@@ -145,7 +141,7 @@ t.test('round-robin never answers 503 overloaded while another endpoint of the v
 })
 
 t.test('a state file whose runtime upstream is not a valid origin does not stop start-up: the config\'s upstream is used', async (t) => {
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   for (const bad of ['garbage', 'ftp://127.0.0.1:1', 'http://127.0.0.1:1/path']) {
     const d = configDir()
     // a file from another build, or edited by hand: the shape is right, the origin is not
@@ -171,7 +167,7 @@ t.test('a state file whose runtime upstream is not a valid origin does not stop 
 })
 
 t.test('hash balancing spreads override requests that carry no sticky key over the endpoints', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'x', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'x', 'c'])
   const p = await inProc(t, [web([u.a!.origin, u.b!.origin, u.x!.origin], u.c!.origin, {}, [0, 100], [{ balance: 'hash' }, {}])])
   const seen = new Set<string>()
   for (let i = 0; i < 30; i++) seen.add((await get(p.url, { 'x-canary': 'stable' })).upstream)
@@ -180,7 +176,7 @@ t.test('hash balancing spreads override requests that carry no sticky key over t
 })
 
 t.test('an origin with port 0 (never dialable) is refused by PUT versions and by the config', async (t) => {
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const p = await inProc(t, [web(u.a!.origin, u.c!.origin)])
   const r = await adminCall(p.adminUrl, 'PUT', '/api/v1/routes/web/versions/stable', { upstream: 'http://127.0.0.1:0' })
   t.equal(r.status, 400, `PUT answers 400 CANARYD_ERR_INVALID_UPSTREAM (got ${r.status})`)
@@ -198,7 +194,7 @@ t.test('an origin with port 0 (never dialable) is refused by PUT versions and by
 
 t.test('held: a refused endpoint is retried on another one (retries=1) and its streak ejects it', async (t) => {
   const dead = await refusedOrigin()
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const p = await inProc(t, [web([dead, u.a!.origin], u.c!.origin, {}, [100, 0], [{ balance: 'round-robin' }, {}])], { health: { consecutiveFailures: 3, ejectionMs: 60000 } })
   const res = []
   for (let i = 0; i < 10; i++) res.push(await get(p.url, { 'x-user-id': `r${i}` }))
@@ -208,7 +204,7 @@ t.test('held: a refused endpoint is retried on another one (retries=1) and its s
 
 t.test('held: a reload that changes only the balancing keeps the endpoints\' ejections', async (t) => {
   const dead = await refusedOrigin()
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const p = await fileProxy(t, [web([dead, u.a!.origin], u.c!.origin, {}, [100, 0], [{ balance: 'round-robin' }, {}])], { health: { consecutiveFailures: 2, ejectionMs: 60000 } })
   for (let i = 0; i < 6; i++) await get(p.url, { 'x-user-id': `r${i}` })
   t.same(await endpointGauge(p.adminUrl, 'web', 'stable'), { healthy: 1, ejected: 1 })
@@ -220,7 +216,7 @@ t.test('held: a reload that changes only the balancing keeps the endpoints\' eje
 t.test('held: a version whose endpoints are all ejected is back at once when a PUT replaces them', async (t) => {
   const d1 = await refusedOrigin()
   const d2 = await refusedOrigin()
-  const u = await upstreams(t, ['a', 'b'])
+  const u = await startUpstreams(t, ['a', 'b'])
   const p = await inProc(t, [web([d1, d2], u.a!.origin, {}, [50, 50])], { health: { consecutiveFailures: 1, ejectionMs: 60000 } })
   for (let i = 0; i < 10; i++) await get(p.url, { 'x-canary': 'stable', 'x-user-id': `e${i}` })
   t.same(await endpointGauge(p.adminUrl, 'web', 'stable'), { healthy: 0, ejected: 2 })
@@ -233,7 +229,7 @@ t.test('held: a version whose endpoints are all ejected is back at once when a P
 })
 
 t.test('held: hash balancing keeps a user on one endpoint with or without the override header', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'x', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'x', 'c'])
   const p = await inProc(t, [web([u.a!.origin, u.b!.origin, u.x!.origin], u.c!.origin, {}, [100, 0], [{ balance: 'hash' }, {}])])
   const moved: string[] = []
   const spread = new Set<string>()
@@ -248,7 +244,7 @@ t.test('held: hash balancing keeps a user on one endpoint with or without the ov
 })
 
 t.test('held: concurrent PUT versions, PUT weights and reloads leave memory, state file and audit in step', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const p = await fileProxy(t, [web(u.a!.origin, u.c!.origin, {}, [50, 50])])
   const origins = [u.a!.origin, u.b!.origin, u.c!.origin, u.d!.origin]
   const ops: Array<Promise<number>> = []
@@ -271,7 +267,7 @@ t.test('held: concurrent PUT versions, PUT weights and reloads leave memory, sta
 })
 
 t.test('held: a reload that removes a version drops its metric series and gauge', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p = await fileProxy(t, [routeFile('web', [{ name: 'stable', upstream: u.a!.origin, weight: 50 }, { name: 'canary', upstream: u.b!.origin, weight: 50 }, { name: 'old', upstream: u.c!.origin, weight: 0 }])])
   t.equal((await get(p.url, { 'x-canary': 'old' })).upstream, 'c')
   p.write([web(u.a!.origin, u.b!.origin, {}, [50, 50])])
@@ -283,7 +279,7 @@ t.test('held: a reload that removes a version drops its metric series and gauge'
 t.test('held: the DNS watch of a version a reload removed stops querying', async (t) => {
   const dns = await startDnsServer()
   t.teardown(async () => { await dns.close() })
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const NAME = 'svc.attack.test'
   dns.set(NAME, ['127.0.0.1'])
   const dnsOpts = { upstream: { dnsServers: dns.server, dnsRefreshMs: 100 } }
@@ -301,7 +297,7 @@ t.test('held: a reload naming a DNS server that never answers is bounded; the ve
   const dns = await startDnsServer()
   t.teardown(async () => { await dns.close() })
   dns.fail('dead.attack.test', 'DROP')
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const dnsOpts = { upstream: { dnsServers: dns.server, dnsRefreshMs: 200 } }
   const p = await fileProxy(t, [web(u.a!.origin, u.c!.origin, {}, [50, 50])], dnsOpts)
   p.write([web(u.a!.origin, `http://dead.attack.test:${new URL(u.c!.origin).port}`, {}, [50, 50], [{}, { discovery: 'dns' }])], dnsOpts)
@@ -316,7 +312,7 @@ t.test('held: a reload naming a DNS server that never answers is bounded; the ve
 })
 
 t.test('held: the sockets to an origin a PUT removed all close; pools stay bounded', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   let open = 0
   u.a!.server.on('connection', (s) => { open++; s.on('close', () => { open-- }) })
   const p = await inProc(t, [web(u.a!.origin, u.c!.origin)])
@@ -328,7 +324,7 @@ t.test('held: the sockets to an origin a PUT removed all close; pools stay bound
 })
 
 t.test('held: 150 PUT swaps under keep-alive load fail no request and leak no fd or pool', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p = await inProc(t, [web(u.a!.origin, u.c!.origin, {}, [50, 50])])
   const agent = new Agent({ connections: 8 })
   t.teardown(async () => { await agent.close() })
@@ -363,7 +359,7 @@ t.test('held: 150 PUT swaps under keep-alive load fail no request and leak no fd
 })
 
 t.test('held: hostile PUT versions bodies and paths are refused and change nothing', async (t) => {
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const p = await inProc(t, [web(u.a!.origin, u.c!.origin)])
   const bad: unknown[] = [
     Array.from({ length: 65 }, (_, i) => `http://127.0.0.1:${1000 + i}`),
@@ -385,7 +381,7 @@ t.test('held: hostile PUT versions bodies and paths are refused and change nothi
 })
 
 t.test('held: a restart with a config that changed the overridden version drops the runtime upstream, in memory and then in the file', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const d = configDir()
   const p1 = await startFileProxy(d.file, d.stateFile, rawConfig(d.stateFile, [web(u.a!.origin, u.c!.origin, {}, [50, 50])]))
   t.equal((await adminCall(p1.adminUrl, 'PUT', '/api/v1/routes/web/versions/canary', { upstream: u.b!.origin })).status, 200)
@@ -407,7 +403,7 @@ t.test('held: an unreadable TLS file on reload is a 400 that changes nothing; a 
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
   const origin = `https://localhost:${(server.address() as AddressInfo).port}`
-  const u = await upstreams(t, ['c'])
+  const u = await startUpstreams(t, ['c'])
   const wrong = `${pki.dir}/wrong.pem`
   copyFileSync(pki.clientCa.certPath, wrong) // does not sign the server's certificate
   const p = await fileProxy(t, [web(origin, u.c!.origin, {}, [100, 0], [{ tls: { ca: wrong } }, {}])], { health: { consecutiveFailures: 0 } })
@@ -424,7 +420,7 @@ t.test('held: an unreadable TLS file on reload is a 400 that changes nothing; a 
 })
 
 t.test('held: cluster: a versions PUT reaches every worker; SIGHUP to the whole process group reloads and kills no worker', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const d = configDir()
   writeConfig(d.file, rawConfig(d.stateFile, [web(u.a!.origin, u.c!.origin)]))
   // its own process group, so the SIGHUP below reaches primary and workers, and not tap

@@ -23,16 +23,21 @@ export function ensureBuilt (): void {
 /**
  * Runs `canaryd ARGS` asynchronously (an admin server in the test's own
  * process must keep answering, so a sync spawn would block it). The admin
- * URL and token variables are cleared unless `env` sets them.
+ * URL and token variables are cleared unless `env` sets them. With
+ * `killAfterMs` the process is killed if still running then (`killed`).
  */
-export async function runCli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function runCli (args: string[], env: Record<string, string> = {}, killAfterMs?: number): Promise<{ code: number | null; stdout: string; stderr: string; killed: boolean }> {
   const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
+  let killed = false
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  // bounded when asked: a `serve` that starts when it should have refused must not hang the test
+  const timer = killAfterMs === undefined ? undefined : setTimeout(() => { killed = true; child.kill('SIGKILL') }, killAfterMs)
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  return { code, stdout, stderr }
+  clearTimeout(timer)
+  return { code, stdout, stderr, killed }
 }
 
 /**

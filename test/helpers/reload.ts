@@ -117,6 +117,17 @@ export async function startFileProxy (file: string, stateFile: string, raw: unkn
 }
 
 /** `POST /api/v1/reload` (with a Bearer token when given). */
+/** A file-started proxy (closed in teardown) whose `write` replaces its config's routes (then reload it). */
+export type ReloadableProxy = FileProxy & { dir: string, write: (routes: unknown[], extra?: Record<string, unknown>) => void }
+
+/** Starts an App from a config file in a temp dir holding `routes` (and top-level `extra`); closed in teardown. */
+export async function fileProxy (t: { teardown: (fn: () => Promise<void>) => void }, routes: unknown[], extra: Record<string, unknown> = {}): Promise<ReloadableProxy> {
+  const d = configDir()
+  const p = await startFileProxy(d.file, d.stateFile, rawConfig(d.stateFile, routes, extra))
+  t.teardown(async () => { await p.close() })
+  return { ...p, dir: d.dir, write: (r, e = extra) => { writeConfig(d.file, rawConfig(d.stateFile, r, e)) } }
+}
+
 export async function postReload (adminUrl: string, token?: string): Promise<Reply> {
   const headers: Record<string, string> = {}
   if (token !== undefined) headers.authorization = `Bearer ${token}`

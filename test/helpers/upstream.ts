@@ -65,6 +65,17 @@ export async function startUpstream (name: string, handler?: (req: IncomingMessa
 }
 
 /** An origin where nothing listens: a loopback port bound, then closed (connections to it are refused). */
+/**
+ * Several named upstreams (`startUpstream` each), closed in teardown; closing
+ * one a test already closed is not an error.
+ */
+export async function startUpstreams (t: { teardown: (fn: () => Promise<void>) => void }, names: string[]): Promise<Record<string, TestUpstream>> {
+  const out: Record<string, TestUpstream> = {}
+  for (const n of names) out[n] = await startUpstream(n)
+  t.teardown(async () => { for (const u of Object.values(out)) await u.close().catch(() => {}) })
+  return out
+}
+
 export async function refusedOrigin (): Promise<string> {
   const s = createNetServer()
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,6 +8,7 @@ import { pickVersion } from '../../src/routing/pick.js'
 import { buildRoutingTable } from '../../src/routing/table.js'
 import { configFromObject } from '../../src/config/load.js'
 import { send } from '../helpers/http.js'
+import { serve, type Served } from '../helpers/reload.js'
 import { startUpstream } from '../helpers/upstream.js'
 
 // `canaryd serve --workers 2` as users run it: the built CLI, real upstreams, real HTTP.
@@ -26,14 +27,8 @@ function cpuTicks (pid: number): number {
   }
 }
 
-interface Cluster {
-  child: ChildProcess
-  proxy: string
-  admin: string
-  workers: number[]
-  log: () => string
-  exited: Promise<number | null>
-}
+/** A `canaryd serve --workers 2` process. */
+type Cluster = Served
 
 async function startCluster (origins: { stable: string, canary: string }, weights: [number, number], extra: Record<string, unknown> = {}): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
@@ -50,16 +45,7 @@ async function startCluster (origins: { stable: string, canary: string }, weight
   }
   const file = join(dir, 'canaryd.json')
   writeFileSync(file, JSON.stringify(raw))
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', file, '--workers', '2'], { env: { ...process.env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  child.stdout!.on('data', (c: Buffer) => { out += c.toString() })
-  child.stderr!.on('data', (c: Buffer) => { out += c.toString() })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  for (let i = 0; i < 200 && !out.includes('canaryd started'); i++) await sleep(50)
-  const line = out.split('\n').find((l) => l.includes('canaryd started'))
-  if (line === undefined) throw new Error(`cluster did not start: ${out}`)
-  const started = JSON.parse(line) as { proxy: string, admin: string, workers: number[] }
-  return { child, proxy: `http://${started.proxy}`, admin: `http://${started.admin}`, workers: started.workers, log: () => out, exited }
+  return await serve(file, ['--workers', '2'])
 }
 
 /** Sum of canaryd_requests_total per version from the admin /metrics. */

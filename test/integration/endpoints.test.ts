@@ -5,7 +5,7 @@ import { startDnsServer } from '../helpers/dns.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, type TestProxy } from '../helpers/proxy.js'
 import { adminCall, endpointGauge, metricSamples, routeFile, sleep, until, type VersionFile } from '../helpers/reload.js'
-import { startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { startUpstream, startUpstreams } from '../helpers/upstream.js'
 
 // Issue 13 A and B, black-box: a version is a group of endpoints with a
 // balancer; endpoints are ejected one by one; the version pick never changes.
@@ -13,14 +13,6 @@ import { startUpstream, type TestUpstream } from '../helpers/upstream.js'
 interface Hit { status: number; version: string; upstream: string }
 
 /** Upstreams named after their endpoint (`x-upstream` of every answer), closed at teardown. */
-async function upstreams (t: Test, names: string[]): Promise<Record<string, TestUpstream>> {
-  const out: Record<string, TestUpstream> = {}
-  for (const n of names) out[n] = await startUpstream(n)
-  // close() of an already closed upstream must not throw
-  t.teardown(async () => { for (const u of Object.values(out)) await u.close().catch(() => {}) })
-  return out
-}
-
 async function proxy (t: Test, versions: VersionFile[], extra: Record<string, unknown> = {}): Promise<{ p: TestProxy; pool: Pool }> {
   const p = await startProxy(testConfig([routeFile('web', versions)], extra))
   const pool = new Pool(p.url, { connections: 16 })
@@ -52,7 +44,7 @@ function tally (values: string[]): Record<string, number> {
 }
 
 t.test('round-robin spreads 300 requests over 3 endpoints within ±10% of equal', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const { pool } = await proxy(t, [
     { name: 'stable', upstream: [u.a!.origin, u.b!.origin, u.c!.origin], weight: 100, balance: 'round-robin' },
     { name: 'canary', upstream: u.d!.origin, weight: 0 }
@@ -76,7 +68,7 @@ for (const balance of [undefined, 'least-request'] as const) {
       }, 300)
     })
     t.teardown(async () => { await slow.close() })
-    const u = await upstreams(t, ['fast1', 'fast2', 'canary'])
+    const u = await startUpstreams(t, ['fast1', 'fast2', 'canary'])
     const stable: VersionFile = { name: 'stable', upstream: [u.fast1!.origin, slow.origin, u.fast2!.origin], weight: 100 }
     if (balance !== undefined) stable.balance = balance
     const { pool } = await proxy(t, [stable, { name: 'canary', upstream: u.canary!.origin, weight: 0 }])
@@ -102,7 +94,7 @@ for (const balance of [undefined, 'least-request'] as const) {
 }
 
 t.test('hash: a sticky key always hits the same endpoint; removing one of 3 endpoints moves only its keys, never a user\'s version', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const { p, pool } = await proxy(t, [
     { name: 'stable', upstream: [u.a!.origin, u.b!.origin, u.c!.origin], weight: 50, balance: 'hash' },
     { name: 'canary', upstream: u.d!.origin, weight: 50 }
@@ -137,7 +129,7 @@ t.test('hash: a sticky key always hits the same endpoint; removing one of 3 endp
 })
 
 t.test('passive outlier detection ejects a dead endpoint; its version keeps serving from the others', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const { p, pool } = await proxy(t, [
     { name: 'stable', upstream: [u.a!.origin, u.b!.origin, u.c!.origin], weight: 50 },
     { name: 'canary', upstream: u.d!.origin, weight: 50 }
@@ -162,7 +154,7 @@ t.test('passive outlier detection ejects a dead endpoint; its version keeps serv
 })
 
 t.test('when every endpoint of a version is out, its users fall back to the other version', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const { p, pool } = await proxy(t, [
     { name: 'stable', upstream: [u.a!.origin, u.b!.origin], weight: 50 },
     { name: 'canary', upstream: u.c!.origin, weight: 50 }
@@ -193,7 +185,7 @@ t.test('active health check ejects one endpoint and brings it back; the endpoint
     res.end('b')
   })
   t.teardown(async () => { await b.close() })
-  const u = await upstreams(t, ['a', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'c', 'd'])
   const { p, pool } = await proxy(t, [
     { name: 'stable', upstream: [u.a!.origin, b.origin, u.c!.origin], weight: 100, balance: 'round-robin' },
     { name: 'canary', upstream: u.d!.origin, weight: 0 }
@@ -230,7 +222,7 @@ t.test('active health check ejects one endpoint and brings it back; the endpoint
 t.test('DNS discovery: resolved through upstream.dnsServers, re-resolved every dnsRefreshMs; a failing resolver keeps the endpoints', async (t) => {
   const dns = await startDnsServer()
   t.teardown(async () => { await dns.close() })
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const port = new URL(u.a!.origin).port
   const NAME = 'svc.canaryd.test'
   dns.set(NAME, ['127.0.0.1'])
@@ -263,7 +255,7 @@ t.test('DNS discovery: resolved through upstream.dnsServers, re-resolved every d
 t.test('DNS discovery: a name without records leaves the version unavailable until its record appears at the next refresh', async (t) => {
   const dns = await startDnsServer()
   t.teardown(async () => { await dns.close() })
-  const u = await upstreams(t, ['a', 'c'])
+  const u = await startUpstreams(t, ['a', 'c'])
   const port = new URL(u.a!.origin).port
   const NAME = 'later.canaryd.test'
   dns.set(NAME, []) // NOERROR, no A/AAAA record yet

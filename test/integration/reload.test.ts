@@ -1,15 +1,26 @@
 import type { Server } from 'node:http'
-import t, { type Test } from 'tap'
-import { Pool } from 'undici'
+import t from 'tap'
 import { ConfigError } from '../../src/errors.js'
 import { ensureBuilt } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
+import { startLoad } from '../helpers/load.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import {
-  adminCall, configDir, fdCount, postReload, rawConfig, replaceConfig, routeFile, serve, sleep,
-  startFileProxy, until, writeConfig, type FileProxy
+  adminCall,
+  configDir,
+  fdCount,
+  fileProxy,
+  postReload,
+  rawConfig,
+  replaceConfig,
+  routeFile,
+  serve,
+  sleep,
+  startFileProxy,
+  until,
+  writeConfig
 } from '../helpers/reload.js'
-import { refusedOrigin, startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { refusedOrigin, startUpstream, startUpstreams, type TestUpstream } from '../helpers/upstream.js'
 import { startWireUpstream } from '../helpers/wire.js'
 
 // Issue 13 C, black-box: routes reload from the file (admin call, SIGHUP,
@@ -21,20 +32,6 @@ ensureBuilt()
 /** The 200 body of a reload. */
 interface ReloadResult { generation: number; added: string[]; removed: string[]; changed: string[]; restartRequired: string[] }
 interface ErrorBody { error: { code: string; message: string } }
-
-async function upstreams (t: Test, names: string[]): Promise<Record<string, TestUpstream>> {
-  const out: Record<string, TestUpstream> = {}
-  for (const n of names) out[n] = await startUpstream(n)
-  t.teardown(async () => { for (const u of Object.values(out)) await u.close() })
-  return out
-}
-
-async function fileProxy (t: Test, routes: unknown[], extra: Record<string, unknown> = {}): Promise<FileProxy & { write: (routes: unknown[], extra?: Record<string, unknown>) => void }> {
-  const d = configDir()
-  const p = await startFileProxy(d.file, d.stateFile, rawConfig(d.stateFile, routes, extra))
-  t.teardown(async () => { await p.close() })
-  return { ...p, write: (r, e = extra) => { writeConfig(d.file, rawConfig(d.stateFile, r, e)) } }
-}
 
 /** A route with stable at 100 % on `stable`, canary at 0 % on `canary` (default: the same origin). */
 function web (stable: string | string[], canary: string | string[] = stable, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -58,7 +55,7 @@ async function batch (proxyUrl: string, n = 40): Promise<Record<string, number>>
 }
 
 t.test('POST /api/v1/reload applies added, removed and changed routes and reports them', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const host = (h: string): Record<string, unknown> => ({ match: { host: h } })
   const p = await fileProxy(t, [
     web(u.a!.origin, u.b!.origin, host('web.test')),
@@ -103,7 +100,7 @@ t.test('POST /api/v1/reload applies added, removed and changed routes and report
 })
 
 t.test('an invalid file changes nothing: 400 CANARYD_ERR_CONFIG_RELOAD naming the key, one log line; app.reload() throws the ConfigError', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p = await fileProxy(t, [web(u.a!.origin, u.b!.origin)])
   const routesBefore = (await adminCall(p.adminUrl, 'GET', '/api/v1/routes')).body.toString()
 
@@ -149,7 +146,7 @@ t.test('an invalid file changes nothing: 400 CANARYD_ERR_CONFIG_RELOAD naming th
 })
 
 t.test('changed static keys are reported as needing a restart and not applied; routes still reload', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const d = configDir()
   const raw = rawConfig(d.stateFile, [web(u.a!.origin, u.b!.origin)], { health: { ejectionMs: 30_000 } })
   const p = await startFileProxy(d.file, d.stateFile, raw)
@@ -174,7 +171,7 @@ t.test('changed static keys are reported as needing a restart and not applied; r
 })
 
 t.test('the reload endpoint needs the admin token; an App without a file answers 409', async (t) => {
-  const u = await upstreams(t, ['a'])
+  const u = await startUpstreams(t, ['a'])
   const token = 'reload-token-1234567890'
   const p = await fileProxy(t, [web(u.a!.origin)], { admin: { host: '127.0.0.1', port: 0, token } })
   const noToken = await postReload(p.adminUrl)
@@ -193,7 +190,7 @@ t.test('the reload endpoint needs the admin token; an App without a file answers
 })
 
 t.test('hitless: 20 reloads adding and removing endpoints, versions and routes under load fail no request', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd', 'x'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd', 'x'])
   const extra = routeFile('extra', [{ name: 'one', upstream: u.x!.origin, weight: 100 }, { name: 'two', upstream: u.x!.origin, weight: 0 }], { match: { host: 'extra.test' } })
   const variants: unknown[][] = [
     [routeFile('web', [{ name: 'stable', upstream: u.a!.origin, weight: 90 }, { name: 'canary', upstream: u.c!.origin, weight: 10 }])],
@@ -202,48 +199,29 @@ t.test('hitless: 20 reloads adding and removing endpoints, versions and routes u
     [routeFile('web', [{ name: 'stable', upstream: [u.a!.origin, u.b!.origin], weight: 90, balance: 'round-robin' }, { name: 'canary', upstream: u.d!.origin, weight: 10 }]), extra]
   ]
   const p = await fileProxy(t, variants[0]!)
-  const pool = new Pool(p.url, { connections: 16 })
-  t.teardown(async () => { await pool.close() })
-  let done = false
-  let total = 0
-  let id = 0
-  const statuses = new Map<string, number>()
-  const client = async (): Promise<void> => {
-    while (!done) {
-      const res = await pool.request({ path: `/r/${id}`, method: 'GET', headers: { 'x-user-id': `u${id++}` }, headersTimeout: 10_000 }).catch((err: Error) => err)
-      const key = res instanceof Error ? `error ${res.message}` : String(res.statusCode)
-      if (!(res instanceof Error)) await res.body.dump()
-      statuses.set(key, (statuses.get(key) ?? 0) + 1)
-      total++
-    }
-  }
-  const clients = Array.from({ length: 16 }, client)
+  const load = startLoad(t, p.url, (id) => `/r/${id}`)
   const results: Array<{ status: number; generation: number | undefined }> = []
   try {
     for (let i = 1; i <= 20; i++) {
       writeConfig(p.file, rawConfig(p.stateFile, variants[i % variants.length]!))
       const r = await postReload(p.adminUrl)
       results.push({ status: r.status, generation: r.status === 200 ? r.json<ReloadResult>().generation : undefined })
-      // some traffic between reloads, bounded in time
-      const until = total + 25
-      const deadline = Date.now() + 2000
-      while (total < until && Date.now() < deadline) await sleep(5)
+      await load.between(25)
     }
   } finally {
-    done = true
-    await Promise.all(clients)
+    await load.stop()
   }
   t.same(results.map((r) => r.status), new Array(20).fill(200), 'every reload applied')
   const gens = results.map((r) => r.generation ?? -1)
   t.ok(gens.every((g, i) => i === 0 || g > gens[i - 1]!), `generations increase (${gens.join(',')})`)
-  t.same([...statuses.keys()], ['200'], `all ${total} requests answered 200: ${JSON.stringify([...statuses])}`)
-  t.ok(total >= 400, `traffic flowed during the reloads (${total} requests)`)
+  t.same([...load.statuses.keys()], ['200'], `all ${load.total} requests answered 200: ${JSON.stringify([...load.statuses])}`)
+  t.ok(load.total >= 400, `traffic flowed during the reloads (${load.total} requests)`)
 })
 
 t.test('a request in flight on an endpoint a reload removes still completes there; the removed pool then closes', async (t) => {
   const slow = await startWireUpstream({ hold: (r) => r.url === '/slow' })
   t.teardown(async () => { await slow.close() })
-  const u = await upstreams(t, ['fast'])
+  const u = await startUpstreams(t, ['fast'])
   const p = await fileProxy(t, [web(slow.origin, u.fast!.origin)])
   const inFlight = send(`${p.url}/slow`, { headers: { 'x-user-id': 'u1' } })
   t.ok(await until(() => slow.pending === 1, 5000), 'the slow request reached its endpoint')
@@ -289,7 +267,7 @@ t.test('100 reloads that replace the endpoint leak no file descriptors', async (
 })
 
 t.test('runtime weights survive a reload that keeps the version names; a new version set takes the file\'s weights, audited as "reload"', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const two = (stable: string): unknown => routeFile('web', [{ name: 'stable', upstream: stable, weight: 90 }, { name: 'canary', upstream: u.b!.origin, weight: 10 }])
   const p = await fileProxy(t, [two(u.a!.origin)])
   const put = await adminCall(p.adminUrl, 'PUT', '/api/v1/routes/web/weights', { weights: { stable: 70, canary: 30 } })
@@ -317,7 +295,7 @@ t.test('runtime weights survive a reload that keeps the version names; a new ver
 })
 
 t.test('a reload that removes a running rollout\'s canary aborts the rollout and says why', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p = await fileProxy(t, [web(u.a!.origin, u.b!.origin)])
   const plan = { canary: 'canary', steps: [10, 50], intervalMs: 3_600_000, analysis: { minRequests: 5 } }
   t.equal((await adminCall(p.adminUrl, 'POST', '/api/v1/routes/web/rollout', plan)).status, 201)
@@ -338,7 +316,7 @@ t.test('a reload that removes a running rollout\'s canary aborts the rollout and
 })
 
 t.test('canaryd serve: SIGHUP reloads the file; an invalid file logs one line and keeps the old routes', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const d = configDir()
   writeConfig(d.file, rawConfig(d.stateFile, [web(u.a!.origin)]))
   const s = await serve(d.file)
@@ -366,7 +344,7 @@ t.test('canaryd serve: SIGHUP reloads the file; an invalid file logs one line an
 })
 
 t.test('canaryd serve --watch reloads when the file changes, written in place or renamed over', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const d = configDir()
   writeConfig(d.file, rawConfig(d.stateFile, [web(u.a!.origin)]))
   const s = await serve(d.file, ['--watch'])
@@ -393,7 +371,7 @@ t.test('canaryd serve --watch reloads when the file changes, written in place or
 })
 
 t.test('canaryd serve --workers 2: SIGHUP and POST /api/v1/reload reach every worker', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const d = configDir()
   writeConfig(d.file, rawConfig(d.stateFile, [web(u.a!.origin)]))
   const s = await serve(d.file, ['--workers', '2'])

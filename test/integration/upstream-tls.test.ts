@@ -10,7 +10,6 @@
  * Real https servers on 127.0.0.1 port 0; certificates made by the openssl
  * binary at test time (skipped, visibly, without it).
  */
-import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer as createHttpServer, type IncomingMessage } from 'node:http'
@@ -18,16 +17,16 @@ import { createServer as createHttpsServer, type ServerOptions } from 'node:http
 import { connect, type AddressInfo, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Writable, type Duplex } from 'node:stream'
+import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import t, { type Test } from 'tap'
 import { App } from '../../src/app.js'
-import { createLogger, type Logger } from '../../src/logger.js'
 import { makeLeaf, makeTestPki, opensslSkip, type CertPair, type TestPki } from '../helpers/certs.js'
-import { CLI, ensureBuilt, runCli } from '../helpers/cli.js'
+import { ensureBuilt, runCli } from '../helpers/cli.js'
 import { send, type Reply } from '../helpers/http.js'
 import { testConfig } from '../helpers/proxy.js'
 import { adminCall, configDir, postReload, rawConfig, startFileProxy, until, writeConfig } from '../helpers/reload.js'
+import { captureLog, type LogLine } from '../helpers/log.js'
 
 if (opensslSkip !== false) t.comment(`upstream TLS integration tests skipped: ${opensslSkip}`)
 
@@ -45,8 +44,6 @@ interface Seen {
 }
 
 interface ErrorBody { error: { code: string, message: string } }
-
-type LogLine = Record<string, unknown>
 
 /** An https upstream on 127.0.0.1 that answers every request with what it saw, and accepts WebSocket upgrades. */
 interface TlsUpstream {
@@ -244,24 +241,6 @@ async function tlsUpstream (t: Test, pair: CertPair, extra: ServerOptions = {}):
   return { port, origin: (host = '127.0.0.1') => `https://${host}:${port}`, seen, upgrades, handshakes: () => handshakes }
 }
 
-/** A logger at info that keeps every line (LOG_LEVEL, which would win, is ignored while it is made). */
-function capture (): { logger: Logger, lines: LogLine[] } {
-  const lines: LogLine[] = []
-  const stream = new Writable({
-    write (chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '' && lines.length < 10_000) lines.push(JSON.parse(l) as LogLine)
-      cb()
-    }
-  })
-  const prev = process.env.LOG_LEVEL
-  delete process.env.LOG_LEVEL
-  try {
-    return { logger: createLogger('info', stream), lines }
-  } finally {
-    if (prev !== undefined) process.env.LOG_LEVEL = prev
-  }
-}
-
 /** A version of the `web` route (`tls` only when given). */
 function version (name: string, upstream: string, weight: number, tls?: Record<string, unknown>): Record<string, unknown> {
   return tls === undefined ? { name, upstream, weight } : { name, upstream, weight, tls }
@@ -282,7 +261,7 @@ interface Proxy { url: string, port: number, app: App, lines: LogLine[] }
 
 /** An App from a config object (routes, then static keys over STATIC), its log captured. */
 async function startApp (t: Test, routes: unknown[], extra: Record<string, unknown> = {}): Promise<Proxy> {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog('info')
   const app = new App(testConfig(routes, { ...STATIC, ...extra }), { logger })
   await app.start()
   t.teardown(async () => { await app.close(500) })
@@ -576,16 +555,7 @@ function configFile (routes: unknown[], extra: Record<string, unknown> = {}): st
 
 /** `canaryd ARGS`, killed after `ms` (a serve that starts when it should not does not hang the test). */
 async function runBounded (args: string[], ms = 15_000): Promise<{ code: number | null, stdout: string, stderr: string, killed: boolean }> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, LOG_LEVEL: 'silent', CANARYD_ADMIN_URL: '', CANARYD_ADMIN_TOKEN: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  let killed = false
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const timer = setTimeout(() => { killed = true; child.kill('SIGKILL') }, ms)
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  clearTimeout(timer)
-  return { code, stdout, stderr, killed }
+  return await runCli(args, {}, ms)
 }
 
 function stderrLines (s: string): string[] {

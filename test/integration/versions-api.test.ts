@@ -1,10 +1,10 @@
 import t, { type Test } from 'tap'
-import { Pool } from 'undici'
 import { ensureBuilt, runCli as cli } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
+import { startLoad } from '../helpers/load.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
-import { adminCall, sleep } from '../helpers/reload.js'
-import { startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { adminCall } from '../helpers/reload.js'
+import { startUpstreams } from '../helpers/upstream.js'
 
 // Issue 13 D, black-box: PUT /api/v1/routes/{route}/versions/{version} and
 // `canaryd versions set` point a version at new endpoints at runtime.
@@ -15,13 +15,6 @@ interface VersionView { name: string; upstream: string | string[]; weight: numbe
 interface RouteView { name: string; versions: VersionView[] }
 interface ErrorBody { error: { code: string; message: string } }
 interface UpstreamAudit { route: string; version: string; reason: string | null; source: string; upstream: { previous: string | string[]; next: string | string[] } }
-
-async function upstreams (t: Test, names: string[]): Promise<Record<string, TestUpstream>> {
-  const out: Record<string, TestUpstream> = {}
-  for (const n of names) out[n] = await startUpstream(n)
-  t.teardown(async () => { for (const u of Object.values(out)) await u.close() })
-  return out
-}
 
 async function proxy (t: Test, stable: string, canary: string, extra: Record<string, unknown> = {}): Promise<TestProxy> {
   const p = await startProxy(testConfig([twoVersionRoute(stable, canary, [50, 50])], extra))
@@ -61,7 +54,7 @@ async function versionsOf (url: string, n: number): Promise<string[]> {
 const list = (x: string | string[] | undefined): string[] => x === undefined ? [] : Array.isArray(x) ? x : [x]
 
 t.test('PUT a version\'s upstream: effective at once, shown by the route view, audited; users keep their version', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const p = await proxy(t, u.a!.origin, u.b!.origin)
   const usersBefore = await versionsOf(p.url, 200)
   t.same(await pinned(p.url, 'canary'), ['b'])
@@ -92,7 +85,7 @@ t.test('PUT a version\'s upstream: effective at once, shown by the route view, a
 })
 
 t.test('bad requests are refused with the right code and change nothing', async (t) => {
-  const u = await upstreams(t, ['a', 'b'])
+  const u = await startUpstreams(t, ['a', 'b'])
   const p = await proxy(t, u.a!.origin, u.b!.origin)
   const before = JSON.stringify(await routeView(p))
   const auditBefore = (await adminCall(p.adminUrl, 'GET', '/api/v1/audit')).body.toString()
@@ -123,7 +116,7 @@ t.test('bad requests are refused with the right code and change nothing', async 
 })
 
 t.test('the new upstream is persisted: a restart on the same state file and config keeps it', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const config = testConfig([twoVersionRoute(u.a!.origin, u.b!.origin, [70, 30])])
   const first = await startProxy(config)
   t.teardown(async () => { await first.close() })
@@ -138,24 +131,9 @@ t.test('the new upstream is persisted: a restart on the same state file and conf
 })
 
 t.test('switching a version\'s upstream 10 times under load fails no request', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c', 'd'])
+  const u = await startUpstreams(t, ['a', 'b', 'c', 'd'])
   const p = await proxy(t, u.a!.origin, u.b!.origin)
-  const pool = new Pool(p.url, { connections: 16 })
-  t.teardown(async () => { await pool.close() })
-  let done = false
-  let total = 0
-  let id = 0
-  const statuses = new Map<string, number>()
-  const client = async (): Promise<void> => {
-    while (!done) {
-      const res = await pool.request({ path: '/', method: 'GET', headers: { 'x-user-id': `u${id++}` }, headersTimeout: 10_000 }).catch((err: Error) => err)
-      const key = res instanceof Error ? `error ${res.message}` : String(res.statusCode)
-      if (!(res instanceof Error)) await res.body.dump()
-      statuses.set(key, (statuses.get(key) ?? 0) + 1)
-      total++
-    }
-  }
-  const clients = Array.from({ length: 16 }, client)
+  const load = startLoad(t, p.url)
   const targets: Array<string | string[]> = [u.c!.origin, [u.b!.origin, u.d!.origin], u.d!.origin, [u.c!.origin, u.b!.origin, u.d!.origin], u.b!.origin]
   const puts: number[] = []
   const wrong: string[] = []
@@ -166,22 +144,19 @@ t.test('switching a version\'s upstream 10 times under load fails no request', a
       const names = list(target).map((o) => Object.values(u).find((x) => x.origin === o)!.name)
       const got = (await pinned(p.url, 'canary'))[0]!
       if (!names.includes(got)) wrong.push(`${i}: ${got} not in ${names.join(',')}`)
-      const until = total + 25
-      const deadline = Date.now() + 2000
-      while (total < until && Date.now() < deadline) await sleep(5)
+      await load.between(25)
     }
   } finally {
-    done = true
-    await Promise.all(clients)
+    await load.stop()
   }
   t.same(puts, new Array(10).fill(200), 'every switch applied')
   t.same(wrong, [], 'right after each switch the version is served by its new endpoints')
-  t.same([...statuses.keys()], ['200'], `all ${total} requests answered 200: ${JSON.stringify([...statuses])}`)
-  t.ok(total >= 200, `traffic flowed during the switches (${total} requests)`)
+  t.same([...load.statuses.keys()], ['200'], `all ${load.total} requests answered 200: ${JSON.stringify([...load.statuses])}`)
+  t.ok(load.total >= 200, `traffic flowed during the switches (${load.total} requests)`)
 })
 
 t.test('canaryd versions set ROUTE VERSION --upstream URL[,URL]', async (t) => {
-  const u = await upstreams(t, ['a', 'b', 'c'])
+  const u = await startUpstreams(t, ['a', 'b', 'c'])
   const token = 'versions-cli-token-123456'
   const p = await proxy(t, u.a!.origin, u.b!.origin, { admin: { host: '127.0.0.1', port: 0, token } })
   t.equal((await adminCall(p.adminUrl, 'PUT', '/api/v1/routes/web/versions/canary', { upstream: u.c!.origin })).status, 401, 'the API needs the token')

@@ -1,29 +1,12 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { configFromObject } from '../../src/config/load.js'
 import { CanarydError } from '../../src/errors.js'
-import { createLogger } from '../../src/logger.js'
 import { RuntimeStore } from '../../src/state/store.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
-
-/** A logger whose JSON lines are collected for assertions. */
-function capture (): { logger: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
-      cb()
-    }
-  })
-  const prev = process.env.LOG_LEVEL
-  delete process.env.LOG_LEVEL
-  const logger = createLogger('debug', stream)
-  if (prev !== undefined) process.env.LOG_LEVEL = prev
-  return { logger, lines }
-}
+import { captureLog } from '../helpers/log.js'
 
 function routes (stable = 'http://127.0.0.1:3001', canary = 'http://127.0.0.1:3002', w: [number, number] = [90, 10]): ReturnType<typeof configFromObject>['routes'] {
   return configFromObject({ routes: [twoVersionRoute(stable, canary, w)] }, '(test)', {}).routes
@@ -36,7 +19,7 @@ function tmpFile (t: Test): string {
 }
 
 function store (file: string, r = routes()): { s: RuntimeStore; lines: Array<Record<string, unknown>> } {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog()
   return { s: new RuntimeStore({ routes: r, file, logger }), lines }
 }
 

@@ -4,29 +4,10 @@
  * both, none and failures; how DnsWatch keeps a set fresh, reports changes,
  * rides out failures (logging them sparsely) and stops.
  */
-import { Writable } from 'node:stream'
 import t from 'tap'
-import { createLogger } from '../../src/logger.js'
 import { DNS_TIMEOUT_MS, DNS_TRIES, DnsError, DnsResolver, DnsWatch, discoveryHost, endpointOrigin } from '../../src/upstream/dns.js'
 import { startDnsServer, type TestDnsServer } from '../helpers/dns.js'
-
-type Line = Record<string, unknown>
-
-/** A logger whose JSON lines are collected for assertions. */
-function capture (): { logger: ReturnType<typeof createLogger>; lines: Line[] } {
-  const lines: Line[] = []
-  const stream = new Writable({
-    write (chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(JSON.parse(l) as Line)
-      cb()
-    }
-  })
-  const prev = process.env.LOG_LEVEL
-  delete process.env.LOG_LEVEL
-  const logger = createLogger('debug', stream)
-  if (prev !== undefined) process.env.LOG_LEVEL = prev
-  return { logger, lines }
-}
+import { captureLog, type LogLine as Line } from '../helpers/log.js'
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
@@ -129,7 +110,7 @@ t.test('server entries are checked when the resolver is made', async (t) => {
 })
 
 t.test('DnsWatch: the first set, changes picked up on refresh, onChange only on a real change', async (t) => {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog()
   dns.set('api.watch.test', ['10.0.1.2', '10.0.1.1'])
   const changes: string[][] = []
   const w = new DnsWatch({ resolver: new DnsResolver([dns.server]), hostname: 'api.watch.test', refreshMs: 60_000, onChange: (a) => { changes.push(a) }, log: logger })
@@ -156,7 +137,7 @@ t.test('DnsWatch: the first set, changes picked up on refresh, onChange only on 
 })
 
 t.test('DnsWatch: a failure keeps the last good set, warns once a minute, recovery is logged once', async (t) => {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog()
   let clock = 1_000_000
   dns.set('flaky.watch.test', ['10.0.2.1', '10.0.2.2'])
   const changes: string[][] = []
@@ -211,7 +192,7 @@ t.test('DnsWatch: a failure keeps the last good set, warns once a minute, recove
 })
 
 t.test('DnsWatch: a first resolution that fails leaves the set empty; start() still resolves', async (t) => {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog()
   dns.fail('late.watch.test', 'DROP')
   const changes: string[][] = []
   const w = new DnsWatch({ resolver: new DnsResolver([dns.server], { timeoutMs: 100, tries: 1 }), hostname: 'late.watch.test', refreshMs: 60_000, onChange: (a) => { changes.push(a) }, log: logger })
@@ -229,7 +210,7 @@ t.test('DnsWatch: a first resolution that fails leaves the set empty; start() st
 })
 
 t.test('DnsWatch: refreshes on its timer, and stop() stops them', async (t) => {
-  const { logger } = capture()
+  const { logger } = captureLog()
   dns.set('tick.watch.test', ['10.0.4.1'])
   const changes: string[][] = []
   const w = new DnsWatch({ resolver: new DnsResolver([dns.server]), hostname: 'tick.watch.test', refreshMs: 20, onChange: (a) => { changes.push(a) }, log: logger })
@@ -260,7 +241,7 @@ class GatedResolver extends DnsResolver {
 }
 
 t.test('DnsWatch: a resolution in flight at stop() does not call onChange; an older answer never overwrites a newer one', async (t) => {
-  const { logger } = capture()
+  const { logger } = captureLog()
   const changes: string[][] = []
   const gated = new GatedResolver()
   const w = new DnsWatch({ resolver: gated, hostname: 'gated.test', refreshMs: 60_000, onChange: (a) => { changes.push(a) }, log: logger })
@@ -282,7 +263,7 @@ t.test('DnsWatch: a resolution in flight at stop() does not call onChange; an ol
 })
 
 t.test('DnsWatch: an onChange that throws is logged, not fatal', async (t) => {
-  const { logger, lines } = capture()
+  const { logger, lines } = captureLog()
   dns.set('throw.watch.test', ['10.0.6.1'])
   const w = new DnsWatch({ resolver: new DnsResolver([dns.server]), hostname: 'throw.watch.test', refreshMs: 60_000, onChange: () => { throw new Error('boom') }, log: logger })
   t.teardown(() => { w.stop() })
