@@ -1,11 +1,15 @@
 import type { AddressInfo } from 'node:net'
 import { isAbsolute } from 'node:path'
+import { createSecureContext } from 'node:tls'
 import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
 import { registerRolloutRoutes } from './admin/rollout-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
-import { listenError, reloadConfig, restartRequired, type Config } from './config/load.js'
+import { listenError, listenerCertificates, reloadConfig, restartRequired, type Config } from './config/load.js'
 import { CanarydError, ConfigError } from './errors.js'
 import { createLogger, droppedLogLines, type Logger } from './logger.js'
+import { expiryProblem, loadCertificates, type ListenerCertificate } from './listener/certs.js'
+import { EdgeListener } from './listener/listener.js'
+import { TrustedProxies } from './listener/trust.js'
 import { NOOP_OBSERVERS } from './metrics/observer.js'
 import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
@@ -26,11 +30,57 @@ export interface AppOptions {
   metrics?: boolean
 }
 
-/** The hot path of one process: upstream pools, per-version metrics and the proxy listener. */
+/** The hot path of one process: upstream pools, per-version metrics, the proxy and its listener. */
 export interface DataPlane {
   upstreams: Upstreams
   metrics: PrometheusMetrics | undefined
   proxy: ProxyServer
+  trust: TrustedProxies
+  /** Made by startListener (certificates are read asynchronously first). */
+  listener: EdgeListener | undefined
+}
+
+/** `trustedProxies` compiled; a bad entry is a ConfigError naming it. */
+export function trustedProxies (config: Config): TrustedProxies {
+  const list = (config.trustedProxies as string[]).map((x) => x.trim())
+  // one entry at a time first, so the error names the entry's index
+  list.forEach((x, i) => {
+    try {
+      new TrustedProxies([x]) // eslint-disable-line no-new
+    } catch (err) {
+      throw new ConfigError(`trustedProxies[${i}]`, (err as Error).message)
+    }
+  })
+  return new TrustedProxies(list)
+}
+
+/**
+ * Reads and checks the listener's certificates (empty when TLS is off):
+ * files, PEM, key matching the certificate, and a TLS context OpenSSL
+ * accepts with the configured ciphers. A ConfigError names the key. An
+ * expired certificate is served (a warn line), as nginx does: refusing to
+ * start would take the whole edge down for one stale name.
+ */
+export async function loadListenerCertificates (config: Config, logger?: Logger): Promise<ListenerCertificate[]> {
+  const files = listenerCertificates(config)
+  if (files.length === 0) return []
+  let certs: ListenerCertificate[]
+  try {
+    certs = await loadCertificates(files, (i, f) => `${files[i]!.key}.${f}`)
+  } catch (err) {
+    throw new ConfigError('', (err as Error).message)
+  }
+  const t = config.listen.tls
+  certs.forEach((c, i) => {
+    try {
+      createSecureContext({ cert: c.cert, key: c.key, minVersion: t.minVersion, ...(t.ciphers === '' ? {} : { ciphers: t.ciphers }) })
+    } catch (err) {
+      throw new ConfigError(t.ciphers !== '' && /cipher/i.test((err as Error).message) ? 'listen.tls.ciphers' : `${files[i]!.key}.certFile`, `OpenSSL refuses it: ${(err as Error).message}`)
+    }
+    const problem = expiryProblem(c, new Date())
+    if (problem !== undefined) logger?.warn({ certFile: c.certFile, names: c.names }, `listener certificate: ${problem}`)
+  })
+  return certs
 }
 
 /**
@@ -53,6 +103,7 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     log: logger.child({ component: 'upstream' })
   })
   const metrics = metricsOn ? new PrometheusMetrics() : undefined
+  const trust = trustedProxies(config)
   const proxy = new ProxyServer({
     holder,
     upstreams,
@@ -66,17 +117,22 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     maxHeaderCount: config.limits.maxHeaderCount,
     maxUrlBytes: config.limits.maxUrlBytes,
     allowTrace: config.limits.allowTrace,
-    maxConnections: config.limits.maxConnections,
     underscoreHeaders: config.limits.underscoreHeaders,
     retries: config.upstream.retries,
     largeBodyBytes: config.upstream.largeBodyBytes,
     outlier: { consecutiveFailures: config.health.consecutiveFailures, ejectionMs: config.health.ejectionMs },
     checkPath: config.health.checkPath,
-    checkIntervalMs: config.health.checkIntervalMs
+    checkIntervalMs: config.health.checkIntervalMs,
+    clientAddress: (peer, xff) => trust.clientAddress(peer, xff),
+    http2: { maxConcurrentStreams: config.limits.http2MaxConcurrentStreams, maxHeaderListBytes: config.limits.http2MaxHeaderListBytes },
+    redirect: { httpsPort: config.listen.redirectHttpsPort === 0 ? config.listen.port : config.listen.redirectHttpsPort, acmePassthrough: config.listen.acmePassthrough }
   })
+  const data: DataPlane = { upstreams, metrics, proxy, trust, listener: undefined }
   if (metrics !== undefined) {
-    metrics.addReadout(METRIC_NAMES.connectionsOpen, 'Client connections open on the proxy listener now.', 'gauge', () => proxy.connections)
-    metrics.addReadout(METRIC_NAMES.connectionsRejected, 'Client connections closed at once because limits.maxConnections were already open.', 'counter', () => proxy.rejectedConnections)
+    metrics.addReadout(METRIC_NAMES.connectionsOpen, 'Client connections open on the proxy listener now (both ports, HTTP/1.1 and HTTP/2).', 'gauge', () => data.listener?.connections ?? 0)
+    metrics.addReadout(METRIC_NAMES.connectionsRejected, 'Client connections closed at once because limits.maxConnections were already open.', 'counter', () => data.listener?.rejectedConnections ?? 0)
+    metrics.addLabelledReadout(METRIC_NAMES.connectionErrors, 'Client connections closed before any HTTP: a failed TLS handshake, a missing or invalid PROXY protocol header, or nothing received in time (timeouts.clientHeadersMs).', 'counter',
+      () => Object.entries(data.listener?.errors ?? { tls_handshake: 0, proxy_protocol: 0, prelude_timeout: 0 }).map(([reason, value]) => ({ labels: { reason }, value })), 'sum')
     // max across cluster workers: each holds the same endpoints and judges their health itself
     metrics.addLabelledReadout(METRIC_NAMES.endpoints, 'Endpoints of each version by state: healthy (taking requests) or ejected (outlier detection or the active health check).', 'gauge',
       () => proxy.endpointStates().flatMap((e) => [
@@ -85,7 +141,46 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
       ]), 'max')
     addLogReadout(metrics)
   }
-  return { upstreams, metrics, proxy }
+  return data
+}
+
+/** Where the proxy listens: the main address, and the redirect port's when there is one. */
+export interface ListenAddresses { main: AddressInfo, redirect: AddressInfo | undefined }
+
+/**
+ * Opens the proxy listener of a data plane: certificates read (async), the
+ * EdgeListener made and bound, the redirect's https port fixed once the
+ * main port is known, the active health checks started. `ticketKeys`: a
+ * cluster's shared session ticket keys.
+ */
+export async function startListener (data: DataPlane, config: Config, logger: Logger, given?: { certs: ListenerCertificate[], ticketKeys: Buffer }): Promise<ListenAddresses> {
+  // a cluster worker serves the certificates its primary read (one truth across workers, even after a reload)
+  const certs = given?.certs ?? await loadListenerCertificates(config, logger)
+  const ticketKeys = given?.ticketKeys
+  const l = config.listen
+  const listener = new EdgeListener({
+    host: l.host,
+    port: l.port,
+    redirectPort: l.redirectPort,
+    tls: certs.length === 0
+      ? undefined
+      : { certificates: certs, settings: { minVersion: l.tls.minVersion, ciphers: l.tls.ciphers, http2: l.http2, handshakeTimeoutMs: config.timeouts.clientHeadersMs, ...(ticketKeys === undefined ? {} : { ticketKeys }) } },
+    h2c: l.h2c,
+    proxyProtocol: l.proxyProtocol,
+    trust: data.trust,
+    preludeTimeoutMs: config.timeouts.clientHeadersMs,
+    maxConnections: config.limits.maxConnections,
+    log: logger.child({ component: 'listener' })
+  }, { http1: (s, info) => { data.proxy.acceptHttp1(s, info) }, http2: (s, info) => { data.proxy.acceptHttp2(s, info) } })
+  data.listener = listener
+  const addr = await listener.listen().catch((err: unknown) => {
+    // the listener names itself in its listen errors
+    if ((err as { redirect?: boolean }).redirect === true) throw listenError(err, 'redirect', l.host, l.redirectPort)
+    throw listenError(err, 'proxy', l.host, l.port)
+  })
+  if (l.redirectHttpsPort === 0) data.proxy.httpsPort = addr.main.port
+  data.proxy.start()
+  return addr
 }
 
 /** The static `upstream.tls` as TLS settings ('' = unset), or undefined when none is set. */
@@ -166,6 +261,8 @@ export interface ControlPlaneSources {
   subscribeEjection?: (route: string, version: string, listener: () => void) => () => void
   /** True while the instance serves traffic. */
   isReady: () => boolean
+  /** Serves reloaded listener certificates (this process's listener, or every worker's). Throws when they are refused: the reload then changes nothing. */
+  applyCertificates?: (certs: ListenerCertificate[]) => void
 }
 
 /**
@@ -194,7 +291,7 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   })
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
-  const reload = reloader(config, logger, state, rollouts)
+  const reload = reloader(config, logger, state, rollouts, src.applyCertificates)
   registerReloadRoute(admin, reload)
   // a restart resumes rollouts at their step (and keeps finished ones finished)
   rollouts.restore()
@@ -207,20 +304,27 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
  * changed (they need a restart and are not applied), and hand the routes to
  * the store, which applies them in one swap. Reloads run one at a time.
  */
-function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts: RolloutManager): ControlPlane['reload'] {
+function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts: RolloutManager, applyCertificates: ControlPlaneSources['applyCertificates']): ControlPlane['reload'] {
   let queue: Promise<unknown> = Promise.resolve()
+  const tlsOn = listenerCertificates(config).length !== 0
   const once = async (address: string | null): Promise<ReloadResult> => {
     // source is the file's absolute path; built from an object it is '' or a label
     if (!isAbsolute(config.source)) throw new CanarydError('CANARYD_ERR_RELOAD_UNAVAILABLE', 'this instance was not started from a config file: nothing to reload')
     let next: Config
+    let certs: ListenerCertificate[] | undefined
     try {
       next = await reloadConfig(config.source)
       checkUpstreamTls(next)
+      trustedProxies(next)
+      // certificates are read and checked before anything is applied: a bad file keeps the old ones (and the old routes)
+      if (tlsOn && listenerCertificates(next).length !== 0) certs = await loadListenerCertificates(next, logger)
+      if (certs !== undefined) applyCertificates?.(certs)
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err
       logger.error({ config: config.source }, `reload refused, nothing changed: ${err.message}`)
       throw err
     }
+    if (certs !== undefined) logger.info({ certificates: certs.map((c) => ({ certFile: c.certFile, names: c.names, notAfter: c.notAfter.toISOString(), fingerprint: c.fingerprint })) }, 'listener certificates loaded: new TLS handshakes use them')
     const restart = restartRequired(config, next)
     const summary = await state.reload(next.routes, { source: 'reload', address, reason: 'config file reloaded' })
     // rollouts whose route or versions the reload removed end before the reload answers
@@ -234,6 +338,19 @@ function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts
     const p = queue.then(async () => await once(address))
     queue = p.catch(() => {})
     return await p
+  }
+}
+
+/** The start-up line's listener fields: where the proxy listens and what it speaks. */
+export function listenerSummary (config: Config, addr: { main: { address: string, port: number }, redirect?: { address: string, port: number } | undefined }): Record<string, unknown> {
+  const l = config.listen
+  const tls = listenerCertificates(config).length !== 0
+  return {
+    proxy: `${addr.main.address}:${addr.main.port}`,
+    ...(addr.redirect === undefined ? {} : { redirect: `${addr.redirect.address}:${addr.redirect.port}` }),
+    protocols: tls ? (l.http2 ? 'https (h2, http/1.1)' : 'https (http/1.1)') : (l.h2c ? 'http (http/1.1, h2c)' : 'http (http/1.1)'),
+    ...(l.proxyProtocol ? { proxyProtocol: true } : {}),
+    ...((config.trustedProxies as string[]).length === 0 ? {} : { trustedProxies: config.trustedProxies })
   }
 }
 
@@ -286,7 +403,11 @@ export class App {
   readonly upstreams: Upstreams
   readonly metrics: PrometheusMetrics | undefined
   readonly proxy: ProxyServer
+  /** The data plane (its listener exists once started). */
+  readonly data: DataPlane
   proxyAddress: AddressInfo | undefined
+  /** The plain-HTTP redirect port's address (listen.redirectPort), when on. */
+  redirectAddress: AddressInfo | undefined
   adminAddress: AddressInfo | undefined
   /** True from the moment a drain starts (readiness turns 503). */
   draining = false
@@ -300,7 +421,7 @@ export class App {
     // a change's new DNS names are resolved before its table is swapped in (see Upstreams.warm)
     this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) } })
     this.holder = this.state.holder
-    const data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
+    const data = this.data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
     this.upstreams = data.upstreams
     this.metrics = data.metrics
     this.proxy = data.proxy
@@ -310,7 +431,14 @@ export class App {
       registry: metrics?.registry,
       subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l),
       subscribeEjection: metrics === undefined ? undefined : (r, v, l) => metrics.onEjected(r, v, l),
-      isReady: () => !this.draining && this.proxyAddress !== undefined
+      isReady: () => !this.draining && this.proxyAddress !== undefined,
+      applyCertificates: (certs) => {
+        try {
+          data.listener?.setCertificates(certs)
+        } catch (err) {
+          throw new ConfigError('listen.tls', `the listener refused the certificates: ${(err as Error).message}`)
+        }
+      }
     })
     this.admin = control.admin
     this.rollouts = control.rollouts
@@ -329,11 +457,11 @@ export class App {
     this.adminAddress = await this.admin.listen()
     // DNS-discovered versions get their first endpoints before traffic (Envoy's cluster warming); bounded by the resolver's timeout
     await this.upstreams.settled()
-    const { host, port } = this.config.listen
-    // the admin server names itself in its listen errors; the proxy's are named here
-    this.proxyAddress = await this.proxy.listen(port, host).catch((err: unknown) => { throw listenError(err, 'proxy', host, port) })
+    const addr = await startListener(this.data, this.config, this.logger)
+    this.proxyAddress = addr.main
+    this.redirectAddress = addr.redirect
     await announceStarted(this.logger, this.config, this.holder, this.rollouts, {
-      proxy: `${this.proxyAddress.address}:${this.proxyAddress.port}`,
+      ...listenerSummary(this.config, addr),
       admin: `${this.adminAddress.address}:${this.adminAddress.port}`
     })
   }
@@ -342,6 +470,7 @@ export class App {
   async close (drainMs: number = this.config.timeouts.drainTimeoutMs): Promise<boolean> {
     this.#closing ??= (async () => {
       this.draining = true
+      this.data.listener?.close()
       const clean = await this.proxy.drain(drainMs)
       await this.upstreams.close()
       // admin last: /readyz answers 503 during the drain; a change in flight finishes its write

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { watchConfig } from './config/watch.js'
 import { App } from './app.js'
-import { configPath, DEFAULT_CONFIG_PATH, parseWorkers, type Config } from './config/load.js'
+import { configPath, DEFAULT_CONFIG_PATH, listenerCertificates, parseWorkers, type Config } from './config/load.js'
 import { CanarydError, ConfigError } from './errors.js'
 import { createLogger, flushLogs, type Logger } from './logger.js'
 import { checkServeConfig, configErrorLine, runConfig } from './commands/config.js'
@@ -16,7 +17,8 @@ Usage:
                                         ${DEFAULT_CONFIG_PATH}; JSON or YAML); --workers (or
                                         CANARYD_WORKERS): N node:cluster workers serve traffic,
                                         the primary keeps the admin API, state and rollouts;
-                                        SIGHUP (and with --watch, a change of FILE) reloads the routes
+                                        SIGHUP (and with --watch, a change of FILE or of a listener
+                                        certificate file) reloads the routes and certificates
   canaryd validate [--config FILE]      check the config, the environment and the state directory
                                         as serve would, without starting; exit 0 (one ok line) or 1
   canaryd config print [--config FILE] [--yaml]
@@ -82,7 +84,7 @@ async function serve (argv: string[]): Promise<void> {
   try {
     // config, state directory (a state file that cannot be written would only fail at the
     // first weight change), log level and admin binding: the same checks as `canaryd validate`
-    config = checkServeConfig(path)
+    config = await checkServeConfig(path)
   } catch (err) {
     const line = configErrorLine(path, err)
     if (line !== undefined) fail(line, 1)
@@ -95,7 +97,7 @@ async function serve (argv: string[]): Promise<void> {
   } catch (err) {
     fail((err as Error).message, 1)
   }
-  onReloadSignals(app.logger, config.source, app.reload, values.watch === true)
+  onReloadSignals(app.logger, config, app.reload, values.watch === true)
   onStopSignals(app.logger, () => ({ inFlight: app.proxy.inFlight, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     const clean = await app.close()
     app.logger.info({ clean }, 'stopped')
@@ -113,7 +115,7 @@ async function serveCluster (config: Config, workers: number, watch: boolean): P
     primary.kill()
     fail((err as Error).message, 1)
   }
-  onReloadSignals(logger, config.source, primary.control.reload, watch)
+  onReloadSignals(logger, config, primary.control.reload, watch)
   onStopSignals(logger, () => ({ workers: primary.workerPids.length, drainMs: config.timeouts.drainTimeoutMs }), async () => {
     await primary.stop()
     logger.info('stopped')
@@ -122,11 +124,14 @@ async function serveCluster (config: Config, workers: number, watch: boolean): P
 
 /**
  * SIGHUP (as nginx and HAProxy) and, with `--watch`, a change of the config
- * file reload the routes. The outcome is logged by the reload itself (one
- * line naming the key when the file is invalid); nothing here can stop the
- * process.
+ * file or of a listener certificate or key file (those named at start: a
+ * renewal rewrites them in place, as cert-manager does) reload the routes
+ * and certificates. Changes to several files within a moment are one
+ * reload. The outcome is logged by the reload itself (one line naming the
+ * key when a file is invalid); nothing here can stop the process.
  */
-function onReloadSignals (logger: Logger, source: string, reload: (address?: string | null) => Promise<unknown>, watch: boolean): void {
+function onReloadSignals (logger: Logger, config: Config, reload: (address?: string | null) => Promise<unknown>, watch: boolean): void {
+  const source = config.source
   const run = (why: string): void => {
     logger.info({ trigger: why, config: source }, 'reloading the config')
     reload(null).catch((err: unknown) => {
@@ -135,8 +140,19 @@ function onReloadSignals (logger: Logger, source: string, reload: (address?: str
     })
   }
   process.on('SIGHUP', () => { run('SIGHUP') })
-  if (watch) watchConfig(source, () => { run('file changed') })
+  if (!watch) return
+  let soon: NodeJS.Timeout | undefined
+  const changed = (): void => {
+    if (soon !== undefined) clearTimeout(soon)
+    soon = setTimeout(() => { run('file changed') }, WATCH_COALESCE_MS)
+    soon.unref()
+  }
+  const files = new Set([source, ...listenerCertificates(config).flatMap((c) => [resolve(c.certFile), resolve(c.keyFile)])])
+  for (const f of files) watchConfig(f, changed)
 }
+
+/** Changes of several watched files closer than this are one reload (a certificate and its key land together). */
+const WATCH_COALESCE_MS = 200
 
 /** How long shutdown waits for stdout to take the buffered log lines. */
 const LOG_FLUSH_MS = 1000

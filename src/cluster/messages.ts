@@ -5,12 +5,26 @@
  * messages are never mistaken for ours.
  */
 import type { Config } from '../config/load.js'
+import type { ListenerCertificate } from '../listener/certs.js'
 import type { RouteSpec } from '../routing/spec.js'
+
+/** A listener certificate as JSON carries it (the expiry as an ISO string). */
+export type WireCertificate = Omit<ListenerCertificate, 'notAfter'> & { notAfter: string }
+
+export function toWire (certs: readonly ListenerCertificate[]): WireCertificate[] {
+  return certs.map((c) => ({ ...c, notAfter: c.notAfter.toISOString() }))
+}
+
+export function fromWire (certs: readonly WireCertificate[]): ListenerCertificate[] {
+  return certs.map((c) => ({ ...c, notAfter: new Date(c.notAfter) }))
+}
 
 /** Primary → worker. */
 export type ToWorker =
   /** `routes`: the routes in force (runtime weights and upstreams applied); `config`: the static part the worker serves with. */
-  | { canaryd: 'init', config: Config, routes: RouteSpec[], generation: number, subscriptions: Array<[string, string]>, metrics: boolean }
+  | { canaryd: 'init', config: Config, routes: RouteSpec[], generation: number, subscriptions: Array<[string, string]>, metrics: boolean, listener: { certs: WireCertificate[], ticketKeys: string } }
+  /** Reloaded listener certificates (the primary read and checked them): new handshakes use them. */
+  | { canaryd: 'certs', certs: WireCertificate[] }
   /** Every change (weights, a version's upstream, a reload) sends the whole routes: a worker never merges. */
   | { canaryd: 'table', routes: RouteSpec[], generation: number }
   | { canaryd: 'sub', route: string, version: string, on: boolean }
@@ -20,7 +34,7 @@ export type ToWorker =
 /** Worker → primary. */
 export type ToPrimary =
   | { canaryd: 'hello' }
-  | { canaryd: 'ready', address: string, port: number }
+  | { canaryd: 'ready', address: string, port: number, redirect?: { address: string, port: number } }
   | { canaryd: 'metrics', id: number, data: unknown[] }
   /**
    * Finished requests of one (route, version) since the last batch, flat

@@ -16,15 +16,17 @@
  *   dying); SIGTERM/SIGINT drains every worker, then the primary exits 0.
  */
 import cluster, { type Worker } from 'node:cluster'
+import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { addLogReadout, announceStarted, createControlPlane, warnInsecure, type ControlPlane } from '../app.js'
+import { addLogReadout, announceStarted, createControlPlane, listenerSummary, loadListenerCertificates, warnInsecure, type ControlPlane } from '../app.js'
+import type { ListenerCertificate } from '../listener/certs.js'
 import type { Config } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
 import type { SubscribeFinish } from '../rollout/controller.js'
 import { RuntimeStore } from '../state/store.js'
-import { isOurs, type ToPrimary, type ToWorker } from './messages.js'
+import { isOurs, toWire, type ToPrimary, type ToWorker } from './messages.js'
 
 type FinishListener = Parameters<SubscribeFinish>[2]
 
@@ -61,7 +63,11 @@ export class ClusterPrimary {
   #nextId = 1
   #stopping = false
   #crashes: number[] = []
-  #address: { address: string, port: number } | undefined
+  #address: { address: string, port: number, redirect?: { address: string, port: number } | undefined } | undefined
+  /** The listener certificates in force (read at start, replaced by a reload): what a new worker serves. */
+  #certs: ListenerCertificate[] = []
+  /** TLS session ticket keys shared by every worker, so a session resumes whichever worker takes the connection. */
+  readonly #ticketKeys = randomBytes(48).toString('base64')
   #allReady: (() => void) | undefined
   #startFailed: ((err: Error) => void) | undefined
   #started = false
@@ -83,7 +89,11 @@ export class ClusterPrimary {
       registry: own?.registry,
       subscribe: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, l, undefined) : undefined,
       subscribeEjection: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, undefined, l) : undefined,
-      isReady: () => !this.#stopping && this.readyWorkers === this.#n
+      isReady: () => !this.#stopping && this.readyWorkers === this.#n,
+      applyCertificates: (certs) => {
+        this.#certs = certs
+        this.#broadcast({ canaryd: 'certs', certs: toWire(certs) })
+      }
     })
     cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker.js', import.meta.url)), args: [] })
   }
@@ -114,6 +124,7 @@ export class ClusterPrimary {
   /** Starts the admin server, forks the workers and waits until all listen; logs the start-up line. */
   async start (): Promise<void> {
     const admin = await this.control.admin.listen()
+    this.#certs = await loadListenerCertificates(this.config, this.#log)
     const ready = new Promise<void>((resolve, reject) => {
       this.#allReady = resolve
       this.#startFailed = reject
@@ -123,7 +134,7 @@ export class ClusterPrimary {
     this.#started = true
     const a = this.#address!
     await announceStarted(this.#log, this.config, this.state.holder, this.control.rollouts, {
-      proxy: `${a.address}:${a.port}`,
+      ...listenerSummary(this.config, { main: a, redirect: a.redirect }),
       admin: `${admin.address}:${admin.port}`,
       workers: this.workerPids
     })
@@ -149,12 +160,12 @@ export class ClusterPrimary {
         // the worker's handler is attached: hand it the config and the weights in force
         const table = this.state.holder.current
         const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
-        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), routes: [...this.state.specs], generation: table.generation, subscriptions, metrics: this.#metricsOn })
+        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), routes: [...this.state.specs], generation: table.generation, subscriptions, metrics: this.#metricsOn, listener: { certs: toWire(this.#certs), ticketKeys: this.#ticketKeys } })
         return
       }
       case 'ready':
         ws.ready = true
-        this.#address ??= { address: m.address, port: m.port }
+        this.#address ??= { address: m.address, port: m.port, redirect: m.redirect }
         this.#log.debug({ worker: ws.worker.id, pid: ws.worker.process.pid }, 'worker listening')
         if (this.readyWorkers === this.#n) this.#allReady?.()
         return

@@ -6,13 +6,12 @@
  * state file and the rollout controller live in the primary.
  */
 import cluster from 'node:cluster'
-import { createDataPlane, versionsOf, type DataPlane } from '../app.js'
-import { listenError } from '../config/load.js'
+import { createDataPlane, startListener, versionsOf, type DataPlane } from '../app.js'
 import { createLogger, flushLogs, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
 import type { Config } from '../config/load.js'
-import { isOurs, type ToPrimary, type ToWorker } from './messages.js'
+import { fromWire, isOurs, type ToPrimary, type ToWorker } from './messages.js'
 
 /** How often finished-request samples are batched to the primary (rollout windows). */
 const SAMPLE_FLUSH_MS = 100
@@ -26,6 +25,7 @@ class Worker {
   readonly #log: Logger
   readonly #holder: TableHolder
   readonly #data: DataPlane
+  readonly #listener: Extract<ToWorker, { canaryd: 'init' }>['listener']
   readonly #subs = new Map<string, { off: () => void, buf: number[], ejections: number, route: string, version: string }>()
   #timer: NodeJS.Timeout | undefined
   #draining = false
@@ -37,13 +37,14 @@ class Worker {
     this.#log = createLogger(init.config.log.level, undefined, { maxBufferBytes: init.config.log.maxBufferBytes }).child({ worker: cluster.worker?.id })
     this.#holder = new TableHolder(buildRoutingTable(init.routes, init.generation))
     this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
+    this.#listener = init.listener
     for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
   }
 
   async start (): Promise<void> {
     await this.#data.upstreams.settled()
-    const a = await this.#data.proxy.listen(this.#config.listen.port, this.#config.listen.host)
-    send({ canaryd: 'ready', address: a.address, port: a.port })
+    const a = await startListener(this.#data, this.#config, this.#log, { certs: fromWire(this.#listener.certs), ticketKeys: Buffer.from(this.#listener.ticketKeys, 'base64') })
+    send({ canaryd: 'ready', address: a.main.address, port: a.main.port, ...(a.redirect === undefined ? {} : { redirect: { address: a.redirect.address, port: a.redirect.port } }) })
   }
 
   handle (m: ToWorker): void {
@@ -58,6 +59,13 @@ class Worker {
         }).catch((err: unknown) => { this.#log.error({ err }, 'cannot apply the routing table') })
         return
       }
+      case 'certs':
+        try {
+          this.#data.listener?.setCertificates(fromWire(m.certs))
+        } catch (err) {
+          this.#log.error({ err }, 'cannot serve the reloaded listener certificates: the previous ones stay')
+        }
+        return
       case 'sub':
         this.#subscribe(m.route, m.version, m.on)
         return
@@ -116,6 +124,7 @@ class Worker {
   async drain (ms: number = this.#config.timeouts.drainTimeoutMs): Promise<void> {
     if (this.#draining) return
     this.#draining = true
+    this.#data.listener?.close()
     const clean = await this.#data.proxy.drain(ms)
     this.#flush()
     await this.#data.upstreams.close()
@@ -140,10 +149,9 @@ process.on('message', (m: unknown) => {
       process.exit(1)
     }
     for (const e of early.splice(0)) worker.handle(e)
-    const { host, port } = msg.config.listen
     worker.start().catch((err: unknown) => {
-      // the same line as a single process: which listener, which key and env var
-      process.stderr.write(`canaryd: ${(listenError(err, 'proxy', host, port) as Error).message}\n`)
+      // the same line as a single process: startListener names the listener, its key and env var
+      process.stderr.write(`canaryd: ${(err as Error).message}\n`)
       process.exit(1)
     })
     return

@@ -5,11 +5,11 @@
  * does (--config, else CANARYD_CONFIG, else the default path) and print the
  * same one-line errors, from `configErrorLine`.
  */
-import { checkUpstreamTls } from '../app.js'
+import { checkUpstreamTls, loadListenerCertificates, trustedProxies } from '../app.js'
 import { parseArgs } from 'node:util'
 import { stringify as stringifyYaml } from 'yaml'
 import { checkAdminBinding } from '../admin/server.js'
-import { ConfigFileError, configPath, DEFAULT_CONFIG_PATH, parseWorkers, EnvConfigError, loadConfig, schemaLeaves, type Config } from '../config/load.js'
+import { ConfigFileError, configPath, DEFAULT_CONFIG_PATH, parseWorkers, EnvConfigError, listenerCertificates, loadConfig, schemaLeaves, type Config } from '../config/load.js'
 import { CanarydError, ConfigError } from '../errors.js'
 import { resolveLogLevel } from '../logger.js'
 import { checkStateDir } from '../state/file.js'
@@ -48,7 +48,7 @@ export function configErrorLine (path: string, err: unknown): string | undefined
  * (LOG_LEVEL wins over log.level) and the admin binding (no token on a
  * non-loopback host is refused). Throws the error `serve` would stop on.
  */
-export function checkServeConfig (path: string, env: NodeJS.ProcessEnv = process.env): Config {
+export async function checkServeConfig (path: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   const config = loadConfig(path, env)
   try {
     parseWorkers(env.CANARYD_WORKERS)
@@ -60,6 +60,9 @@ export function checkServeConfig (path: string, env: NodeJS.ProcessEnv = process
   checkAdminBinding(config.admin.host, config.admin.token)
   // TLS files are read now, so a missing CA or a key that does not match its certificate is one line naming the key
   checkUpstreamTls(config)
+  // the listener's certificates (files, key match, what OpenSSL accepts) and trustedProxies' CIDRs
+  trustedProxies(config)
+  await loadListenerCertificates(config)
   return config
 }
 
@@ -78,8 +81,20 @@ export function summarize (path: string, config: Config): string {
   const rollouts = config.routes.filter((r) => r.rollout !== undefined).length
   const state = config.state.file === '' ? 'in memory only (state.file "")' : `state file ${config.state.file}`
   return `ok ${path}: ${plural(config.routes.length, 'route')} (${config.routes.map((r) => r.name).join(', ')}), ${plural(versions, 'version')}, ` +
-    `${plural(rollouts, 'rollout plan')}; proxy ${hostPort(config.listen.host, config.listen.port)}, admin ${hostPort(config.admin.host, config.admin.port)}` +
+    `${plural(rollouts, 'rollout plan')}; proxy ${hostPort(config.listen.host, config.listen.port)}${listenExtras(config)}, admin ${hostPort(config.admin.host, config.admin.port)}` +
     `${config.admin.token === '' ? '' : ' (token set)'}; ${state}`
+}
+
+/** What the proxy listener speaks beyond plain HTTP/1.1, for the `validate` line ('' when nothing). */
+function listenExtras (config: Config): string {
+  const l = config.listen
+  const certs = listenerCertificates(config).length
+  const parts: string[] = []
+  if (certs !== 0) parts.push(`TLS ${plural(certs, 'certificate')}${l.http2 ? ' + h2' : ''}`)
+  if (l.h2c) parts.push('h2c')
+  if (l.redirectPort !== 0) parts.push(`redirect from ${l.redirectPort}`)
+  if (l.proxyProtocol) parts.push('PROXY protocol')
+  return parts.length === 0 ? '' : ` (${parts.join(', ')})`
 }
 
 /** A webhook URL without its path and query, which often hold the secret (a Slack hook's does). */
@@ -167,7 +182,7 @@ export async function runConfig (cmd: 'validate' | 'config', argv: string[], env
   if (cmd === 'validate') {
     let config: Config
     try {
-      config = checkServeConfig(path, env)
+      config = await checkServeConfig(path, env)
     } catch (err) {
       return failConfig(path, err)
     }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { extname, resolve } from 'node:path'
+import { isIP } from 'node:net'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../errors.js'
 import type { RouteSpec } from '../routing/spec.js'
@@ -165,7 +166,8 @@ function checkEnv (env: NodeJS.ProcessEnv): void {
     if (leaf.env === undefined) continue
     const value = env[leaf.env]
     if (value === undefined) continue
-    const problem = envProblem(leaf.format, value)
+    // a list from the environment is comma-separated (convict splits it); trustedProxies is the only one
+    const problem = leaf.key === 'trustedProxies' ? value.split(',').map(cidrProblem).find((p) => p !== undefined) : envProblem(leaf.format, value)
     if (problem !== undefined) throw new EnvConfigError(leaf.key, leaf.env, problem)
   }
 }
@@ -425,8 +427,77 @@ export function configFromObject (raw: unknown, source: string = '', env: NodeJS
     throw convictMessage(err as Error, env)
   }
   const props = c.getProperties() as Omit<Config, 'routes' | 'source'> & { routes: unknown }
+  checkListen(props)
   const routes = validateRoutes(props.routes)
   return { ...props, routes, source }
+}
+
+/** A listener certificate's files (listen.tls.certFile/keyFile, or one entry of listen.tls.certificates). */
+export interface CertificateFiles { certFile: string, keyFile: string }
+
+/**
+ * The listener certificates a config names, in SNI order, each with the
+ * config key of its entry ('listen.tls' or 'listen.tls.certificates[1]');
+ * empty when TLS is off.
+ */
+export function listenerCertificates (config: Pick<Config, 'listen'>): Array<CertificateFiles & { key: string }> {
+  const t = config.listen.tls
+  if (t.certFile !== '') return [{ certFile: t.certFile, keyFile: t.keyFile, key: 'listen.tls' }]
+  return (t.certificates as CertificateFiles[]).map((c, i) => ({ ...c, key: `listen.tls.certificates[${i}]` }))
+}
+
+/**
+ * The shape of the listener settings convict cannot check: the two ways of
+ * naming certificates, the settings that only make sense with (or without)
+ * TLS, and trustedProxies being strings (their CIDR syntax and the files
+ * themselves are checked by the app, which owns the listener).
+ */
+function checkListen (props: Omit<Config, 'routes' | 'source'>): void {
+  const l = props.listen
+  const t = l.tls
+  if ((t.certFile === '') !== (t.keyFile === '')) throw new ConfigError(t.certFile === '' ? 'listen.tls.certFile' : 'listen.tls.keyFile', 'listen.tls.certFile and listen.tls.keyFile go together: set both or neither')
+  if (t.certFile !== '' && t.certificates.length !== 0) throw new ConfigError('listen.tls.certificates', 'use either listen.tls.certFile/keyFile or listen.tls.certificates, not both')
+  t.certificates.forEach((c, i) => {
+    const at = `listen.tls.certificates[${i}]`
+    if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new ConfigError(at, `must be an object { "certFile": …, "keyFile": … }, got ${JSON.stringify(c)}`)
+    for (const k of Object.keys(c)) if (k !== 'certFile' && k !== 'keyFile') throw new ConfigError(`${at}.${k}`, 'unknown key (certFile and keyFile only)')
+    for (const k of ['certFile', 'keyFile'] as const) {
+      const v = (c as Record<string, unknown>)[k]
+      if (typeof v !== 'string' || v.length === 0) throw new ConfigError(`${at}.${k}`, `must be a file path, got ${JSON.stringify(v)}`)
+    }
+  })
+  const tls = t.certFile !== '' || t.certificates.length !== 0
+  if (l.h2c && tls) throw new ConfigError('listen.h2c', 'cleartext HTTP/2 is for a listener without TLS; with listen.tls, HTTP/2 is offered by ALPN (listen.http2)')
+  if (l.redirectPort !== 0) {
+    if (!tls) throw new ConfigError('listen.redirectPort', 'the https redirect needs TLS on the proxy listener (listen.tls)')
+    if (l.redirectPort === l.port) throw new ConfigError('listen.redirectPort', `must differ from listen.port (${l.port})`)
+  }
+  props.trustedProxies.forEach((p, i) => {
+    const problem = cidrProblem(p)
+    if (problem !== undefined) throw new ConfigError(`trustedProxies[${i}]`, problem)
+  })
+}
+
+/** The keywords trustedProxies accepts beside CIDRs and addresses (listener/trust.ts expands them). */
+const PROXY_KEYWORDS = new Set(['loopback', 'private', 'linklocal'])
+
+/**
+ * Why `v` is not a trustedProxies entry (a keyword, an address, or a CIDR
+ * with a prefix length the family allows), or undefined. The syntax only:
+ * the listener compiles the list (and would refuse the same entries).
+ */
+export function cidrProblem (v: unknown): string | undefined {
+  const got = `got ${JSON.stringify(v)}`
+  if (typeof v !== 'string') return `must be a CIDR, an address or one of ${[...PROXY_KEYWORDS].join(', ')}, ${got}`
+  const s = v.trim()
+  if (PROXY_KEYWORDS.has(s)) return undefined
+  const slash = s.indexOf('/')
+  const family = isIP(slash === -1 ? s : s.slice(0, slash))
+  if (family === 0) return `must be a CIDR, an address or one of ${[...PROXY_KEYWORDS].join(', ')}, ${got}`
+  if (slash === -1) return undefined
+  const bits = s.slice(slash + 1)
+  const max = family === 4 ? 32 : 128
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= max ? undefined : `the prefix length must be 0–${max}, ${got}`
 }
 
 /**
@@ -446,17 +517,26 @@ function valueAt (c: unknown, key: string): unknown {
   return v
 }
 
+/** The keys naming the listener's certificate files: reloaded in place (the TLS settings around them are not). */
+const CERT_KEYS = new Set(['listen.tls.certFile', 'listen.tls.keyFile', 'listen.tls.certificates'])
+
 /**
  * The static keys whose values differ between the running config and a
- * reloaded one: a reload applies the routes only and reports these as
- * needing a restart (sorted, schema order).
+ * reloaded one: a reload applies the routes (and the listener's
+ * certificates, while TLS stays on) and reports these as needing a restart
+ * (schema order).
  */
 export function restartRequired (running: Config, next: Config): string[] {
-  return schemaLeaves().filter((l) => valueAt(running, l.key) !== valueAt(next, l.key)).map((l) => l.key)
+  // certificates reload in place while TLS stays on; turning TLS on or off changes the listener itself
+  const certsReload = listenerCertificates(running).length !== 0 && listenerCertificates(next).length !== 0
+  return schemaLeaves()
+    .filter((l) => !(certsReload && CERT_KEYS.has(l.key)))
+    .filter((l) => JSON.stringify(valueAt(running, l.key)) !== JSON.stringify(valueAt(next, l.key)))
+    .map((l) => l.key)
 }
 
-/** The two listeners canaryd opens: the proxy (listen.*) and the admin server (admin.*). */
-export type Listener = 'proxy' | 'admin'
+/** The listeners canaryd opens: the proxy (listen.*), its https redirect (listen.redirectPort) and the admin server (admin.*). */
+export type Listener = 'proxy' | 'redirect' | 'admin'
 
 /** What a failed listen() means, and which of the listener's keys (host or port) to change. */
 const LISTEN_FAILURES: Record<string, { key: 'host' | 'port'; reason: string }> = {
@@ -484,7 +564,10 @@ export function listenError (err: unknown, listener: Listener, host: string, por
   const known = LISTEN_FAILURES[e.code]
   const section = listener === 'proxy' ? 'listen' : 'admin'
   const leaves = schemaLeaves()
-  const name = (k: 'host' | 'port'): string => `${section}.${k} / ${leaves.find((l) => l.key === `${section}.${k}`)?.env ?? '?'}`
+  const name = (k: 'host' | 'port'): string => {
+    const key = listener === 'redirect' && k === 'port' ? 'listen.redirectPort' : `${section}.${k}`
+    return `${key} / ${leaves.find((l) => l.key === key)?.env ?? '?'}`
+  }
   const keys = known === undefined ? `${name('host')}, ${name('port')}` : name(known.key)
   let reason = known?.reason ?? `${e.code} (${e.message})`
   const p = e.port ?? port

@@ -25,7 +25,8 @@ type LeafValue<F> = F extends StringConstructor ? string
   : F extends BooleanConstructor ? boolean
     : F extends readonly (infer U)[] ? U
       : F extends 'port' | 'nat' | 'ms' | 'positive-ms' | 'int' ? number
-        : never
+        : F extends ArrayConstructor ? unknown[]
+          : never
 
 /** The config type a schema (sub)tree describes: leaves by format, branches recursively. */
 export type SchemaValues<S> = { [K in keyof S]: S[K] extends { format: infer F, default: unknown } ? LeafValue<F> : SchemaValues<S[K]> }
@@ -48,8 +49,22 @@ export type StaticConfig = SchemaValues<Omit<typeof schema, 'routes'>>
 export const schema = {
   listen: {
     host: { doc: 'Address the proxy listens on.', format: String, default: '0.0.0.0', env: 'CANARYD_LISTEN_HOST' },
-    port: { doc: 'Port the proxy listens on (0 = any free port).', format: 'port', default: 8080, env: 'CANARYD_LISTEN_PORT' }
+    port: { doc: 'Port the proxy listens on (0 = any free port).', format: 'port', default: 8080, env: 'CANARYD_LISTEN_PORT' },
+    tls: {
+      certFile: { doc: 'PEM certificate (chain, leaf first) served by the proxy listener: with `keyFile`, turns TLS on. For several certificates chosen by SNI use `certificates` instead. Reloaded without a restart (SIGHUP, POST /api/v1/reload, serve --watch).', format: String, default: '', env: 'CANARYD_TLS_CERT_FILE' },
+      keyFile: { doc: 'PEM private key (unencrypted) of `certFile`.', format: String, default: '', env: 'CANARYD_TLS_KEY_FILE' },
+      certificates: { doc: 'Several certificates, `[{ "certFile": …, "keyFile": … }, …]`: each handshake gets the one whose names match the requested server name (SNI; exact name first, then a `*.` wildcard for one label); no match or no SNI gets the first. Instead of `certFile`/`keyFile`.', format: Array, default: [] as unknown[] },
+      minVersion: { doc: 'Oldest TLS version accepted.', format: ['TLSv1.2', 'TLSv1.3'], default: 'TLSv1.2', env: 'CANARYD_TLS_MIN_VERSION' },
+      ciphers: { doc: 'OpenSSL cipher list for TLS 1.2 ("" = Node\'s default: ECDHE with AES-GCM or ChaCha20 first, no RC4, no 3DES, no export ciphers). TLS 1.3 suites are always OpenSSL\'s defaults.', format: String, default: '', env: 'CANARYD_TLS_CIPHERS' }
+    },
+    http2: { doc: 'With TLS, offer HTTP/2 by ALPN (h2, then http/1.1). false = HTTP/1.1 only.', format: Boolean, default: true, env: 'CANARYD_LISTEN_HTTP2' },
+    h2c: { doc: 'Without TLS, also accept cleartext HTTP/2 with prior knowledge (a connection starting with the HTTP/2 preface), beside HTTP/1.1. For a trusted network (e.g. behind a load balancer that speaks h2c); no HTTP/1.1 Upgrade: h2c.', format: Boolean, default: false, env: 'CANARYD_LISTEN_H2C' },
+    redirectPort: { doc: 'With TLS, also listen on this port for plain HTTP and answer every request with 308 to the same URL over https (0 = off). Requests under /.well-known/acme-challenge/ are routed instead, when `acmePassthrough` is on.', format: 'port', default: 0, env: 'CANARYD_LISTEN_REDIRECT_PORT' },
+    redirectHttpsPort: { doc: 'Port written in the redirect\'s https URL (0 = listen.port; 443 is left out). Set it when the public port differs from listen.port (a Service mapping 443 to 8443).', format: 'port', default: 0, env: 'CANARYD_LISTEN_REDIRECT_HTTPS_PORT' },
+    acmePassthrough: { doc: 'On the redirect port, route requests under /.well-known/acme-challenge/ like any other request (HTTP-01 challenges, e.g. cert-manager\'s solver) instead of redirecting them.', format: Boolean, default: true, env: 'CANARYD_LISTEN_ACME_PASSTHROUGH' },
+    proxyProtocol: { doc: 'Every connection (both ports) must start with a PROXY protocol v1 or v2 header (AWS NLB, HAProxy send-proxy); the address it carries is the client address. A connection without a valid header is closed.', format: Boolean, default: false, env: 'CANARYD_LISTEN_PROXY_PROTOCOL' }
   },
+  trustedProxies: { doc: 'CIDRs (or addresses, or `loopback`, `private`, `linklocal`) of the proxies in front of canaryd. X-Forwarded-For/-Proto/-Host from any other peer are replaced; from these they are kept, and the client address (the `ip` sticky key, the access log) is the first untrusted hop from the right of X-Forwarded-For. Comma-separated in the env var.', format: Array, default: [] as unknown[], env: 'CANARYD_TRUSTED_PROXIES' },
   admin: {
     host: { doc: 'Address of the admin server (API, /metrics, /healthz). A non-loopback address requires a token.', format: String, default: '127.0.0.1', env: 'CANARYD_ADMIN_HOST' },
     port: { doc: 'Port of the admin server (0 = any free port).', format: 'port', default: 9901, env: 'CANARYD_ADMIN_PORT' },
@@ -89,6 +104,8 @@ export const schema = {
     maxUrlBytes: { doc: 'Longest request target; past it, 414.', format: 'nat', default: 8192, env: 'CANARYD_MAX_URL_BYTES' },
     allowTrace: { doc: 'Forward TRACE requests; when false (default, as nginx and Envoy), TRACE is answered 405 and never reaches an upstream.', format: Boolean, default: false, env: 'CANARYD_ALLOW_TRACE' },
     maxConnections: { doc: 'Most client connections the proxy listener holds open at once (per process: each cluster worker gets its share); past it a new connection is closed at once, without a response, and counted in canaryd_connections_rejected_total. Connections already served are unaffected (0 = no cap).', format: 'nat', default: 10000, env: 'CANARYD_MAX_CONNECTIONS' },
+    http2MaxConcurrentStreams: { doc: 'HTTP/2: most streams (requests) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by the protocol.', format: 'nat', default: 128, env: 'CANARYD_HTTP2_MAX_CONCURRENT_STREAMS' },
+    http2MaxHeaderListBytes: { doc: 'HTTP/2: most bytes of a request\'s decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes per field); past it the stream is reset.', format: 'nat', default: 32768, env: 'CANARYD_HTTP2_MAX_HEADER_LIST_BYTES' },
     underscoreHeaders: { doc: 'Request header names containing `_`: drop them (as Envoy), reject the request with 400, or allow them.', format: ['drop', 'reject', 'allow'], default: 'drop', env: 'CANARYD_UNDERSCORE_HEADERS' }
   },
   health: {

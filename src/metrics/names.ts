@@ -16,7 +16,8 @@ export const METRIC_NAMES = Object.freeze({
   connectionsOpen: 'canaryd_connections_open',
   connectionsRejected: 'canaryd_connections_rejected_total',
   logDropped: 'canaryd_log_dropped_total',
-  endpoints: 'canaryd_upstream_endpoints'
+  endpoints: 'canaryd_upstream_endpoints',
+  connectionErrors: 'canaryd_connection_errors_total'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

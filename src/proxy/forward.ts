@@ -11,7 +11,7 @@ import type { EndpointGroup } from '../upstream/group.js'
 import type { RouteHealth } from '../upstream/health.js'
 import type { ExchangeHandler, ExchangeRequest } from '../upstream/http-client.js'
 import { holdSlot, releaseSlot } from '../upstream/pools.js'
-import { filterResponseHeaders } from './headers.js'
+import { filterResponseHeaders, isHttp2 } from './headers.js'
 import { mayRetry } from './retry.js'
 
 /** Everything bound to one (route, version) for the life of a routing table. */
@@ -82,9 +82,15 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   if (version.length !== 0) headers.push('x-canaryd-version', version)
   // an unread request body leaves the connection's framing unknown: close it after the answer
   const req = res.req
+  const status = ERROR_CODES[code].status
+  if (isHttp2(req)) {
+    // HTTP/2: no reason phrase, no Connection header (a stream ends alone; its connection is not in doubt)
+    res.writeHead(status, headers)
+    res.end(body)
+    return
+  }
   const bodyUnread = !req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
   if (bodyUnread || isRefusal(code)) headers.push('connection', 'close')
-  const status = ERROR_CODES[code].status
   // the reason phrase is always given: a failed writeHead (an upstream reason
   // Node refuses) leaves its bad statusMessage behind, which would be reused
   res.writeHead(status, STATUS_CODES[status] ?? '', headers)
@@ -152,8 +158,12 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   /** Set when the upstream failed this request (for metrics and rollout analysis). */
   upstreamFailed = false
   #retries: number
+  /** The client spoke HTTP/2 (Node's compatibility objects behind req and res). */
+  readonly #h2: boolean
+  /** The client address, for the access log (set only when it is on). */
+  client = ''
 
-  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext) {
+  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext, h2 = false) {
     this.#req = req
     this.#res = res
     this.#rt = rt
@@ -163,7 +173,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#ctx = ctx
     this.#t0 = t0
     this.#retries = ctx.retries
-    this.socket = req.socket
+    this.#h2 = h2
+    // an HTTP/2 stream has no pipeline to continue (and req.socket would build a proxy object)
+    this.socket = h2 ? undefined : req.socket
     holdSlot(ep.slot)
     rt.observer.start()
     // 'close' is emitted once: `on` spares the wrapper `once` would allocate
@@ -175,8 +187,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     return this.#rt
   }
 
-  /** The client connection (it carries the pipeline queue; Node unsets req.socket once the exchange is over). */
-  readonly socket: Duplex
+  /** The HTTP/1.1 client connection (it carries the pipeline queue; Node unsets req.socket once the exchange is over); undefined over HTTP/2. */
+  readonly socket: Duplex | undefined
 
   /** The request's method (for the access log). */
   get method (): string {
@@ -350,7 +362,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     // response in one tick, and Node's first res.write() corks the socket until
     // the next tick itself, so they leave in one writev (checked with strace)
     try {
-      res.writeHead(statusCode, statusText, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
+      // HTTP/2 has no reason phrase (Node warns when given one)
+      if (this.#h2) res.writeHead(statusCode, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
+      else res.writeHead(statusCode, statusText, filterResponseHeaders(rawHeaders, this.#rt.version, this.#setCookie))
     } catch (err) {
       // Node refuses a header undici accepted (e.g. DEL in a value): one protocol
       // failure and a clean 502. `#settled` makes the onError that undici's

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http'
+import { Http2ServerRequest } from 'node:http2'
 import { isIPv6 } from 'node:net'
 
 /**
@@ -29,6 +30,16 @@ function connectionListed (value: string | undefined): Set<string> | undefined {
     ;(out ??= new Set()).add(n)
   }
   return out
+}
+
+/** What the forwarded headers need to know of the client connection (fixed when it was accepted). */
+export interface ClientConnection {
+  /** The client reached canaryd over TLS. */
+  readonly secure: boolean
+  /** The peer's address (or the PROXY header's source). */
+  readonly address: string
+  /** The peer is a trusted proxy: its X-Forwarded-* are kept. */
+  readonly trusted: boolean
 }
 
 /** Options applied while copying request headers. */
@@ -125,8 +136,18 @@ export function isValidHost (h: string): boolean {
 /**
  * Builds the upstream request's headers as a flat [name, value, …] array from
  * the client's raw headers: hop-by-hop headers and those named in Connection
- * removed (never Host or Content-Length), X-Forwarded-For appended to, X-Forwarded-Proto and -Host kept when
- * an outer proxy set them (else set), `x-canaryd-version` set, Host preserved.
+ * removed (never Host or Content-Length), `x-canaryd-version` set, Host
+ * preserved. X-Forwarded-For/-Proto/-Host: from a trusted peer they are kept
+ * (the peer appended to X-Forwarded-For; -Proto and -Host set only when
+ * absent); from any other peer a client's copies are replaced, so nobody can
+ * make an upstream believe a forged address or scheme (Traefik's and
+ * Envoy's default).
+ *
+ * An HTTP/2 request (RFC 9113 §8.2.3, §8.3.1) loses its pseudo-headers,
+ * gets `:authority` as Host (the caller put it in `req.headers.host`) and
+ * has its `cookie` fields joined with "; " into one, as an HTTP/1.1 upstream
+ * expects. Its body framing is the stream's: no Content-Length and a stream
+ * not ended with the headers is a body of unknown length.
  *
  * The same single pass refuses what llhttp lets through but an upstream could
  * read differently (request smuggling, desync): more than one Host,
@@ -138,10 +159,12 @@ export function isValidHost (h: string): boolean {
  * underscore name under the `reject` policy. Returns the problem's error code
  * instead of the array in that case.
  */
-export function buildUpstreamHeaders (req: IncomingMessage, version: string, clientIp: string, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
+export function buildUpstreamHeaders (req: IncomingMessage, version: string, conn: ClientConnection, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
   const raw = req.rawHeaders
+  const h2 = isHttp2(req)
   const listed = connectionListed(rawConnection(raw))
   const out: string[] = []
+  let cookie: string | undefined
   let host: string | undefined
   let contentLength: string | undefined
   let xff = ''
@@ -154,6 +177,13 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const lower = name.toLowerCase()
+    if (h2) {
+      if (lower.charCodeAt(0) === 58 /* : */) continue
+      if (lower === 'cookie') {
+        cookie = cookie === undefined ? raw[i + 1]! : `${cookie}; ${raw[i + 1]!}`
+        continue
+      }
+    }
     if (HOP_BY_HOP.has(lower)) {
       if (lower === 'transfer-encoding') {
         codings++
@@ -191,15 +221,30 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, cli
     if (te.toLowerCase() !== 'chunked') return te.toLowerCase().includes('chunked') || te.includes(',') ? 'CANARYD_ERR_BAD_REQUEST' : 'CANARYD_ERR_NOT_IMPLEMENTED'
     // undici frames the stream body itself (chunked when no length is known)
   }
+  if (h2) {
+    // :authority, put in req.headers.host by the caller (a Host field, when also sent, is the same)
+    if (host === undefined) {
+      host = req.headers.host ?? ''
+      out.push('host', host)
+    }
+    if (cookie !== undefined) out.push('cookie', cookie)
+  }
+  if (!conn.trusted) {
+    xff = ''
+    proto = ''
+    fhost = ''
+  }
+  const peer = conn.address
   out.push(
-    'x-forwarded-for', xff.length === 0 ? clientIp : `${xff}, ${clientIp}`,
-    'x-forwarded-proto', proto.length === 0 ? 'http' : proto,
+    'x-forwarded-for', xff.length === 0 ? peer : `${xff}, ${peer}`,
+    'x-forwarded-proto', proto.length === 0 ? (conn.secure ? 'https' : 'http') : proto,
     'x-forwarded-host', fhost.length === 0 ? (host ?? '') : fhost,
     'x-canaryd-version', version
   )
   if (framing !== undefined) {
     framing.contentLength = contentLength
-    framing.chunked = codings === 1
+    // an HTTP/2 body has no framing header: the stream says whether one follows
+    framing.chunked = codings === 1 || (h2 && contentLength === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders)
   }
   return out
 }
@@ -216,6 +261,16 @@ function rawConnection (raw: readonly string[]): string | undefined {
     if (name.length === 10 && name.toLowerCase() === 'connection') value = value === undefined ? raw[i + 1]! : `${value}, ${raw[i + 1]!}`
   }
   return value
+}
+
+/**
+ * The request came over HTTP/2 (Node's compatibility request). Not
+ * `httpVersionMajor === 2`: llhttp accepts an HTTP/1.1 request line saying
+ * `HTTP/2.0`, and that request must still be refused as HTTP/1.1 (and its
+ * connection closed).
+ */
+export function isHttp2 (req: IncomingMessage): boolean {
+  return (req as unknown) instanceof Http2ServerRequest
 }
 
 /** True when the client reached the edge over https, as told by X-Forwarded-Proto. */

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { createServer as createH2Server, type Http2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import { LRUCache } from 'lru-cache'
@@ -19,7 +20,7 @@ import type { Clock } from '../upstream/group.js'
 import { RouteHealth, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
 import { ForwardHandler, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
-import { buildUpstreamHeaders, hasValidHost, isSecure, type RequestFraming, type RequestHeaderOptions } from './headers.js'
+import { buildUpstreamHeaders, hasValidHost, isHttp2, isSecure, type ClientConnection, type RequestFraming, type RequestHeaderOptions } from './headers.js'
 import { endWith, replyOf } from './replies.js'
 import { WebSocketProxy } from './websocket.js'
 
@@ -44,8 +45,16 @@ export interface ProxyOptions {
   maxUrlBytes?: number
   /** Forward TRACE (default false: 405). */
   allowTrace?: boolean
-  /** Most open client connections; past it new ones are closed at once (0 = no cap). Default 10000. */
-  maxConnections?: number
+  /**
+   * The client address behind a trusted peer: `peer` and the request's
+   * X-Forwarded-For (the listener's TrustedProxies.clientAddress). Only
+   * called for connections whose info says `trusted`.
+   */
+  clientAddress?: (peer: string, xff: string | undefined) => string
+  /** HTTP/2 limits (SETTINGS): streams per connection, decoded header list bytes. */
+  http2?: { maxConcurrentStreams: number, maxHeaderListBytes: number }
+  /** The redirect port's answers: the https URL's port (443 is left out) and whether ACME challenges are routed instead. */
+  redirect?: { httpsPort: number, acmePassthrough: boolean }
   /** Extra upstream attempts (see ForwardHandler's retry policy); default 1. */
   retries?: number
   /** Request bodies from this size (and chunked ones) go through Node's http client (0 = never); default 65536. */
@@ -58,6 +67,23 @@ export interface ProxyOptions {
   /** Millisecond clock for ejections (tests). */
   now?: Clock
 }
+
+/**
+ * What the listener knows of a client connection (listener/'s
+ * ConnectionInfo, the same shape: the app wires the two).
+ */
+export interface ConnectionInfo extends ClientConnection {
+  /** Accepted on the plain-HTTP redirect port. */
+  readonly redirect: boolean
+}
+
+/** A connection handed to the HTTP/1.1 server some other way (tests, or before the listener tags it): a plain, untrusted peer. */
+function plainInfo (socket: Duplex): ConnectionInfo {
+  return { secure: false, redirect: false, address: (socket as Socket).remoteAddress ?? '', trusted: false }
+}
+
+/** Where ACME HTTP-01 challenges are asked (RFC 8555 §8.3): routed, not redirected, on the redirect port. */
+const ACME_PREFIX = '/.well-known/acme-challenge/'
 
 /** What the hot path reads for one routing table: built on swap, never per request. */
 interface Bound {
@@ -109,6 +135,12 @@ type Queued =
  * is sent, and a malformed tail is answered after the requests before it.
  */
 class Connection {
+  constructor (info: ConnectionInfo) {
+    this.info = info
+  }
+
+  /** TLS or not, client address, trusted hop: fixed when the connection was accepted. */
+  readonly info: ConnectionInfo
   /** A request of this connection is being handled, until its response closes. */
   active = false
   /** The request being handled (for the clientError decision), and its response. */
@@ -133,6 +165,10 @@ const kContinue = Symbol('canaryd.continue')
 const kConn = Symbol('canaryd.connection')
 type ConnSocket = Duplex & { [kConn]?: Connection, _paused?: boolean, parser?: { resume: () => void } | null }
 
+/** An HTTP/2 session's ConnectionInfo (set when the session starts). */
+const kInfo = Symbol('canaryd.connectionInfo')
+type InfoSession = ServerHttp2Session & { [kInfo]?: ConnectionInfo }
+
 /** Most distinct Host values whose route candidates are cached per table (bounds memory under random Hosts). */
 const HOST_CACHE_SIZE = 10_000
 
@@ -145,18 +181,32 @@ interface Selection {
   hash: number
   url: string
   setCookie: string
+  /** The client address (the `ip` sticky key, the access log). */
   ip: string
 }
 
 /**
- * The proxy listener: node:http in front, undici pools behind. A request reads
- * the bound table once, picks its route (Host, then longest pathPrefix), its
- * version (override, else sticky key → weighted rendezvous hash) and streams
- * through the version's pool. Nothing here knows about the admin API or
- * rollouts; it only follows the TableHolder.
+ * The proxy: node:http and node:http2 in front, undici pools behind. The
+ * listener (listener/) accepts connections and hands each to the HTTP/1.1
+ * server (`acceptHttp1`) or the HTTP/2 one (`acceptHttp2`); neither server
+ * listens itself. A request reads the bound table once, picks its route
+ * (Host or :authority, then longest pathPrefix), its version (override, else
+ * sticky key → weighted rendezvous hash) and streams through the version's
+ * pool, over HTTP/1.1 whatever the client spoke. Nothing here knows about
+ * the admin API or rollouts; it only follows the TableHolder.
  */
 export class ProxyServer {
+  /** The HTTP/1.1 server (fed by acceptHttp1). */
   readonly server: Server
+  /** The HTTP/2 server (fed by acceptHttp2). */
+  readonly #h2: Http2Server
+  /** HTTP/2 sessions open now: told to go away on drain. */
+  readonly #sessions = new Set<ServerHttp2Session>()
+  /** The info of the connection acceptHttp2 is handing over (the session is made synchronously inside). */
+  #nextInfo: ConnectionInfo | undefined
+  readonly #clientAddress: (peer: string, xff: string | undefined) => string
+  #redirectPort: number
+  readonly #acme: boolean
   readonly #opts: ProxyOptions
   readonly #log: Logger
   readonly #observers = new Map<string, VersionObserver>()
@@ -174,8 +224,6 @@ export class ProxyServer {
   readonly #checker: HealthChecker
   #bound: Bound
   #inFlight = 0
-  #connections = 0
-  #rejected = 0
   #draining = false
   #drained: (() => void) | undefined
 
@@ -189,6 +237,9 @@ export class ProxyServer {
     this.#maxUrlBytes = opts.maxUrlBytes ?? 8192
     this.#allowTrace = opts.allowTrace ?? false
     this.#retries = opts.retries ?? 1
+    this.#clientAddress = opts.clientAddress ?? ((peer) => peer)
+    this.#redirectPort = opts.redirect?.httpsPort ?? 443
+    this.#acme = opts.redirect?.acmePassthrough ?? true
     this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone, draining: false }
     this.#ws = new WebSocketProxy(this.#log)
     this.#checker = new HealthChecker({
@@ -213,10 +264,10 @@ export class ProxyServer {
       // checked in #handle instead: Node's own 400 has no JSON body and does not stop the pipeline behind it
       requireHostHeader: false
     }, (req, res) => { this.#onRequest(req, res) })
-    const maxConnections = opts.maxConnections ?? 10_000
-    if (maxConnections > 0) this.server.maxConnections = maxConnections
-    // past maxConnections Node closes the new socket before any byte is read
-    this.server.on('drop', () => { this.#rejected++ })
+    // the server never listens (the listener hands it sockets), but Node
+    // starts its connection tracking (headersTimeout checks,
+    // closeIdleConnections) on 'listening'
+    this.server.emit('listening')
     this.server.on('connection', (socket: Socket) => { this.#accepted(socket) })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => { this.#clientError(err, socket) })
     // Node takes any Expect whose value merely contains `100-continue`
@@ -247,6 +298,40 @@ export class ProxyServer {
       socket.on('error', () => { socket.destroy() })
       this.#arrive(socket, { kind: 'connect', socket })
     })
+    const h2 = opts.http2 ?? { maxConcurrentStreams: 128, maxHeaderListBytes: 32768 }
+    this.#h2 = createH2Server({
+      settings: { maxConcurrentStreams: h2.maxConcurrentStreams, maxHeaderListSize: h2.maxHeaderListBytes },
+      // header fields beyond limits.maxHeaderCount (+ the 4 pseudo-headers) are refused by nghttp2 before any work
+      maxHeaderListPairs: (opts.maxHeaderCount ?? 100) + 4,
+      // streams the client itself resets or that we refuse, per session, before it is closed: rapid reset (CVE-2023-44487) and similar floods
+      maxSessionRejectedStreams: 100,
+      maxSessionInvalidFrames: 1000,
+      unknownProtocolTimeout: opts.clientHeadersMs
+    }, (req, res) => { this.#onH2Request(req, res) })
+    this.#h2.on('session', (session: InfoSession) => {
+      session[kInfo] = this.#nextInfo
+      this.#sessions.add(session)
+      // an idle session (no frame either way) is closed as an idle keep-alive connection is; close() lets open streams finish
+      session.setTimeout(opts.clientIdleMs, () => { session.close() })
+      session.on('close', () => { this.#sessions.delete(session) })
+      session.on('error', () => { session.destroy() })
+      if (this.#draining) session.close()
+    })
+    // a stream-level failure (the client reset it, a protocol error) ends that request only; its response 'close' does the accounting
+    this.#h2.on('streamError', () => {})
+  }
+
+  /** An accepted HTTP/1.1 connection (plain, TLS, or the redirect port's) from the listener. */
+  acceptHttp1 (socket: Duplex, info: ConnectionInfo): void {
+    ;(socket as ConnSocket)[kConn] = new Connection(info)
+    this.server.emit('connection', socket)
+  }
+
+  /** An accepted HTTP/2 connection (ALPN h2, or an h2c preface) from the listener. */
+  acceptHttp2 (socket: Duplex, info: ConnectionInfo): void {
+    this.#nextInfo = info
+    this.#h2.emit('connection', socket)
+    this.#nextInfo = undefined
   }
 
   /** An Expect we do not meet: 417, in its turn on the connection (a refusal: the connection then closes). */
@@ -276,11 +361,10 @@ export class ProxyServer {
     this.#enqueue(conn, socket, item)
   }
 
-  /** A client connection was accepted: give it its pipeline state. */
+  /** A client connection reached the HTTP/1.1 server: give it its pipeline state (acceptHttp1 made it already). */
   #accepted (socket: Socket): void {
-    const conn = new Connection()
-    ;(socket as ConnSocket)[kConn] = conn
-    this.#connections++
+    const s0 = socket as ConnSocket
+    const conn = s0[kConn] ??= new Connection(plainInfo(socket))
     // Node's socketOnDrain resumes any socket whose _paused is set: keep ours paused
     socket.on('resume', () => {
       const s = socket as ConnSocket
@@ -290,17 +374,12 @@ export class ProxyServer {
         s.pause()
       }
     })
-    socket.on('close', this.#connectionClosed)
-  }
-
-  readonly #connectionClosed = (): void => {
-    this.#connections--
   }
 
   /** The socket's pipeline state (made here for a socket handed to the server some other way). */
   #conn (socket: Duplex): Connection {
     const s = socket as ConnSocket
-    s[kConn] ??= new Connection()
+    s[kConn] ??= new Connection(plainInfo(socket))
     return s[kConn]
   }
 
@@ -317,7 +396,35 @@ export class ProxyServer {
     conn.active = true
     conn.req = req
     conn.res = res
-    this.#handle(req, res)
+    this.#handle(req, res, conn.info, false)
+  }
+
+  /**
+   * An HTTP/2 request (Node's compatibility API: the same request/response
+   * surface as HTTP/1.1, so one #handle serves both). `:authority` stands
+   * for Host, as RFC 9113 §8.3.1 says; streams need no pipeline queue.
+   */
+  #onH2Request (req: Http2ServerRequest, res: Http2ServerResponse): void {
+    const info = (req.stream.session as InfoSession | undefined)?.[kInfo] ?? H2_PLAIN
+    const headers = req.headers
+    const authority = headers[':authority']
+    if (authority !== undefined) {
+      // a Host besides :authority must name the same thing, or the upstream and we could disagree on it
+      if (headers.host !== undefined && headers.host !== authority) {
+        this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_INVALID_HOST')
+        return
+      }
+      headers.host = authority
+    } else if (headers.host === undefined) {
+      this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_INVALID_HOST')
+      return
+    }
+    // CONNECT (a tunnel) is refused as over HTTP/1.1; it has no :path to route
+    if (req.method === 'CONNECT') {
+      this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_NOT_IMPLEMENTED')
+      return
+    }
+    this.#handle(req as unknown as IncomingMessage, res as unknown as ServerResponse, info, true)
   }
 
   #enqueue (conn: Connection, socket: Duplex, item: Queued): void {
@@ -384,7 +491,7 @@ export class ProxyServer {
       case 'request':
         conn.req = item.req
         conn.res = item.res
-        this.#handle(item.req, item.res)
+        this.#handle(item.req, item.res, conn.info, false)
         return
       case 'expect':
         conn.req = item.req
@@ -395,7 +502,7 @@ export class ProxyServer {
         // an upgrade ends HTTP on this connection either way (Node stopped parsing it)
         conn.closed = true
         if (stopWatching(item.socket)) return
-        this.#upgrade(item.req, item.socket, item.head)
+        this.#upgrade(item.req, item.socket, item.head, conn.info)
         return
       case 'connect':
         conn.closed = true
@@ -406,6 +513,10 @@ export class ProxyServer {
 
   /** Answers a request with a proxy-made error before any version is charged; the pipeline goes on when it closes. */
   #answer (res: ServerResponse, code: ErrorCode): void {
+    if (isHttp2(res.req)) {
+      sendError(res, code, '')
+      return
+    }
     // the socket now: Node unsets req.socket once the exchange is over
     const socket = res.req.socket
     res.on('close', () => { this.#next(socket) })
@@ -457,7 +568,7 @@ export class ProxyServer {
    * sticky key → weighted rendezvous hash over the versions not ejected.
    * Fills the reused `#sel` and returns undefined, or returns the error code.
    */
-  #select (req: IncomingMessage, bound: Bound): ErrorCode | undefined {
+  #select (req: IncomingMessage, bound: Bound, info: ConnectionInfo): ErrorCode | undefined {
     const sel = this.#sel
     let candidates = bound.anyHost
     if (!bound.hostless) {
@@ -480,7 +591,8 @@ export class ProxyServer {
 
     sel.setCookie = ''
     sel.url = url
-    const ip = sel.ip = req.socket.remoteAddress ?? ''
+    // behind a trusted proxy the client is the first untrusted hop of X-Forwarded-For; else the peer (or the PROXY header's source)
+    const ip = sel.ip = info.trusted ? this.#clientAddress(info.address, req.headers['x-forwarded-for'] as string | undefined) : info.address
     // an explicit override pins the version, ejected or not: the tester asked for it
     let version = readOverride(route, req.headers)
     let hash = 0
@@ -488,7 +600,7 @@ export class ProxyServer {
       let key = readStickyKey(route, req.headers, url, ip)
       if (key.length === 0) {
         key = randomUUID()
-        sel.setCookie = stickyCookieHeader(route, key, isSecure(req))
+        sel.setCookie = stickyCookieHeader(route, key, info.secure || (info.trusted && isSecure(req)))
       }
       hash = hashKey(route.salt, key)
       const excluded = bound.health[route.index]!.excluded()
@@ -514,15 +626,15 @@ export class ProxyServer {
     return undefined
   }
 
-  #handle (req: IncomingMessage, res: ServerResponse): void {
+  #handle (req: IncomingMessage, res: ServerResponse, info: ConnectionInfo, h2: boolean): void {
     const t0 = performance.now()
     if (this.#draining) res.shouldKeepAlive = false // answer, then close: the listener is going away
     if (req.rawHeaders.length > this.#maxHeaderCount * 2) {
       this.#answer(res, 'CANARYD_ERR_HEADERS_TOO_LARGE')
       return
     }
-    // llhttp accepts `HTTP/0.9` and `HTTP/2.0` request lines; we only speak 1.x upstream
-    if (req.httpVersionMajor !== 1) {
+    // llhttp accepts `HTTP/0.9` and `HTTP/2.0` request lines; real HTTP/2 comes through #onH2Request
+    if (req.httpVersionMajor !== 1 && !h2) {
       this.#answer(res, 'CANARYD_ERR_BAD_REQUEST')
       return
     }
@@ -532,23 +644,28 @@ export class ProxyServer {
       this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
       return
     }
+    if (info.redirect && !(this.#acme && (req.url ?? '').startsWith(ACME_PREFIX))) {
+      this.#redirect(req, res)
+      return
+    }
     if (req.method === 'TRACE' && !this.#allowTrace) {
       this.#answer(res, 'CANARYD_ERR_METHOD_NOT_ALLOWED')
       return
     }
-    const problem = this.#select(req, this.#bound)
+    const problem = this.#select(req, this.#bound, info)
     if (problem !== undefined) {
-      const check = buildUpstreamHeaders(req, '', '', this.#headerOpts)
+      const check = buildUpstreamHeaders(req, '', info, this.#headerOpts)
       this.#answer(res, typeof check === 'string' ? check : problem)
       return
     }
     const sel = this.#sel
     const rt = sel.rt!
     // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers
-    const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx)
+    const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx, h2)
+    if (this.#opts.accessLog) handler.client = sel.ip
     this.#inFlight++
     const framing = this.#framing
-    const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts, framing)
+    const headers = buildUpstreamHeaders(req, rt.version, info, this.#headerOpts, framing)
     if (typeof headers === 'string') {
       handler.refuse(headers)
       return
@@ -562,10 +679,28 @@ export class ProxyServer {
   readonly #requestDone = (h: ForwardHandler, status: number, seconds: number): void => {
     if (this.#opts.accessLog) {
       const rt = h.runtime
-      this.#log.info({ route: rt.route, version: rt.version, method: h.method, status, ms: Math.round(seconds * 1e4) / 10 }, 'access')
+      this.#log.info({ route: rt.route, version: rt.version, method: h.method, status, ms: Math.round(seconds * 1e4) / 10, client: h.client }, 'access')
     }
     if (--this.#inFlight === 0 && this.#draining) this.#drained?.()
-    this.#next(h.socket)
+    if (h.socket !== undefined) this.#next(h.socket)
+  }
+
+  /**
+   * The redirect port's answer: 308 (method and body kept, RFC 9110 §15.4.9)
+   * to the same host and target over https. The Host was validated, so it
+   * cannot inject anything into Location; an HTTP/1.0 request without one
+   * has no URL to send it to.
+   */
+  #redirect (req: IncomingMessage, res: ServerResponse): void {
+    const host = req.headers.host
+    if (host === undefined) {
+      this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
+      return
+    }
+    const socket = req.socket
+    res.on('close', () => { this.#next(socket) })
+    res.writeHead(308, 'Permanent Redirect', ['location', redirectLocation(host, this.#redirectPort, req.url ?? '/'), 'content-length', '0', 'cache-control', 'no-store'])
+    res.end()
   }
 
   /**
@@ -574,7 +709,7 @@ export class ProxyServer {
    * rules pick; `h2c` and anything else get 400 (no 101 ever reaches the
    * client unless the upstream itself switched protocols).
    */
-  #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer, info: ConnectionInfo): void {
     if (this.#draining) {
       endWith(socket, replyOf('CANARYD_ERR_UPSTREAM_UNAVAILABLE'))
       return
@@ -587,18 +722,23 @@ export class ProxyServer {
       endWith(socket, REPLY_431)
       return
     }
-    if (!hasValidHost(req)) {
+    if (!hasValidHost(req) || (info.redirect && req.headers.host === undefined)) {
       endWith(socket, replyOf('CANARYD_ERR_INVALID_HOST'))
       return
     }
-    const problem = this.#select(req, this.#bound)
+    if (info.redirect) {
+      // ws:// on the redirect port: the client is told where wss:// is, as for any request
+      endWith(socket, `HTTP/1.1 308 Permanent Redirect\r\nlocation: ${redirectLocation(req.headers.host!, this.#redirectPort, req.url ?? '/')}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`)
+      return
+    }
+    const problem = this.#select(req, this.#bound, info)
     if (problem !== undefined) {
       endWith(socket, replyOf(problem))
       return
     }
     const sel = this.#sel
     const rt = sel.rt!
-    const headers = buildUpstreamHeaders(req, rt.version, sel.ip, this.#headerOpts)
+    const headers = buildUpstreamHeaders(req, rt.version, info, this.#headerOpts)
     if (typeof headers === 'string') {
       endWith(socket, replyOf(headers))
       return
@@ -654,27 +794,18 @@ export class ProxyServer {
     endWith(socket, reply)
   }
 
-  /** Client connections open now. */
-  get connections (): number {
-    return this.#connections
+  /** The port written in redirect-port answers (https; 443 is left out): set once the listener knows its own. */
+  set httpsPort (port: number) {
+    this.#redirectPort = port
   }
 
-  /** Client connections closed at once because limits.maxConnections were open. */
-  get rejectedConnections (): number {
-    return this.#rejected
+  get httpsPort (): number {
+    return this.#redirectPort
   }
 
-  /** Starts listening; resolves with the bound address. */
-  async listen (port: number, host: string): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject)
-        resolve()
-      })
-    })
+  /** Starts the active health checks (once the listener is up). */
+  start (): void {
     this.#checker.start()
-    return this.server.address() as AddressInfo
   }
 
   /** Requests being proxied now. */
@@ -691,8 +822,9 @@ export class ProxyServer {
     this.#draining = true
     this.#ctx.draining = true
     this.#checker.stop()
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     this.server.closeIdleConnections()
+    // HTTP/2: GOAWAY; streams already open finish, new ones go to a new connection
+    for (const s of this.#sessions) s.close()
     // a keep-alive connection whose request finishes during the drain closes right after it (shouldKeepAlive = false);
     // WebSockets are not waited for: they are cut with whatever HTTP is left
     let clean = true
@@ -704,12 +836,23 @@ export class ProxyServer {
       })
     }
     this.server.closeAllConnections()
+    for (const s of this.#sessions) s.destroy()
     this.#ws.close()
-    // bounded: a socket Node no longer tracks (handed over for an upgrade or
-    // CONNECT) must not hold the stop forever; every one was destroyed above
-    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 2000).unref())])
+    // stops Node's connection checks (the server never listened: the callback's error says so)
+    this.server.close(() => {})
     return clean
   }
+}
+
+/** Info of an HTTP/2 session that came without one (never from the listener). */
+const H2_PLAIN: ConnectionInfo = { secure: false, redirect: false, address: '', trusted: false }
+
+/** The https URL a redirect-port request is sent to: the Host's name (port dropped), the https port unless 443, the same target. */
+function redirectLocation (host: string, port: number, url: string): string {
+  // a validated Host: `[v6]` or `name`, each with an optional `:port`
+  const end = host.charCodeAt(0) === 91 /* [ */ ? host.indexOf(']') + 1 : (host.indexOf(':') === -1 ? host.length : host.indexOf(':'))
+  const target = url.charCodeAt(0) === 47 /* / */ ? url : toOriginForm(url) || '/'
+  return `https://${host.slice(0, end)}${port === 443 ? '' : `:${port}`}${target}`
 }
 
 /**

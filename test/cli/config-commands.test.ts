@@ -156,7 +156,7 @@ t.test('config print: the effective config after env overrides, secrets masked',
   t.equal(printed.routes[0]!.rollout.webhooks[0]!.url, 'https://hooks.example.com/********')
   t.same(printed.routes[0]!.rollout.steps, [1, 5, 10, 25, 50], 'the normalised plan')
   t.notOk('source' in printed, 'only config keys: the output is itself a config file')
-  t.same(Object.keys(printed), ['listen', 'admin', 'state', 'timeouts', 'upstream', 'limits', 'health', 'log', 'routes'], 'schema order')
+  t.same(Object.keys(printed), ['listen', 'trustedProxies', 'admin', 'state', 'timeouts', 'upstream', 'limits', 'health', 'log', 'routes'], 'schema order')
 
   // the printed config is a valid config meaning the same thing (masked values aside)
   const again = configFromObject(printed, '', {})

@@ -257,7 +257,7 @@ t.test('CONNECT then a TCP reset never crashes the process; the proxy keeps serv
     })
   }
   // give the proxy's event loop a chance to see the resets before asserting it survived
-  await waitFor(async () => await new Promise<boolean>((resolve) => { proxy.app.proxy.server.getConnections((_e, n) => resolve(n === 0)) }))
+  await waitFor(() => proxy.app.data.listener!.connections === 0)
   t.equal(wire.bytes, 0, 'no CONNECT reached the upstream')
   const r = await send(`${proxy.url}/`, { headers: { host: 'app.test' } })
   t.equal(r.status, 200, 'still serving')

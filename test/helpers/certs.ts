@@ -121,3 +121,25 @@ export function makeTestPki (): TestPki {
     cleanup: () => { rmSync(dir, { recursive: true, force: true }) }
   }
 }
+
+/** `pair`'s private key encrypted with AES-256 under the passphrase `x` (`openssl pkey -aes256`), written as `<name>.pem` in `dir`; returns its path. */
+export function encryptKey (dir: string, name: string, pair: CertPair): string {
+  const path = join(dir, `${name}.pem`)
+  openssl(['pkey', '-in', pair.keyPath, '-aes256', '-passout', 'pass:x', '-out', path])
+  return path
+}
+
+/**
+ * A self-signed certificate for `/CN=<cn>` whose extensions are the lines of
+ * `extensions` (an openssl config section, followed by any sections it names,
+ * e.g. `subjectAltName=@alt\n[alt]\nDNS.1=…`): for names makeLeaf's options
+ * cannot spell. Written as `<name>.pem` and `<name>-key.pem` in `dir`.
+ */
+export function makeSelfSignedFromConfig (dir: string, name: string, cn: string, extensions: string): CertPair {
+  const certPath = join(dir, `${name}.pem`)
+  const keyPath = join(dir, `${name}-key.pem`)
+  const config = join(dir, `${name}.cnf`)
+  writeFileSync(config, `[req]\ndistinguished_name=dn\n[dn]\n[ext]\n${extensions}\n`)
+  openssl(['req', '-x509', ...EC, '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', `/CN=${cn}`, '-config', config, '-extensions', 'ext'])
+  return pair(certPath, keyPath)
+}

@@ -68,7 +68,7 @@ t.test('every part of a request and response passes through; hop-by-hop headers 
   t.equal(seen.headers['keep-alive'], undefined, 'Keep-Alive not forwarded')
   t.equal(seen.headers.te, undefined, 'TE not forwarded')
   t.equal(seen.headers['proxy-connection'], undefined, 'Proxy-Connection not forwarded')
-  t.equal(seen.headers['x-forwarded-for'], '203.0.113.7, 127.0.0.1', 'X-Forwarded-For appended')
+  t.equal(seen.headers['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For from an untrusted peer replaced by the peer (trustedProxies empty)')
   t.equal(seen.headers['x-forwarded-proto'], 'http', 'X-Forwarded-Proto set')
   t.equal(seen.headers['x-forwarded-host'], 'shop.example.com', 'X-Forwarded-Host set')
   t.equal(seen.headers['x-canaryd-version'], 'stable', 'x-canaryd-version set, client copy replaced')
@@ -154,10 +154,16 @@ t.test('anonymous clients get a sticky cookie and keep their version with it', a
     seenVersions.add(String(first.headers['x-canaryd-version']))
   }
   t.same([...seenVersions].sort(), ['canary', 'stable'], 'anonymous clients are spread over both versions')
-  const secure = await send(`${proxy.url}/`, { headers: { 'x-forwarded-proto': 'https' } })
-  t.match(secure.headers['set-cookie']?.[0] ?? '', /; Secure$/, 'Secure when X-Forwarded-Proto says https')
+  // a peer outside trustedProxies (none configured here) cannot claim https
+  const forged = await send(`${proxy.url}/`, { headers: { 'x-forwarded-proto': 'https' } })
+  t.notMatch(forged.headers['set-cookie']?.[0] ?? '', /Secure/, 'no Secure when an untrusted peer says https')
+  t.equal([...stable.seen, ...canary.seen].filter((s) => s.headers['x-forwarded-proto'] === 'https').length, 0, 'an untrusted X-Forwarded-Proto is replaced')
+  const trusted = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, [50, 50])], { trustedProxies: ['127.0.0.1/32'] }))
+  t.teardown(trusted.close)
+  const secure = await send(`${trusted.url}/`, { headers: { 'x-forwarded-proto': 'https' } })
+  t.match(secure.headers['set-cookie']?.[0] ?? '', /; Secure$/, 'Secure when a trusted proxy\'s X-Forwarded-Proto says https')
   const https = [...stable.seen, ...canary.seen].filter((s) => s.headers['x-forwarded-proto'] === 'https')
-  t.equal(https.length, 1, 'an outer proxy\'s X-Forwarded-Proto is kept (exactly the one request that sent it)')
+  t.equal(https.length, 1, 'a trusted outer proxy\'s X-Forwarded-Proto is kept (exactly the one request that sent it)')
 })
 
 t.test('override header and cookie force a version, even at 0%; unknown values are ignored', async (t) => {
