@@ -562,7 +562,7 @@ export function listenError (err: unknown, listener: Listener, host: string, por
   // errno codes only (EADDRINUSE, EAI_AGAIN): not Node's ERR_… nor canaryd's CANARYD_ERR_…
   if (typeof e?.code !== 'string' || !/^E[A-Z0-9_]+$/.test(e.code) || e.code.startsWith('ERR_')) return err
   const known = LISTEN_FAILURES[e.code]
-  const section = listener === 'proxy' ? 'listen' : 'admin'
+  const section = listener === 'admin' ? 'admin' : 'listen'
   const leaves = schemaLeaves()
   const name = (k: 'host' | 'port'): string => {
     const key = listener === 'redirect' && k === 'port' ? 'listen.redirectPort' : `${section}.${k}`

@@ -303,7 +303,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   readonly #onClose = (): void => {
     const res = this.#res
     if (this.#bodyTimer !== undefined) clearTimeout(this.#bodyTimer)
-    if (!res.writableFinished) this.clientClosed()
+    // an HTTP/2 stream reset or a session torn down reports writableFinished (its state is closed): ended is what says the answer went out
+    if (this.#h2 ? !res.writableEnded : !res.writableFinished) this.clientClosed()
     if (this.#slotTaken) {
       this.#slotTaken = false
       this.#ep.slot.inFlight--

@@ -319,6 +319,8 @@ export class ProxyServer {
     })
     // a stream-level failure (the client reset it, a protocol error) ends that request only; its response 'close' does the accounting
     this.#h2.on('streamError', () => {})
+    // CONNECT (a tunnel) is refused as over HTTP/1.1 (Node would answer a bare 405 without this listener)
+    this.#h2.on('connect', (_req: Http2ServerRequest, res: Http2ServerResponse) => { this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_NOT_IMPLEMENTED') })
   }
 
   /** An accepted HTTP/1.1 connection (plain, TLS, or the redirect port's) from the listener. */
@@ -417,11 +419,6 @@ export class ProxyServer {
       headers.host = authority
     } else if (headers.host === undefined) {
       this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_INVALID_HOST')
-      return
-    }
-    // CONNECT (a tunnel) is refused as over HTTP/1.1; it has no :path to route
-    if (req.method === 'CONNECT') {
-      this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_NOT_IMPLEMENTED')
       return
     }
     this.#handle(req as unknown as IncomingMessage, res as unknown as ServerResponse, info, true)
@@ -629,7 +626,8 @@ export class ProxyServer {
   #handle (req: IncomingMessage, res: ServerResponse, info: ConnectionInfo, h2: boolean): void {
     const t0 = performance.now()
     if (this.#draining) res.shouldKeepAlive = false // answer, then close: the listener is going away
-    if (req.rawHeaders.length > this.#maxHeaderCount * 2) {
+    // HTTP/2's :method, :path and :scheme are the request line, not fields (:authority counts, as Host does)
+    if (req.rawHeaders.length > (this.#maxHeaderCount + (h2 ? 3 : 0)) * 2) {
       this.#answer(res, 'CANARYD_ERR_HEADERS_TOO_LARGE')
       return
     }
