@@ -133,6 +133,9 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     metrics.addReadout(METRIC_NAMES.connectionsRejected, 'Client connections closed at once because limits.maxConnections were already open.', 'counter', () => data.listener?.rejectedConnections ?? 0)
     metrics.addLabelledReadout(METRIC_NAMES.connectionErrors, 'Client connections closed before any HTTP: a failed TLS handshake, a missing or invalid PROXY protocol header, or nothing received in time (timeouts.clientHeadersMs).', 'counter',
       () => Object.entries(data.listener?.errors ?? { tls_handshake: 0, proxy_protocol: 0, prelude_timeout: 0 }).map(([reason, value]) => ({ labels: { reason }, value })), 'sum')
+    // an expiry alert needs no log reading and survives restarts: `… - time() < 14 * 86400`
+    metrics.addLabelledReadout(METRIC_NAMES.certificateExpiry, 'When each listener certificate served now expires (Unix seconds), by certificate file and its names.', 'gauge',
+      () => (data.listener?.certificates ?? []).map((c) => ({ labels: { cert_file: c.certFile, names: c.names.join(',') }, value: Math.floor(c.notAfter.getTime() / 1000) })), 'max')
     // max across cluster workers: each holds the same endpoints and judges their health itself
     metrics.addLabelledReadout(METRIC_NAMES.endpoints, 'Endpoints of each version by state: healthy (taking requests) or ejected (outlier detection or the active health check).', 'gauge',
       () => proxy.endpointStates().flatMap((e) => [

@@ -126,6 +126,11 @@ export class EdgeListener {
     this.#tls.setCertificates(certs)
   }
 
+  /** The certificates served now (none without TLS). */
+  get certificates (): readonly ListenerCertificate[] {
+    return this.#tls?.certificates ?? []
+  }
+
   /** True when the main port terminates TLS. */
   get tls (): boolean {
     return this.#tls !== undefined

@@ -35,10 +35,13 @@ export class TlsTerminator {
   readonly server: TlsServer
   readonly #settings: TlsSettings
   #table: CertTable
+  /** The certificates served now (for their expiry metric). */
+  #certs: readonly ListenerCertificate[]
 
   constructor (certs: readonly ListenerCertificate[], settings: TlsSettings, onSecure: (socket: TLSSocket) => void, onError: (err: Error, socket: TLSSocket) => void) {
     this.#settings = settings
     this.#table = this.#build(certs)
+    this.#certs = certs
     const first = certs[0]!
     this.server = new TlsServer({
       ...this.#contextOptions(first),
@@ -61,6 +64,12 @@ export class TlsTerminator {
     // the same ticket keys: without them Node makes new ones, and every session issued so far could no longer resume
     this.server.setSecureContext({ ...this.#contextOptions(certs[0]!), ticketKeys: this.server.getTicketKeys() })
     this.#table = table
+    this.#certs = certs
+  }
+
+  /** The certificates new handshakes get, in SNI order. */
+  get certificates (): readonly ListenerCertificate[] {
+    return this.#certs
   }
 
   #contextOptions (c: ListenerCertificate): Parameters<typeof createSecureContext>[0] & object {

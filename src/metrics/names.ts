@@ -17,7 +17,8 @@ export const METRIC_NAMES = Object.freeze({
   connectionsRejected: 'canaryd_connections_rejected_total',
   logDropped: 'canaryd_log_dropped_total',
   endpoints: 'canaryd_upstream_endpoints',
-  connectionErrors: 'canaryd_connection_errors_total'
+  connectionErrors: 'canaryd_connection_errors_total',
+  certificateExpiry: 'canaryd_tls_certificate_expiry_timestamp_seconds'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

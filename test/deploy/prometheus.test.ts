@@ -5,7 +5,10 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { parse, stringify } from 'yaml'
 import { parseExposition } from '../../src/metrics/exposition.js'
-import { PrometheusMetrics } from '../../src/metrics/prometheus.js'
+import { createDataPlane } from '../../src/app.js'
+import { TableHolder } from '../../src/routing/holder.js'
+import { buildRoutingTable } from '../../src/routing/table.js'
+import { testConfig, testLogger, twoVersionRoute } from '../helpers/proxy.js'
 import { exposedNames, metricNamesIn, promtool, promtoolMissing } from './promtool.js'
 
 const dir = fileURLToPath(new URL('../../deploy/prometheus/', import.meta.url))
@@ -26,9 +29,11 @@ t.test('the alert rules pass `promtool check rules` and their unit tests (`promt
 t.test('the rules use only metrics canaryd exposes and include the issue\'s two canary comparisons', async (t) => {
   const doc = parse(readFileSync(`${dir}canaryd-rules.yml`, 'utf8')) as { groups: Array<{ rules: Rule[] }> }
   const rules = doc.groups.flatMap((g) => g.rules)
-  const m = new PrometheusMetrics()
-  m.bind('web', 'stable')
-  const e = parseExposition(await m.expose())
+  // the data plane a process serves with: per-version families and the listener's readouts
+  const config = testConfig([twoVersionRoute('http://127.0.0.1:1', 'http://127.0.0.1:2')])
+  const data = createDataPlane(config, new TableHolder(buildRoutingTable(config.routes, 1)), testLogger(), true)
+  t.teardown(async () => { await data.upstreams.close() })
+  const e = parseExposition(await data.metrics!.expose())
   const names = exposedNames(e.types, e.samples.map((s) => s.name))
   for (const r of rules) for (const n of metricNamesIn(r.expr)) t.ok(names.has(n), `${r.record ?? r.alert}: ${n} is exposed`)
   const byName = new Map(rules.map((r) => [r.alert ?? r.record, r]))

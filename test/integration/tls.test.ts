@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process'
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { X509Certificate } from 'node:crypto'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { connect as h2connect } from 'node:http2'
 import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net'
@@ -328,6 +329,11 @@ t.test('certificates reload without a restart: new handshakes get the new one, e
   t.same(r.json<{ restartRequired: string[] }>().restartRequired, [], 'the certificate files are not a restart-required change')
   t.match((await handshake(port)).san, B, 'a new handshake gets certificate B')
   t.ok(p.logs().some((l) => l.includes('listener certificates loaded')), 'the reload logs the certificates it loaded')
+  // the expiry gauge follows the reload: B's notAfter, read from the file itself
+  const expiry = metricSamples((await send(`${p.adminUrl}/metrics`)).body.toString(), 'canaryd_tls_certificate_expiry_timestamp_seconds')
+  t.equal(expiry.length, 1, 'one expiry series: the one certificate served')
+  t.equal(expiry[0]?.value, Math.floor(new Date(new X509Certificate(readFileSync(live.cert)).validTo).getTime() / 1000), 'canaryd_tls_certificate_expiry_timestamp_seconds is the served certificate\'s notAfter')
+  t.match(expiry[0]?.labels.names ?? '', /reload-b\.test/, 'labelled with certificate B\'s names')
 
   const second = await httpsGet(port, '/two', { agent })
   t.equal(second.status, 200, 'the established connection still serves')
