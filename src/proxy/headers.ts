@@ -12,8 +12,8 @@ const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
 ])
 
-/** Headers canaryd sets itself on the upstream request; a client's copy is replaced. */
-const SET_BY_PROXY = new Set(['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
+/** Headers canaryd sets itself on the upstream request; a client's copy is replaced (X-Forwarded-* kept from a trusted proxy). */
+const SET_BY_PROXY = new Set(['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-real-ip'])
 
 /** Names listed in a Connection header value, lower-cased (undefined when none). */
 function connectionListed (value: string | undefined): Set<string> | undefined {
@@ -141,7 +141,8 @@ export function isValidHost (h: string): boolean {
  * (the peer appended to X-Forwarded-For; -Proto and -Host set only when
  * absent); from any other peer a client's copies are replaced, so nobody can
  * make an upstream believe a forged address or scheme (Traefik's and
- * Envoy's default).
+ * Envoy's default). X-Real-IP is always canaryd's `client` (the address
+ * the `ip` sticky key uses), whoever sent one.
  *
  * An HTTP/2 request (RFC 9113 §8.2.3, §8.3.1) loses its pseudo-headers,
  * gets `:authority` as Host (the caller put it in `req.headers.host`) and
@@ -159,7 +160,7 @@ export function isValidHost (h: string): boolean {
  * underscore name under the `reject` policy. Returns the problem's error code
  * instead of the array in that case.
  */
-export function buildUpstreamHeaders (req: IncomingMessage, version: string, conn: ClientConnection, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
+export function buildUpstreamHeaders (req: IncomingMessage, version: string, conn: ClientConnection, client: string, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
   const raw = req.rawHeaders
   const h2 = isHttp2(req)
   const listed = connectionListed(rawConnection(raw))
@@ -239,6 +240,8 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, con
     'x-forwarded-for', xff.length === 0 ? peer : `${xff}, ${peer}`,
     'x-forwarded-proto', proto.length === 0 ? (conn.secure ? 'https' : 'http') : proto,
     'x-forwarded-host', fhost.length === 0 ? (host ?? '') : fhost,
+    // the client address canaryd decided (as nginx-ingress and Traefik send it): never a client's own copy
+    'x-real-ip', client,
     'x-canaryd-version', version
   )
   if (framing !== undefined) {

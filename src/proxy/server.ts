@@ -652,7 +652,7 @@ export class ProxyServer {
     }
     const problem = this.#select(req, this.#bound, info)
     if (problem !== undefined) {
-      const check = buildUpstreamHeaders(req, '', info, this.#headerOpts)
+      const check = buildUpstreamHeaders(req, '', info, '', this.#headerOpts)
       this.#answer(res, typeof check === 'string' ? check : problem)
       return
     }
@@ -663,7 +663,7 @@ export class ProxyServer {
     if (this.#opts.accessLog) handler.client = sel.ip
     this.#inFlight++
     const framing = this.#framing
-    const headers = buildUpstreamHeaders(req, rt.version, info, this.#headerOpts, framing)
+    const headers = buildUpstreamHeaders(req, rt.version, info, sel.ip, this.#headerOpts, framing)
     if (typeof headers === 'string') {
       handler.refuse(headers)
       return
@@ -736,7 +736,7 @@ export class ProxyServer {
     }
     const sel = this.#sel
     const rt = sel.rt!
-    const headers = buildUpstreamHeaders(req, rt.version, info, this.#headerOpts)
+    const headers = buildUpstreamHeaders(req, rt.version, info, sel.ip, this.#headerOpts)
     if (typeof headers === 'string') {
       endWith(socket, replyOf(headers))
       return

@@ -168,13 +168,14 @@ t.test('untrusted peer: X-Forwarded-For/-Proto/-Host are replaced, not appended 
   const ups = await startUpstreams(t, ['stable', 'canary'])
   const p = await startApp(t, ups)
   const { result: r, line } = await accessOf(p, async () => await send(`${p.url}/u`, {
-    headers: { host: 'shop.test', 'x-forwarded-for': '1.2.3.4', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.test' }
+    headers: { host: 'shop.test', 'x-forwarded-for': '1.2.3.4', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.test', 'x-real-ip': '6.6.6.6' }
   }))
   t.equal(r.status, 200)
   const seen = r.json<Echo>().headers
   t.equal(seen['x-forwarded-for'], '127.0.0.1', 'XFF is the TCP peer only: the client\'s 1.2.3.4 is dropped')
   t.equal(seen['x-forwarded-proto'], 'http', 'X-Forwarded-Proto is our scheme, not the client\'s https')
   t.equal(seen['x-forwarded-host'], 'shop.test', 'X-Forwarded-Host is the Host, not the client\'s evil.test')
+  t.equal(seen['x-real-ip'], '127.0.0.1', 'X-Real-IP is the client address canaryd decided, not the client\'s 6.6.6.6')
   t.equal(line.client, '127.0.0.1', 'access log: client is the peer')
   t.equal(r.json<Echo>().version, expectedVersion(p, '127.0.0.1'), 'the ip sticky key is the peer, not the forged XFF')
 
@@ -237,6 +238,7 @@ t.test('trusted 127.0.0.1/32 and 10.0.0.0/8: the real client keys stickiness and
     const e = result.json<Echo>()
     // the echo is the version that served it, and the client was told the same
     if (result.status !== 200 || result.headers['x-canaryd-version'] !== e.version) bad++
+    t.equal(e.headers['x-real-ip'], line.client, 'X-Real-IP is the client the access log names')
     return { version: e.version, client: line.client, xff: e.headers['x-forwarded-for'] }
   }
 
@@ -313,6 +315,7 @@ t.test('PROXY v1/v2 headers name the client, in one write or split', async (t) =
     t.equal(result.status, 200, `${name}: 200`)
     const echo = echoOf(parseResponses(result.text)[0])
     t.equal(echo.headers['x-forwarded-for'], want, `${name}: upstream XFF is ${want}`)
+    t.equal(echo.headers['x-real-ip'], want, `${name}: upstream X-Real-IP is ${want}`)
     t.equal(echo.headers['x-forwarded-proto'], 'http', `${name}: proto http`)
     t.equal(line.client, want, `${name}: access log client ${want}`)
     t.equal(echo.version, expectedVersion(p, want), `${name}: ip sticky key is ${want}`)
