@@ -259,6 +259,8 @@ export class EdgeListener {
     }
     socket.on('data', onData)
     socket.on('end', onEnd)
+    // after a PROXY header the socket was paused for the next step: a 'data' listener alone does not restart it
+    socket.resume()
   }
 
   #readProxyHeader (socket: Socket, redirect: boolean): void {

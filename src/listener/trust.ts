@@ -197,12 +197,20 @@ function parseHop (s: string, start: number, end: number, v6Ranges: boolean): st
     return text
   }
   if (kind !== 6) return undefined
+  // a zone (`fe80::1%eth0`): isIP accepts any, ipaddr.js throws on some; no hop we could trust names one
+  if (text.includes('%')) return undefined
   // every spelling of a mapped address has its `ffff` group
   if (!v6Ranges && !FFFF.test(text)) {
     parsed.kind = 0
     return text
   }
-  const ip = ipaddr.IPv6.parse(text)
+  let ip: ipaddr.IPv6
+  try {
+    ip = ipaddr.IPv6.parse(text)
+  } catch {
+    // a request header must never throw on the hot path: what ipaddr.js cannot read is garbage
+    return undefined
+  }
   if (!ip.isIPv4MappedAddress()) {
     parsed.kind = v6Ranges ? 6 : 0
     parsed.v6 = ip

@@ -1,4 +1,5 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
+import { constants as h2constants, type ServerHttp2Stream } from 'node:http2'
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
@@ -86,7 +87,7 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   if (isHttp2(req)) {
     // HTTP/2: no reason phrase, no Connection header (a stream ends alone; its connection is not in doubt)
     res.writeHead(status, headers)
-    res.end(body)
+    endH2(res, body)
     return
   }
   const bodyUnread = !req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
@@ -95,6 +96,24 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
   // Node refuses) leaves its bad statusMessage behind, which would be reused
   res.writeHead(status, STATUS_CODES[status] ?? '', headers)
   res.end(body)
+}
+
+/**
+ * Ends an HTTP/2 response; when the client has not finished its request
+ * body, the stream is then reset with NO_ERROR (RFC 9113 §8.1: "stop
+ * sending, the answer is complete"). Without it a client that stalls its
+ * body keeps the stream, and everything the request holds, open forever:
+ * there is no connection to close as over HTTP/1.1.
+ */
+export function endH2 (res: ServerResponse, body?: Buffer): void {
+  const stream = (res as unknown as { stream: ServerHttp2Stream }).stream
+  if (stream.endAfterHeaders || res.req.readableEnded) {
+    res.end(body)
+    return
+  }
+  res.end(body, () => {
+    if (!stream.closed && !stream.destroyed && stream.state.remoteClose === 0) stream.close(h2constants.NGHTTP2_NO_ERROR)
+  })
 }
 
 /**
@@ -398,7 +417,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   }
 
   onComplete (): void {
-    this.#res.end()
+    if (this.#h2) endH2(this.#res)
+    else this.#res.end()
   }
 
   onError (err: Error): void {

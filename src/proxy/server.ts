@@ -82,8 +82,13 @@ function plainInfo (socket: Duplex): ConnectionInfo {
   return { secure: false, redirect: false, address: (socket as Socket).remoteAddress ?? '', trusted: false }
 }
 
-/** Where ACME HTTP-01 challenges are asked (RFC 8555 §8.3): routed, not redirected, on the redirect port. */
-const ACME_PREFIX = '/.well-known/acme-challenge/'
+/**
+ * An ACME HTTP-01 challenge (RFC 8555 §8.3): the prefix and one base64url
+ * token, nothing else. Routed, not redirected, on the redirect port; a
+ * looser prefix match would let `/.well-known/acme-challenge/../admin`
+ * reach an upstream that normalises dot-segments over plain HTTP.
+ */
+const ACME_PATH = /^\/\.well-known\/acme-challenge\/[A-Za-z0-9_-]+$/
 
 /** What the hot path reads for one routing table: built on swap, never per request. */
 interface Bound {
@@ -167,7 +172,12 @@ type ConnSocket = Duplex & { [kConn]?: Connection, _paused?: boolean, parser?: {
 
 /** An HTTP/2 session's ConnectionInfo (set when the session starts). */
 const kInfo = Symbol('canaryd.connectionInfo')
-type InfoSession = ServerHttp2Session & { [kInfo]?: ConnectionInfo }
+/** How many of an HTTP/2 session's requests reached the proxy and are not closed yet. */
+const kActive = Symbol('canaryd.activeStreams')
+type InfoSession = ServerHttp2Session & { [kInfo]?: ConnectionInfo, [kActive]?: number }
+
+/** After an idle session's GOAWAY, how long a stream the proxy never saw may hold it (see the session timeout). */
+const H2_IDLE_GRACE_MS = 1000
 
 /** Most distinct Host values whose route candidates are cached per table (bounds memory under random Hosts). */
 const HOST_CACHE_SIZE = 10_000
@@ -312,7 +322,7 @@ export class ProxyServer {
       session[kInfo] = this.#nextInfo
       this.#sessions.add(session)
       // an idle session (no frame either way) is closed as an idle keep-alive connection is; close() lets open streams finish
-      session.setTimeout(opts.clientIdleMs, () => { session.close() })
+      session.setTimeout(opts.clientIdleMs, () => { this.#idleSession(session) })
       session.on('close', () => { this.#sessions.delete(session) })
       session.on('error', () => { session.destroy() })
       if (this.#draining) session.close()
@@ -321,6 +331,19 @@ export class ProxyServer {
     this.#h2.on('streamError', () => {})
     // CONNECT (a tunnel) is refused as over HTTP/1.1 (Node would answer a bare 405 without this listener)
     this.#h2.on('connect', (_req: Http2ServerRequest, res: Http2ServerResponse) => { this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_NOT_IMPLEMENTED') })
+  }
+
+  /**
+   * A session with no frame either way for clientIdleMs: GOAWAY, and open
+   * streams finish (each bounded by its own timeouts). When none of them is
+   * a request the proxy saw, what holds the session is a HEADERS block that
+   * never ended (a slowloris) or a peer nghttp2 stopped reading after a
+   * protocol error: it is cut after a short grace.
+   */
+  #idleSession (session: InfoSession): void {
+    session.close()
+    if ((session[kActive] ?? 0) !== 0) return
+    setTimeout(() => { if (!session.destroyed) session.destroy() }, H2_IDLE_GRACE_MS).unref()
   }
 
   /** An accepted HTTP/1.1 connection (plain, TLS, or the redirect port's) from the listener. */
@@ -407,7 +430,12 @@ export class ProxyServer {
    * for Host, as RFC 9113 §8.3.1 says; streams need no pipeline queue.
    */
   #onH2Request (req: Http2ServerRequest, res: Http2ServerResponse): void {
-    const info = (req.stream.session as InfoSession | undefined)?.[kInfo] ?? H2_PLAIN
+    const session = req.stream.session as InfoSession | undefined
+    const info = session?.[kInfo] ?? H2_PLAIN
+    if (session !== undefined) {
+      session[kActive] = (session[kActive] ?? 0) + 1
+      res.once('close', () => { session[kActive]!-- })
+    }
     const headers = req.headers
     const authority = headers[':authority']
     if (authority !== undefined) {
@@ -642,7 +670,7 @@ export class ProxyServer {
       this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
       return
     }
-    if (info.redirect && !(this.#acme && (req.url ?? '').startsWith(ACME_PREFIX))) {
+    if (info.redirect && !(this.#acme && ACME_PATH.test(req.url ?? ''))) {
       this.#redirect(req, res)
       return
     }
@@ -691,13 +719,22 @@ export class ProxyServer {
    */
   #redirect (req: IncomingMessage, res: ServerResponse): void {
     const host = req.headers.host
-    if (host === undefined) {
+    // a repeated Host is refused as on the main port (Node keeps the first: which one the client meant is unknown)
+    if (host === undefined || countField(req.rawHeaders, 'host') !== 1) {
       this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
+      return
+    }
+    const url = req.url ?? '/'
+    if (url.length > this.#maxUrlBytes) {
+      this.#answer(res, 'CANARYD_ERR_URI_TOO_LONG')
       return
     }
     const socket = req.socket
     res.on('close', () => { this.#next(socket) })
-    res.writeHead(308, 'Permanent Redirect', ['location', redirectLocation(host, this.#redirectPort, req.url ?? '/'), 'content-length', '0', 'cache-control', 'no-store'])
+    const headers = ['location', redirectLocation(host, this.#redirectPort, url), 'content-length', '0', 'cache-control', 'no-store']
+    // a body nobody will read: close after the answer rather than drain it for as long as the client sends
+    if (!req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')) headers.push('connection', 'close')
+    res.writeHead(308, 'Permanent Redirect', headers)
     res.end()
   }
 
@@ -840,6 +877,13 @@ export class ProxyServer {
     this.server.close(() => {})
     return clean
   }
+}
+
+/** How many fields named `lower` (lower-case) a raw header list has. */
+function countField (raw: readonly string[], lower: string): number {
+  let n = 0
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === lower.length && raw[i]!.toLowerCase() === lower) n++
+  return n
 }
 
 /** Info of an HTTP/2 session that came without one (never from the listener). */
