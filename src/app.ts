@@ -42,26 +42,24 @@ export interface DataPlane {
 
 /** `trustedProxies` compiled; a bad entry is a ConfigError naming it. */
 export function trustedProxies (config: Config): TrustedProxies {
-  const list = (config.trustedProxies as string[]).map((x) => x.trim())
-  // one entry at a time first, so the error names the entry's index
-  list.forEach((x, i) => {
-    try {
-      new TrustedProxies([x]) // eslint-disable-line no-new
-    } catch (err) {
-      throw new ConfigError(`trustedProxies[${i}]`, (err as Error).message)
-    }
-  })
-  return new TrustedProxies(list)
+  // the syntax was checked with the config (cidrProblem names the index); this is the listener's own compile
+  try {
+    return new TrustedProxies((config.trustedProxies as string[]).map((x) => x.trim()))
+  } catch (err) {
+    throw new ConfigError('trustedProxies', (err as Error).message)
+  }
 }
 
 /**
  * Reads and checks the listener's certificates (empty when TLS is off):
  * files, PEM, key matching the certificate, and a TLS context OpenSSL
- * accepts with the configured ciphers. A ConfigError names the key. An
- * expired certificate is served (a warn line), as nginx does: refusing to
- * start would take the whole edge down for one stale name.
+ * accepts with the configured ciphers. A ConfigError names the key. At
+ * start an expired (or not yet valid) certificate is served with a warn
+ * line, as nginx does: refusing to start would take the whole edge down for
+ * one stale name. On `reload` it is refused instead: the certificates in
+ * service stay.
  */
-export async function loadListenerCertificates (config: Config, logger?: Logger): Promise<ListenerCertificate[]> {
+export async function loadListenerCertificates (config: Config, logger?: Logger, reload = false): Promise<ListenerCertificate[]> {
   const files = listenerCertificates(config)
   if (files.length === 0) return []
   let certs: ListenerCertificate[]
@@ -78,7 +76,10 @@ export async function loadListenerCertificates (config: Config, logger?: Logger)
       throw new ConfigError(t.ciphers !== '' && /cipher/i.test((err as Error).message) ? 'listen.tls.ciphers' : `${files[i]!.key}.certFile`, `OpenSSL refuses it: ${(err as Error).message}`)
     }
     const problem = expiryProblem(c, new Date())
-    if (problem !== undefined) logger?.warn({ certFile: c.certFile, names: c.names }, `listener certificate: ${problem}`)
+    if (problem === undefined) return
+    // a reload keeps what is served rather than swap in a certificate no client accepts; a start serves it (the edge must come up)
+    if (reload) throw new ConfigError(`${files[i]!.key}.certFile`, `${problem}: the reload keeps the certificates in service (a restart would serve it)`)
+    logger?.warn({ certFile: c.certFile, names: c.names }, `listener certificate: ${problem}`)
   })
   return certs
 }
@@ -156,7 +157,7 @@ export interface ListenAddresses { main: AddressInfo, redirect: AddressInfo | un
  * main port is known, the active health checks started. `ticketKeys`: a
  * cluster's shared session ticket keys.
  */
-export async function startListener (data: DataPlane, config: Config, logger: Logger, given?: { certs: ListenerCertificate[], ticketKeys: Buffer }): Promise<ListenAddresses> {
+export async function startListener (data: DataPlane, config: Config, logger: Logger, given?: { certs?: ListenerCertificate[], ticketKeys?: Buffer }): Promise<ListenAddresses> {
   // a cluster worker serves the certificates its primary read (one truth across workers, even after a reload)
   const certs = given?.certs ?? await loadListenerCertificates(config, logger)
   const ticketKeys = given?.ticketKeys
@@ -181,7 +182,7 @@ export async function startListener (data: DataPlane, config: Config, logger: Lo
     if ((err as { redirect?: boolean }).redirect === true) throw listenError(err, 'redirect', l.host, l.redirectPort)
     throw listenError(err, 'proxy', l.host, l.port)
   })
-  if (l.redirectHttpsPort === 0) data.proxy.httpsPort = addr.main.port
+  if (l.redirectHttpsPort === 0) data.proxy.setHttpsPort(addr.main.port)
   data.proxy.start()
   return addr
 }
@@ -320,16 +321,24 @@ function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts
       checkUpstreamTls(next)
       trustedProxies(next)
       // certificates are read and checked before anything is applied: a bad file keeps the old ones (and the old routes)
-      if (tlsOn && listenerCertificates(next).length !== 0) certs = await loadListenerCertificates(next, logger)
-      if (certs !== undefined) applyCertificates?.(certs)
+      if (tlsOn && listenerCertificates(next).length !== 0) certs = await loadListenerCertificates(next, logger, true)
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err
       logger.error({ config: config.source }, `reload refused, nothing changed: ${err.message}`)
       throw err
     }
-    if (certs !== undefined) logger.info({ certificates: certs.map((c) => ({ certFile: c.certFile, names: c.names, notAfter: c.notAfter.toISOString(), fingerprint: c.fingerprint })) }, 'listener certificates loaded: new TLS handshakes use them')
     const restart = restartRequired(config, next)
     const summary = await state.reload(next.routes, { source: 'reload', address, reason: 'config file reloaded' })
+    // after the routes: a reload the store refuses changes nothing, certificates included
+    if (certs !== undefined) {
+      try {
+        applyCertificates?.(certs)
+        logger.info({ certificates: certs.map((c) => ({ certFile: c.certFile, names: c.names, notAfter: c.notAfter.toISOString(), fingerprint: c.fingerprint })) }, 'listener certificates loaded: new TLS handshakes use them')
+      } catch (err) {
+        // checked by OpenSSL above already: unexpected, and the routes are in force, so say it without failing the reload
+        logger.error({ err }, 'the listener refused the reloaded certificates: the previous ones stay')
+      }
+    }
     // rollouts whose route or versions the reload removed end before the reload answers
     await rollouts.reloaded(summary.removed)
     warnInsecure(logger, next)
@@ -415,6 +424,8 @@ export class App {
   /** True from the moment a drain starts (readiness turns 503). */
   draining = false
   #closing: Promise<boolean> | undefined
+  /** Certificates a reload loaded before the listener existed. */
+  #pendingCerts: ListenerCertificate[] | undefined
 
   constructor (config: Config, opts: AppOptions = {}) {
     this.config = config
@@ -436,11 +447,9 @@ export class App {
       subscribeEjection: metrics === undefined ? undefined : (r, v, l) => metrics.onEjected(r, v, l),
       isReady: () => !this.draining && this.proxyAddress !== undefined,
       applyCertificates: (certs) => {
-        try {
-          data.listener?.setCertificates(certs)
-        } catch (err) {
-          throw new ConfigError('listen.tls', `the listener refused the certificates: ${(err as Error).message}`)
-        }
+        // a reload before the listener is up (the admin API starts first): the listener starts with them
+        if (data.listener === undefined) this.#pendingCerts = certs
+        else data.listener.setCertificates(certs)
       }
     })
     this.admin = control.admin
@@ -460,7 +469,7 @@ export class App {
     this.adminAddress = await this.admin.listen()
     // DNS-discovered versions get their first endpoints before traffic (Envoy's cluster warming); bounded by the resolver's timeout
     await this.upstreams.settled()
-    const addr = await startListener(this.data, this.config, this.logger)
+    const addr = await startListener(this.data, this.config, this.logger, { certs: this.#pendingCerts })
     this.proxyAddress = addr.main
     this.redirectAddress = addr.redirect
     await announceStarted(this.logger, this.config, this.holder, this.rollouts, {

@@ -152,7 +152,7 @@ function onReloadSignals (logger: Logger, config: Config, reload: (address?: str
 }
 
 /** Changes of several watched files closer than this are one reload (a certificate and its key land together). */
-const WATCH_COALESCE_MS = 200
+const WATCH_COALESCE_MS = 1500
 
 /** How long shutdown waits for stdout to take the buffered log lines. */
 const LOG_FLUSH_MS = 1000

@@ -9,14 +9,14 @@ import type { ListenerCertificate } from '../listener/certs.js'
 import type { RouteSpec } from '../routing/spec.js'
 
 /** A listener certificate as JSON carries it (the expiry as an ISO string). */
-export type WireCertificate = Omit<ListenerCertificate, 'notAfter'> & { notAfter: string }
+export type WireCertificate = Omit<ListenerCertificate, 'notAfter' | 'notBefore'> & { notAfter: string, notBefore: string }
 
 export function toWire (certs: readonly ListenerCertificate[]): WireCertificate[] {
-  return certs.map((c) => ({ ...c, notAfter: c.notAfter.toISOString() }))
+  return certs.map((c) => ({ ...c, notAfter: c.notAfter.toISOString(), notBefore: c.notBefore.toISOString() }))
 }
 
 export function fromWire (certs: readonly WireCertificate[]): ListenerCertificate[] {
-  return certs.map((c) => ({ ...c, notAfter: new Date(c.notAfter) }))
+  return certs.map((c) => ({ ...c, notAfter: new Date(c.notAfter), notBefore: new Date(c.notBefore) }))
 }
 
 /** Primary → worker. */

@@ -60,8 +60,13 @@ class Worker {
         return
       }
       case 'certs':
+        // not listening yet (DNS warm-up): start with these rather than init's
+        if (this.#data.listener === undefined) {
+          this.#listener.certs = m.certs
+          return
+        }
         try {
-          this.#data.listener?.setCertificates(fromWire(m.certs))
+          this.#data.listener.setCertificates(fromWire(m.certs))
         } catch (err) {
           this.#log.error({ err }, 'cannot serve the reloaded listener certificates: the previous ones stay')
         }

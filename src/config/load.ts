@@ -449,8 +449,8 @@ export function listenerCertificates (config: Pick<Config, 'listen'>): Array<Cer
 /**
  * The shape of the listener settings convict cannot check: the two ways of
  * naming certificates, the settings that only make sense with (or without)
- * TLS, and trustedProxies being strings (their CIDR syntax and the files
- * themselves are checked by the app, which owns the listener).
+ * TLS, and trustedProxies' syntax (cidrProblem). The certificate files
+ * are read by the app, which owns the listener.
  */
 function checkListen (props: Omit<Config, 'routes' | 'source'>): void {
   const l = props.listen

@@ -131,11 +131,6 @@ export class EdgeListener {
     return this.#tls?.certificates ?? []
   }
 
-  /** True when the main port terminates TLS. */
-  get tls (): boolean {
-    return this.#tls !== undefined
-  }
-
   /** Client connections open now (both ports, handed over or not). */
   get connections (): number {
     return this.#open
@@ -231,6 +226,7 @@ export class EdgeListener {
       clearTimeout(timer)
       socket.removeListener('data', onData)
       socket.removeListener('end', onEnd)
+      socket.removeListener('close', onEnd)
       this.#pending.delete(socket)
     }
     const timer = setTimeout(() => {
@@ -238,6 +234,7 @@ export class EdgeListener {
       this.errors.prelude_timeout++
       socket.destroy()
     }, this.#o.preludeTimeoutMs)
+    // the client left (FIN or reset) before deciding: not a timeout, and nothing to wait for
     const onEnd = (): void => {
       done()
       socket.destroy()
@@ -259,6 +256,7 @@ export class EdgeListener {
     }
     socket.on('data', onData)
     socket.on('end', onEnd)
+    socket.on('close', onEnd)
     // after a PROXY header the socket was paused for the next step: a 'data' listener alone does not restart it
     socket.resume()
   }

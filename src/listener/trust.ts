@@ -197,8 +197,10 @@ function parseHop (s: string, start: number, end: number, v6Ranges: boolean): st
     return text
   }
   if (kind !== 6) return undefined
-  // a zone (`fe80::1%eth0`): isIP accepts any, ipaddr.js throws on some; no hop we could trust names one
-  if (text.includes('%')) return undefined
+  // a zone (`fe80::1%eth0`, as Node shows a link-local peer) says which interface, not which host:
+  // matched without it (isIP accepts any zone text; ipaddr.js throws on some)
+  const zone = text.indexOf('%')
+  if (zone !== -1) text = text.slice(0, zone)
   // every spelling of a mapped address has its `ffff` group
   if (!v6Ranges && !FFFF.test(text)) {
     parsed.kind = 0

@@ -295,6 +295,15 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
    * paused or holding bytes) is never the client's stall.
    */
   #watchBody (): void {
+    if (this.#h2) {
+      // the session's socket moves with any stream's bytes, a PING or a WINDOW_UPDATE: the stream's own
+      // inactivity timer is refreshed by this stream's frames only (no 'data' listener: the compatibility
+      // request attaches its own lazily, and one added first would take the bytes it has not read yet)
+      const stream = (this.#req as unknown as { stream: ServerHttp2Stream }).stream
+      stream.on('timeout', () => { this.#checkStream(stream) })
+      stream.setTimeout(this.#ctx.clientBodyMs)
+      return
+    }
     this.#bodyBytes = this.#req.socket.bytesRead
     this.#bodyTimer = setTimeout(() => { this.#checkBody() }, this.#ctx.clientBodyMs)
     this.#bodyTimer.unref()
@@ -305,11 +314,36 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     if (req.complete || this.#clientGone || this.#settled || this.#res.destroyed) return
     const read = req.socket.bytesRead
     // once undici has the body, a paused or non-empty request stream is our backpressure, not the client's silence
-    if (read !== this.#bodyBytes || (this.#slotTaken && (req.readableLength !== 0 || req.isPaused()))) {
+    if (read !== this.#bodyBytes || this.#ourBackpressure()) {
       this.#bodyBytes = read
       this.#bodyTimer!.refresh()
       return
     }
+    this.#stalled()
+  }
+
+  /** HTTP/2: no frame on the stream for clientBodyMs. */
+  #checkStream (stream: ServerHttp2Stream): void {
+    const req = this.#req
+    // the client ended its body (END_STREAM), or the request is over: nothing to watch
+    if (req.complete || this.#clientGone || this.#settled || stream.destroyed || stream.state.remoteClose !== 0) {
+      stream.setTimeout(0)
+      return
+    }
+    if (this.#ourBackpressure()) {
+      stream.setTimeout(this.#ctx.clientBodyMs)
+      return
+    }
+    this.#stalled()
+  }
+
+  #ourBackpressure (): boolean {
+    const req = this.#req
+    return this.#slotTaken && (req.readableLength !== 0 || req.isPaused())
+  }
+
+  /** The client went silent mid-body: 408 (or a cut response if one started), and the upstream request aborted. */
+  #stalled (): void {
     this.#ctx.log.debug({ route: this.#rt.route, version: this.#rt.version }, 'client request body stalled')
     const responded = this.#responded
     this.#responded = true
@@ -393,7 +427,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
       this.upstreamFailed = true
       this.#rt.observer.upstreamError('protocol')
       recordFailure(this.#rt, this.#ep, false, this.#log)
-      res.removeHeader('set-cookie')
+      // Node may have stored the headers before refusing one (HTTP/2 does): the 502 must not carry them, nor fail on them again
+      for (const n of res.getHeaderNames()) res.removeHeader(n)
       this.#settled = true
       sendError(res, 'CANARYD_ERR_UPSTREAM_PROTOCOL', this.#rt.version)
       this.#abort?.(new Error('invalid upstream headers'))

@@ -9,11 +9,20 @@ import { isIPv6 } from 'node:net'
  * Continue) and undici refuses to send it.
  */
 const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
+  // HTTP2-Settings belongs to an h2c upgrade (RFC 7540 §3.2.1); Node's HTTP/2 refuses it in a response
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'
 ])
 
-/** Headers canaryd sets itself on the upstream request; a client's copy is replaced (X-Forwarded-* kept from a trusted proxy). */
-const SET_BY_PROXY = new Set(['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-real-ip'])
+/** How the request-header pass treats a name: one Map lookup per field instead of one per set. */
+const HOP = 1
+const SET_BY_PROXY = 2
+const FROM_TRUSTED_ONLY = 3
+const FIELDS = new Map<string, number>()
+for (const n of HOP_BY_HOP) FIELDS.set(n, HOP)
+// set by canaryd itself on the upstream request; a client's copy is replaced (X-Forwarded-For/-Proto/-Host kept from a trusted proxy)
+for (const n of ['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-real-ip']) FIELDS.set(n, SET_BY_PROXY)
+// other headers frameworks build URLs or client facts from (Spring, Django, Rails, Express): passed on only from a trusted proxy, as Traefik does
+for (const n of ['forwarded', 'x-forwarded-port', 'x-forwarded-prefix', 'x-forwarded-server', 'x-forwarded-ssl', 'x-forwarded-scheme']) FIELDS.set(n, FROM_TRUSTED_ONLY)
 
 /** Names listed in a Connection header value, lower-cased (undefined when none). */
 function connectionListed (value: string | undefined): Set<string> | undefined {
@@ -160,9 +169,8 @@ export function isValidHost (h: string): boolean {
  * underscore name under the `reject` policy. Returns the problem's error code
  * instead of the array in that case.
  */
-export function buildUpstreamHeaders (req: IncomingMessage, version: string, conn: ClientConnection, client: string, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
+export function buildUpstreamHeaders (req: IncomingMessage, h2: boolean, version: string, conn: ClientConnection, client: string, opts: RequestHeaderOptions, framing?: RequestFraming): string[] | RequestProblem {
   const raw = req.rawHeaders
-  const h2 = isHttp2(req)
   const listed = connectionListed(rawConnection(raw))
   const out: string[] = []
   let cookie: string | undefined
@@ -185,7 +193,8 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, con
         continue
       }
     }
-    if (HOP_BY_HOP.has(lower)) {
+    const kind = FIELDS.get(lower)
+    if (kind === HOP) {
       if (lower === 'transfer-encoding') {
         codings++
         te = raw[i + 1]!
@@ -194,13 +203,14 @@ export function buildUpstreamHeaders (req: IncomingMessage, version: string, con
       }
       continue
     }
-    if (SET_BY_PROXY.has(lower)) {
+    if (kind === SET_BY_PROXY) {
       const v = raw[i + 1]!
       if (lower === 'x-forwarded-for') xff = xff.length === 0 ? v : `${xff}, ${v}`
       else if (lower === 'x-forwarded-proto' && proto.length === 0) proto = v
       else if (lower === 'x-forwarded-host' && fhost.length === 0) fhost = v
       continue
     }
+    if (kind === FROM_TRUSTED_ONLY && !conn.trusted) continue
     if (lower === 'host') {
       hosts++
       host = raw[i + 1]!

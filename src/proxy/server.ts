@@ -311,12 +311,13 @@ export class ProxyServer {
     const h2 = opts.http2 ?? { maxConcurrentStreams: 128, maxHeaderListBytes: 32768 }
     this.#h2 = createH2Server({
       settings: { maxConcurrentStreams: h2.maxConcurrentStreams, maxHeaderListSize: h2.maxHeaderListBytes },
-      // header fields beyond limits.maxHeaderCount (+ the 4 pseudo-headers) are refused by nghttp2 before any work
-      maxHeaderListPairs: (opts.maxHeaderCount ?? 100) + 4,
-      // streams the client itself resets or that we refuse, per session, before it is closed: rapid reset (CVE-2023-44487) and similar floods
+      // a backstop only: browsers split cookies into one field per crumb (RFC 9113 §8.2.3), which
+      // #handle counts as one, as over HTTP/1.1; the bytes are bounded by maxHeaderListSize
+      maxHeaderListPairs: 2 * (opts.maxHeaderCount ?? 100) + 4,
+      // streams refused at creation, and invalid frames, per session before it is closed. Rapid reset
+      // (CVE-2023-44487) itself is bounded by nghttp2's RST_STREAM rate limit (GOAWAY after ~1,000)
       maxSessionRejectedStreams: 100,
-      maxSessionInvalidFrames: 1000,
-      unknownProtocolTimeout: opts.clientHeadersMs
+      maxSessionInvalidFrames: 1000
     }, (req, res) => { this.#onH2Request(req, res) })
     this.#h2.on('session', (session: InfoSession) => {
       session[kInfo] = this.#nextInfo
@@ -331,6 +332,12 @@ export class ProxyServer {
     this.#h2.on('streamError', () => {})
     // CONNECT (a tunnel) is refused as over HTTP/1.1 (Node would answer a bare 405 without this listener)
     this.#h2.on('connect', (_req: Http2ServerRequest, res: Http2ServerResponse) => { this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_NOT_IMPLEMENTED') })
+    // Expect as over HTTP/1.1: 100 Continue only once the request is accepted (Node would send it before routing), other expectations 417 JSON
+    this.#h2.on('checkContinue', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      ;(req as unknown as { [kContinue]?: true })[kContinue] = true
+      this.#onH2Request(req, res)
+    })
+    this.#h2.on('checkExpectation', (_req: Http2ServerRequest, res: Http2ServerResponse) => { this.#answer(res as unknown as ServerResponse, 'CANARYD_ERR_EXPECTATION_FAILED') })
   }
 
   /**
@@ -654,8 +661,9 @@ export class ProxyServer {
   #handle (req: IncomingMessage, res: ServerResponse, info: ConnectionInfo, h2: boolean): void {
     const t0 = performance.now()
     if (this.#draining) res.shouldKeepAlive = false // answer, then close: the listener is going away
-    // HTTP/2's :method, :path and :scheme are the request line, not fields (:authority counts, as Host does)
-    if (req.rawHeaders.length > (this.#maxHeaderCount + (h2 ? 3 : 0)) * 2) {
+    // HTTP/2's :method, :path and :scheme are the request line, not fields (:authority counts, as Host
+    // does), and cookie crumbs are one field (the exact count only past the quick bound)
+    if (req.rawHeaders.length > (this.#maxHeaderCount + (h2 ? 3 : 0)) * 2 && (!h2 || h2Fields(req.rawHeaders) > this.#maxHeaderCount + 3)) {
       this.#answer(res, 'CANARYD_ERR_HEADERS_TOO_LARGE')
       return
     }
@@ -680,7 +688,7 @@ export class ProxyServer {
     }
     const problem = this.#select(req, this.#bound, info)
     if (problem !== undefined) {
-      const check = buildUpstreamHeaders(req, '', info, '', this.#headerOpts)
+      const check = buildUpstreamHeaders(req, h2, '', info, '', this.#headerOpts)
       this.#answer(res, typeof check === 'string' ? check : problem)
       return
     }
@@ -691,7 +699,7 @@ export class ProxyServer {
     if (this.#opts.accessLog) handler.client = sel.ip
     this.#inFlight++
     const framing = this.#framing
-    const headers = buildUpstreamHeaders(req, rt.version, info, sel.ip, this.#headerOpts, framing)
+    const headers = buildUpstreamHeaders(req, h2, rt.version, info, sel.ip, this.#headerOpts, framing)
     if (typeof headers === 'string') {
       handler.refuse(headers)
       return
@@ -773,7 +781,7 @@ export class ProxyServer {
     }
     const sel = this.#sel
     const rt = sel.rt!
-    const headers = buildUpstreamHeaders(req, rt.version, info, sel.ip, this.#headerOpts)
+    const headers = buildUpstreamHeaders(req, false, rt.version, info, sel.ip, this.#headerOpts)
     if (typeof headers === 'string') {
       endWith(socket, replyOf(headers))
       return
@@ -830,12 +838,8 @@ export class ProxyServer {
   }
 
   /** The port written in redirect-port answers (https; 443 is left out): set once the listener knows its own. */
-  set httpsPort (port: number) {
+  setHttpsPort (port: number): void {
     this.#redirectPort = port
-  }
-
-  get httpsPort (): number {
-    return this.#redirectPort
   }
 
   /** Starts the active health checks (once the listener is up). */
@@ -877,6 +881,12 @@ export class ProxyServer {
     this.server.close(() => {})
     return clean
   }
+}
+
+/** An HTTP/2 request's field count with its `cookie` crumbs counted as the one field they are joined into. */
+function h2Fields (raw: readonly string[]): number {
+  const cookies = countField(raw, 'cookie')
+  return raw.length / 2 - (cookies > 1 ? cookies - 1 : 0)
 }
 
 /** How many fields named `lower` (lower-case) a raw header list has. */

@@ -4,7 +4,7 @@
  * keys: a handful of certificates take milliseconds, not seconds as RSA does.
  */
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -141,5 +141,26 @@ export function makeSelfSignedFromConfig (dir: string, name: string, cn: string,
   const config = join(dir, `${name}.cnf`)
   writeFileSync(config, `[req]\ndistinguished_name=dn\n[dn]\n[ext]\n${extensions}\n`)
   openssl(['req', '-x509', ...EC, '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', `/CN=${cn}`, '-config', config, '-extensions', 'ext'])
+  return pair(certPath, keyPath)
+}
+
+/**
+ * A self-signed certificate for `name` valid only from `start` to `end`
+ * (openssl's `YYYYMMDDHHMMSSZ`), e.g. one that expired in 2020: `openssl
+ * x509`/`req` only count days from now, `openssl ca` takes dates. Written
+ * as `<name>.pem` and `<name>-key.pem` in `dir`.
+ */
+export function makeDated (dir: string, name: string, start: string, end: string): CertPair {
+  const db = join(dir, `${name}-ca`)
+  mkdirSync(db, { recursive: true })
+  writeFileSync(join(db, 'index.txt'), '')
+  writeFileSync(join(db, 'serial'), '01\n')
+  const config = join(db, 'ca.cnf')
+  writeFileSync(config, `[ca]\ndefault_ca=d\n[d]\ndatabase=${join(db, 'index.txt')}\nserial=${join(db, 'serial')}\nnew_certs_dir=${db}\ndefault_md=sha256\npolicy=p\ncopy_extensions=copy\nunique_subject=no\n[p]\ncommonName=supplied\n`)
+  const certPath = join(dir, `${name}.pem`)
+  const keyPath = join(dir, `${name}-key.pem`)
+  const csr = join(db, 'r.csr')
+  openssl(['req', '-new', ...EC, '-keyout', keyPath, '-out', csr, '-subj', `/CN=${name}`, '-addext', `subjectAltName=DNS:${name}`])
+  openssl(['ca', '-batch', '-config', config, '-selfsign', '-keyfile', keyPath, '-in', csr, '-out', certPath, '-startdate', start, '-enddate', end])
   return pair(certPath, keyPath)
 }
