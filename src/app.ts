@@ -42,11 +42,20 @@ export interface DataPlane {
 
 /** `trustedProxies` compiled; a bad entry is a ConfigError naming it. */
 export function trustedProxies (config: Config): TrustedProxies {
-  // the syntax was checked with the config (cidrProblem names the index); this is the listener's own compile
+  return compileCidrs(config.trustedProxies as string[], 'trustedProxies')
+}
+
+/** `listen.proxyProtocolTrustedIPs` compiled (empty: any peer may send a PROXY header). */
+export function proxySenders (config: Config): TrustedProxies {
+  return compileCidrs(config.listen.proxyProtocolTrustedIPs as string[], 'listen.proxyProtocolTrustedIPs')
+}
+
+/** A CIDR list compiled by the listener; the syntax was checked with the config (cidrProblem names the index), what the compile still refuses names `key`. */
+function compileCidrs (list: string[], key: string): TrustedProxies {
   try {
-    return new TrustedProxies((config.trustedProxies as string[]).map((x) => x.trim()))
+    return new TrustedProxies(list.map((x) => x.trim()))
   } catch (err) {
-    throw new ConfigError('trustedProxies', (err as Error).message)
+    throw new ConfigError(key, (err as Error).message)
   }
 }
 
@@ -172,6 +181,7 @@ export async function startListener (data: DataPlane, config: Config, logger: Lo
     h2c: l.h2c,
     proxyProtocol: l.proxyProtocol,
     trust: data.trust,
+    proxySenders: proxySenders(config),
     preludeTimeoutMs: config.timeouts.clientHeadersMs,
     maxConnections: config.limits.maxConnections,
     log: logger.child({ component: 'listener' })
@@ -320,6 +330,7 @@ function reloader (config: Config, logger: Logger, state: RuntimeStore, rollouts
       next = await reloadConfig(config.source)
       checkUpstreamTls(next)
       trustedProxies(next)
+      proxySenders(next)
       // certificates are read and checked before anything is applied: a bad file keeps the old ones (and the old routes)
       if (tlsOn && listenerCertificates(next).length !== 0) certs = await loadListenerCertificates(next, logger, true)
     } catch (err) {

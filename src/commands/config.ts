@@ -5,7 +5,7 @@
  * does (--config, else CANARYD_CONFIG, else the default path) and print the
  * same one-line errors, from `configErrorLine`.
  */
-import { checkUpstreamTls, loadListenerCertificates, trustedProxies } from '../app.js'
+import { checkUpstreamTls, loadListenerCertificates, proxySenders, trustedProxies } from '../app.js'
 import { parseArgs } from 'node:util'
 import { stringify as stringifyYaml } from 'yaml'
 import { checkAdminBinding } from '../admin/server.js'
@@ -62,6 +62,7 @@ export async function checkServeConfig (path: string, env: NodeJS.ProcessEnv = p
   checkUpstreamTls(config)
   // the listener's certificates (files, key match, what OpenSSL accepts) and trustedProxies' CIDRs
   trustedProxies(config)
+  proxySenders(config)
   await loadListenerCertificates(config)
   return config
 }

@@ -166,8 +166,8 @@ function checkEnv (env: NodeJS.ProcessEnv): void {
     if (leaf.env === undefined) continue
     const value = env[leaf.env]
     if (value === undefined) continue
-    // a list from the environment is comma-separated (convict splits it); trustedProxies is the only one
-    const problem = leaf.key === 'trustedProxies' ? value.split(',').map(cidrProblem).find((p) => p !== undefined) : envProblem(leaf.format, value)
+    // a list from the environment is comma-separated (convict splits it); the lists are of CIDRs
+    const problem = leaf.format === Array ? value.split(',').map(cidrProblem).find((p) => p !== undefined) : envProblem(leaf.format, value)
     if (problem !== undefined) throw new EnvConfigError(leaf.key, leaf.env, problem)
   }
 }
@@ -476,6 +476,11 @@ function checkListen (props: Omit<Config, 'routes' | 'source'>): void {
     const problem = cidrProblem(p)
     if (problem !== undefined) throw new ConfigError(`trustedProxies[${i}]`, problem)
   })
+  l.proxyProtocolTrustedIPs.forEach((p, i) => {
+    const problem = cidrProblem(p)
+    if (problem !== undefined) throw new ConfigError(`listen.proxyProtocolTrustedIPs[${i}]`, problem)
+  })
+  if (l.proxyProtocolTrustedIPs.length !== 0 && !l.proxyProtocol) throw new ConfigError('listen.proxyProtocolTrustedIPs', 'names who may send PROXY headers: it needs listen.proxyProtocol: true')
 }
 
 /** The keywords trustedProxies accepts beside CIDRs and addresses (listener/trust.ts expands them). */

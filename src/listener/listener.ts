@@ -38,6 +38,8 @@ export interface EdgeListenerOptions {
   /** Every connection starts with a PROXY protocol header. */
   proxyProtocol: boolean
   trust: TrustedProxies
+  /** With proxyProtocol: the peers allowed to send a PROXY header (empty: any). */
+  proxySenders?: TrustedProxies
   /** Longest wait for what must come before HTTP (a PROXY header, the h2c preface decision). */
   preludeTimeoutMs: number
   /** Most open connections per listening port (0 = no cap); past it Node closes new ones at once. */
@@ -161,6 +163,13 @@ export class EdgeListener {
       return
     }
     if (this.#o.proxyProtocol) {
+      const senders = this.#o.proxySenders
+      // a peer that is not the load balancer could name any client address: it never gets to send one
+      if (senders !== undefined && !senders.empty && !senders.trusts(socket.remoteAddress ?? '')) {
+        this.errors.proxy_protocol++
+        socket.destroy()
+        return
+      }
       this.#readProxyHeader(socket, redirect)
       return
     }

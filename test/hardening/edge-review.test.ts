@@ -163,3 +163,33 @@ t.test('a reload to an expired certificate is refused; the one in service stays'
   t.match(r.body.toString(), /listen\.tls\.certFile: .*expired/, 'naming the key and saying it expired')
   t.match(await san(), /good\.test/, 'new handshakes still get the certificate in service')
 })
+
+t.test('listen.proxyProtocolTrustedIPs: a peer outside it is closed before a byte is read; a listed one is served', async (t) => {
+  const up = await startUpstream('stable')
+  t.teardown(async () => { await up.close() })
+  const open = async (senders: string[]): Promise<{ port: number, close: () => Promise<void>, errors: () => number }> => {
+    const p = await startProxy(testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: { host: '127.0.0.1', port: 0, proxyProtocol: true, proxyProtocolTrustedIPs: senders } }))
+    return { port: p.app.proxyAddress!.port, close: p.close, errors: () => p.app.data.listener!.errors.proxy_protocol }
+  }
+  const ask = async (port: number): Promise<string> => await new Promise<string>((resolve) => {
+    const c = netConnect(port, '127.0.0.1', () => { c.write('PROXY TCP4 203.0.113.5 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n') })
+    let got = ''
+    c.on('data', (d: Buffer) => { got += d.toString('latin1') })
+    c.on('close', () => { resolve(got) })
+    c.on('error', () => {})
+    setTimeout(() => { c.destroy() }, 3000).unref()
+  })
+  const denied = await open(['10.0.0.0/8'])
+  t.teardown(denied.close)
+  const before = up.seen.length
+  t.equal(await ask(denied.port), '', 'from 127.0.0.1, not a listed sender: closed with no byte answered')
+  t.equal(up.seen.length, before, 'nothing reached the upstream')
+  t.equal(denied.errors(), 1, 'counted as a proxy_protocol connection error')
+  const allowed = await open(['loopback'])
+  t.teardown(allowed.close)
+  const answer = await ask(allowed.port)
+  t.match(answer, /^HTTP\/1\.1 200 /, 'a listed sender is served')
+  t.equal(up.seen.at(-1)?.headers['x-forwarded-for'], '203.0.113.5', 'with the PROXY header\'s source as the client')
+  t.throws(() => testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: { host: '127.0.0.1', port: 0, proxyProtocol: true, proxyProtocolTrustedIPs: ['10.0.0.0/40'] } }), /listen\.proxyProtocolTrustedIPs\[0\]/, 'a bad entry names its index')
+  t.throws(() => testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: { host: '127.0.0.1', port: 0, proxyProtocolTrustedIPs: ['10.0.0.0/8'] } }), /needs listen\.proxyProtocol/, 'without proxyProtocol it is an error')
+})
