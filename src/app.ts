@@ -122,6 +122,7 @@ export function createDataPlane (config: Config, holder: TableHolder, logger: Lo
     clientHeadersMs: t.clientHeadersMs,
     clientIdleMs: t.clientIdleMs,
     clientBodyMs: t.clientBodyMs,
+    clientSendMs: t.clientSendMs,
     accessLog: config.log.access,
     maxHeaderSize: config.limits.maxHeaderBytes,
     maxHeaderCount: config.limits.maxHeaderCount,

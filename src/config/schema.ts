@@ -81,6 +81,7 @@ export const schema = {
     clientHeadersMs: { doc: 'Time a client has to send its request headers; past it, 408.', format: 'ms', default: 10000, env: 'CANARYD_CLIENT_HEADERS_MS' },
     clientIdleMs: { doc: 'How long an idle client keep-alive connection is kept open.', format: 'ms', default: 60000, env: 'CANARYD_CLIENT_IDLE_MS' },
     clientBodyMs: { doc: 'Longest silence allowed from a client whose request body is incomplete (before or during forwarding); past it, 408 and the connection is closed (0 = none).', format: 'ms', default: 30000, env: 'CANARYD_CLIENT_BODY_MS' },
+    clientSendMs: { doc: 'Longest a client may take to accept more of a response once canaryd\'s send buffer to it is full (nginx\'s send_timeout); past it the connection (HTTP/2: the stream) is closed and the upstream request aborted, so a client that never reads cannot hold an upstream connection (0 = none).', format: 'ms', default: 60000, env: 'CANARYD_CLIENT_SEND_MS' },
     drainTimeoutMs: { doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.', format: 'ms', default: 30000, env: 'CANARYD_DRAIN_TIMEOUT_MS' }
   },
   upstream: {

@@ -127,6 +127,8 @@ export interface ForwardContext {
   readonly retries: number
   /** Longest client silence while the request body is incomplete (0 = none); see `#watchBody`. */
   readonly clientBodyMs: number
+  /** Longest wait for a client whose send buffer is full to take more of the response (0 = none); see `onData`. */
+  readonly clientSendMs: number
   /** Bodies from this size (and chunked ones) go through Node's http client, not undici (0 = never); see upstream/http-client.ts. */
   readonly largeBodyBytes: number
   /** Called once per request when the client response closes, after the metrics. */
@@ -173,6 +175,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   #settled = false
   #slotTaken = false
   #bodyTimer: NodeJS.Timeout | undefined
+  /** Armed while the client's send buffer is full (see onData). */
+  #sendTimer: NodeJS.Timeout | undefined
   #bodyBytes = 0
   /** Set when the upstream failed this request (for metrics and rollout analysis). */
   upstreamFailed = false
@@ -356,6 +360,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   readonly #onClose = (): void => {
     const res = this.#res
     if (this.#bodyTimer !== undefined) clearTimeout(this.#bodyTimer)
+    if (this.#sendTimer !== undefined) clearTimeout(this.#sendTimer)
     // an HTTP/2 stream reset or a session torn down reports writableFinished (its state is closed): ended is what says the answer went out
     if (this.#h2 ? !res.writableEnded : !res.writableFinished) this.clientClosed()
     if (this.#slotTaken) {
@@ -446,9 +451,38 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   onData (chunk: Buffer): boolean {
     const res = this.#res
     if (res.write(chunk)) return true
-    // the client is slower than the upstream: pause undici until it drains
-    res.once('drain', () => { this.#resume?.() })
+    // the client is slower than the upstream: pause undici until it drains, for clientSendMs at most
+    res.once('drain', () => { this.#drained() })
+    const ms = this.#ctx.clientSendMs
+    if (ms !== 0 && this.#sendTimer === undefined) {
+      this.#sendTimer = setTimeout(() => { this.#sendStalled() }, ms)
+      this.#sendTimer.unref()
+    }
     return false
+  }
+
+  #drained (): void {
+    if (this.#sendTimer !== undefined) {
+      clearTimeout(this.#sendTimer)
+      this.#sendTimer = undefined
+    }
+    this.#resume?.()
+  }
+
+  /**
+   * The client took nothing more for clientSendMs with its buffer full (it
+   * stopped reading, or reads a byte now and then): the response is cut
+   * and the upstream request aborted, so it cannot hold an upstream
+   * connection for as long as it likes (nginx's send_timeout).
+   */
+  #sendStalled (): void {
+    if (this.#res.writableFinished || this.#clientGone) return
+    this.#ctx.log.debug({ route: this.#rt.route, version: this.#rt.version }, 'client stopped reading its response: cut')
+    this.#settled = true
+    this.clientClosed()
+    // HTTP/2: an error resets the stream with INTERNAL_ERROR; without one it would read as NO_ERROR, a clean stop
+    if (this.#h2) this.#res.destroy(new Error('client stopped reading'))
+    else this.#res.destroy()
   }
 
   onComplete (): void {

@@ -34,6 +34,8 @@ export interface ProxyOptions {
   clientIdleMs: number
   /** Longest client silence while a request body is incomplete; past it 408 (0 = none). Default 30000. */
   clientBodyMs?: number
+  /** Longest wait for a client to take more of a response when its buffer is full; past it the response is cut (0 = none). Default 60000. */
+  clientSendMs?: number
   accessLog: boolean
   /** Header names with `_`: drop (default), reject with 400, or allow. */
   underscoreHeaders?: 'drop' | 'reject' | 'allow'
@@ -250,7 +252,7 @@ export class ProxyServer {
     this.#clientAddress = opts.clientAddress ?? ((peer) => peer)
     this.#redirectPort = opts.redirect?.httpsPort ?? 443
     this.#acme = opts.redirect?.acmePassthrough ?? true
-    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone, draining: false }
+    this.#ctx = { log: this.#log, retries: this.#retries, clientBodyMs: opts.clientBodyMs ?? 30_000, clientSendMs: opts.clientSendMs ?? 60_000, largeBodyBytes: opts.largeBodyBytes ?? 65_536, done: this.#requestDone, draining: false }
     this.#ws = new WebSocketProxy(this.#log)
     this.#checker = new HealthChecker({
       path: opts.checkPath ?? '',

@@ -193,3 +193,43 @@ t.test('listen.proxyProtocolTrustedIPs: a peer outside it is closed before a byt
   t.throws(() => testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: { host: '127.0.0.1', port: 0, proxyProtocol: true, proxyProtocolTrustedIPs: ['10.0.0.0/40'] } }), /listen\.proxyProtocolTrustedIPs\[0\]/, 'a bad entry names its index')
   t.throws(() => testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: { host: '127.0.0.1', port: 0, proxyProtocolTrustedIPs: ['10.0.0.0/8'] } }), /needs listen\.proxyProtocol/, 'without proxyProtocol it is an error')
 })
+
+t.test('timeouts.clientSendMs: a client that stops reading its response is cut and the upstream request aborted (HTTP/1.1 and h2)', async (t) => {
+  let cut = 0
+  const chunk = Buffer.alloc(64 * 1024, 120)
+  const up = await startUpstream('stable', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    // an endless download, written as fast as the proxy takes it
+    const pump = (): void => { while (!res.destroyed && res.write(chunk)); }
+    res.on('drain', pump)
+    res.on('close', () => { if (!res.writableEnded) cut++ })
+    pump()
+  })
+  const p = await startProxy(testConfig([twoVersionRoute(up.origin, up.origin, [100, 0])], { listen: H2C, timeouts: { clientSendMs: 500 } }))
+  t.teardown(async () => { await p.close(); await up.close() })
+  const port = p.app.proxyAddress!.port
+
+  // HTTP/1.1: the request is sent, then nothing is ever read
+  const c = netConnect(port, '127.0.0.1', () => { c.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n') })
+  c.pause()
+  c.on('error', () => {})
+  t.teardown(() => { c.destroy() })
+  t.ok(await until(() => cut === 1, 4000), 'the upstream response is aborted once the client read nothing for clientSendMs')
+  // (a paused client socket cannot see the close: canaryd's side of it is what is asserted)
+  t.ok(await until(() => p.app.data.listener!.connections === 0, 2000), 'and canaryd closed the client connection')
+
+  // h2: a stream whose client never reads (its window fills)
+  const s = h2connect(`http://127.0.0.1:${port}`)
+  s.on('error', () => {})
+  t.teardown(() => { s.destroy() })
+  const r = s.request({ ':path': '/big2' })
+  r.on('error', () => {})
+  r.pause()
+  let rst = -1
+  r.on('close', () => { rst = r.rstCode ?? 0 })
+  t.ok(await until(() => cut === 2, 4000), 'the h2 stream\'s upstream response is aborted once it read nothing for clientSendMs')
+  r.resume()
+  t.ok(await until(() => rst !== -1, 2000), 'the stream was reset by canaryd')
+  t.not(rst, 0, `with an error code (${rst}), not a clean end`)
+  t.ok(await until(() => p.app.proxy.inFlight === 0, 2000), 'nothing left in flight')
+})

@@ -25,7 +25,7 @@ t.test('undici refusing a header → 400, no exception, upstream untouched', asy
   const rt: VersionRuntime = { route: 'web', version: 'stable', index: 0, group, health, observer: NOOP_OBSERVERS.bind('web', 'stable') }
   let threw: unknown
   const server = createServer((req, res) => {
-    const handler = new ForwardHandler(req, res, rt, group.all[0]!, 0, '', performance.now(), { log: createLogger('silent'), retries: 1, clientBodyMs: 0, largeBodyBytes: 0, done: () => {}, draining: false })
+    const handler = new ForwardHandler(req, res, rt, group.all[0]!, 0, '', performance.now(), { log: createLogger('silent'), retries: 1, clientSendMs: 0, clientBodyMs: 0, largeBodyBytes: 0, done: () => {}, draining: false })
     try {
       handler.forward('/', ['x-bad', 'a\nb'], undefined, false)
     } catch (err) {
