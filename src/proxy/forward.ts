@@ -90,12 +90,21 @@ export function sendError (res: ServerResponse, code: ErrorCode, version: string
     endH2(res, body)
     return
   }
-  const bodyUnread = !req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
-  if (bodyUnread || isRefusal(code)) headers.push('connection', 'close')
+  if (bodyUnread(req) || isRefusal(code)) headers.push('connection', 'close')
   // the reason phrase is always given: a failed writeHead (an upstream reason
   // Node refuses) leaves its bad statusMessage behind, which would be reused
   res.writeHead(status, STATUS_CODES[status] ?? '', headers)
   res.end(body)
+}
+
+/**
+ * An HTTP/1.1 request whose body (a Content-Length other than 0, or
+ * chunked) has not all arrived: answered before it is read, its connection
+ * must close, since the rest of the body would otherwise be parsed as
+ * requests or drained for as long as the client sends.
+ */
+export function bodyUnread (req: IncomingMessage): boolean {
+  return !req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
 }
 
 /**

@@ -19,7 +19,7 @@ import type { Endpoint } from '../upstream/endpoint.js'
 import type { Clock } from '../upstream/group.js'
 import { RouteHealth, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
-import { ForwardHandler, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
+import { bodyUnread, ForwardHandler, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
 import { buildUpstreamHeaders, hasValidHost, isHttp2, isSecure, type ClientConnection, type RequestFraming, type RequestHeaderOptions } from './headers.js'
 import { endWith, replyOf } from './replies.js'
 import { WebSocketProxy } from './websocket.js'
@@ -681,7 +681,7 @@ export class ProxyServer {
       return
     }
     if (info.redirect && !(this.#acme && ACME_PATH.test(req.url ?? ''))) {
-      this.#redirect(req, res)
+      this.#redirect(req, res, info)
       return
     }
     if (req.method === 'TRACE' && !this.#allowTrace) {
@@ -727,11 +727,16 @@ export class ProxyServer {
    * cannot inject anything into Location; an HTTP/1.0 request without one
    * has no URL to send it to.
    */
-  #redirect (req: IncomingMessage, res: ServerResponse): void {
+  #redirect (req: IncomingMessage, res: ServerResponse, info: ConnectionInfo): void {
     const host = req.headers.host
-    // a repeated Host is refused as on the main port (Node keeps the first: which one the client meant is unknown)
-    if (host === undefined || countField(req.rawHeaders, 'host') !== 1) {
+    if (host === undefined) {
       this.#answer(res, 'CANARYD_ERR_INVALID_HOST')
+      return
+    }
+    // the same refusals as on the main port (a repeated Host, smuggling-shaped framing): the header pass is the one check
+    const problem = buildUpstreamHeaders(req, false, '', info, '', this.#headerOpts)
+    if (typeof problem === 'string') {
+      this.#answer(res, problem)
       return
     }
     const url = req.url ?? '/'
@@ -743,7 +748,7 @@ export class ProxyServer {
     res.on('close', () => { this.#next(socket) })
     const headers = ['location', redirectLocation(host, this.#redirectPort, url), 'content-length', '0', 'cache-control', 'no-store']
     // a body nobody will read: close after the answer rather than drain it for as long as the client sends
-    if (!req.complete && (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')) headers.push('connection', 'close')
+    if (bodyUnread(req)) headers.push('connection', 'close')
     res.writeHead(308, 'Permanent Redirect', headers)
     res.end()
   }

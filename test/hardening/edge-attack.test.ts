@@ -16,15 +16,12 @@
  * says what was seen. The rest are attacks that held.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
 import { ensureBuilt, loopbackConfigFile } from '../helpers/cli.js'
-import { makeCa, makeLeaf, opensslSkip, type CertPair } from '../helpers/certs.js'
+import { lazyPki, opensslSkip } from '../helpers/certs.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { proxyV1, proxyV2 } from '../helpers/proxy-protocol.js'
@@ -372,22 +369,11 @@ function firstRecord (b: Buffer): string {
   return `record ${b[0]}`
 }
 
-interface Pki { dir: string, ca: CertPair, app: CertPair, other: CertPair }
-let pkiCache: Pki | undefined
 /** A CA and two leaves (app.test + *.app.test + 127.0.0.1; other.test), made once for the file. */
-function pki (): Pki {
-  if (pkiCache !== undefined) return pkiCache
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-edge-attack-'))
-  const ca = makeCa(dir, 'ca')
-  pkiCache = {
-    dir,
-    ca,
-    app: makeLeaf(dir, 'app', ca, { cn: 'app.test', dns: ['app.test', '*.app.test'], ip: ['127.0.0.1'] }),
-    other: makeLeaf(dir, 'other', ca, { cn: 'other.test' })
-  }
-  return pkiCache
-}
-t.teardown(() => { if (pkiCache !== undefined) rmSync(pkiCache.dir, { recursive: true, force: true }) })
+const pki = lazyPki('canaryd-edge-attack', {
+  app: { cn: 'app.test', dns: ['app.test', '*.app.test'], ip: ['127.0.0.1'] },
+  other: { cn: 'other.test' }
+}, (fn) => { t.teardown(fn) })
 
 const tlsListen = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
   host: '127.0.0.1',

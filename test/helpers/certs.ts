@@ -164,3 +164,25 @@ export function makeDated (dir: string, name: string, start: string, end: string
   openssl(['ca', '-batch', '-config', config, '-selfsign', '-keyfile', keyPath, '-in', csr, '-out', certPath, '-startdate', start, '-enddate', end])
   return pair(certPath, keyPath)
 }
+
+/** A CA and the leaves a test file names, each signed by it; made once, on first use. */
+export type LazyPki<K extends string> = { dir: string, ca: CertPair } & Record<K, CertPair>
+
+/**
+ * Returns a getter for a test file's PKI: made on the first call (so a file
+ * whose openssl tests are skipped never runs openssl), in a temp dir named
+ * after `prefix`, and removed at the end of the file through `teardown`.
+ */
+export function lazyPki<K extends string> (prefix: string, leaves: Record<K, LeafOptions>, teardown: (fn: () => void) => void): () => LazyPki<K> {
+  let made: LazyPki<K> | undefined
+  teardown(() => { if (made !== undefined) rmSync(made.dir, { recursive: true, force: true }) })
+  return () => {
+    if (made !== undefined) return made
+    const dir = mkdtempSync(join(tmpdir(), `${prefix}-`))
+    const ca = makeCa(dir, 'ca')
+    const out: Record<string, CertPair> = {}
+    for (const [name, o] of Object.entries(leaves) as Array<[K, LeafOptions]>) out[name] = makeLeaf(dir, name, ca, o)
+    made = { dir, ca, ...out } as LazyPki<K>
+    return made
+  }
+}

@@ -1,10 +1,9 @@
-import { copyFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { request as httpsRequest } from 'node:https'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import t, { type Test } from 'tap'
-import { makeCa, makeLeaf, opensslSkip, type CertPair } from '../helpers/certs.js'
+import { lazyPki, opensslSkip, type CertPair } from '../helpers/certs.js'
 import { ensureBuilt } from '../helpers/cli.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 import { configDir, rawConfig, serve, sleep, until, writeConfig, type Served } from '../helpers/reload.js'
@@ -17,22 +16,10 @@ import { startUpstreams } from '../helpers/upstream.js'
 // certificate files it was started with (atomic rename and in-place writes).
 
 /** One CA and two leaves told apart by their first name; both cover localhost and 127.0.0.1. */
-interface Pki { dir: string, ca: CertPair, ra: CertPair, rb: CertPair }
-
-let pkiMade: Pki | undefined
-function pki (): Pki {
-  if (pkiMade !== undefined) return pkiMade
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-tls-cluster-'))
-  const ca = makeCa(dir, 'ca')
-  pkiMade = {
-    dir,
-    ca,
-    ra: makeLeaf(dir, 'ra', ca, { cn: 'reload-a.test', dns: ['reload-a.test', 'localhost'], ip: ['127.0.0.1'] }),
-    rb: makeLeaf(dir, 'rb', ca, { cn: 'reload-b.test', dns: ['reload-b.test', 'localhost'], ip: ['127.0.0.1'] })
-  }
-  return pkiMade
-}
-t.teardown(() => { if (pkiMade !== undefined) rmSync(pkiMade.dir, { recursive: true, force: true }) })
+const pki = lazyPki('canaryd-tls-cluster', {
+  ra: { cn: 'reload-a.test', dns: ['reload-a.test', 'localhost'], ip: ['127.0.0.1'] },
+  rb: { cn: 'reload-b.test', dns: ['reload-b.test', 'localhost'], ip: ['127.0.0.1'] }
+}, (fn) => { t.teardown(fn) })
 
 const A = /reload-a\.test/
 const B = /reload-b\.test/

@@ -10,7 +10,7 @@ import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'n
 import t, { type Test } from 'tap'
 import { App } from '../../src/app.js'
 import { configFromObject } from '../../src/config/load.js'
-import { makeCa, makeLeaf, opensslSkip, type CertPair } from '../helpers/certs.js'
+import { lazyPki, opensslSkip, type CertPair } from '../helpers/certs.js'
 import { ensureBuilt, runCli } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, testLogger, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
@@ -23,37 +23,13 @@ import { startUpstreams, type TestUpstream } from '../helpers/upstream.js'
 // errors of listen.tls. Certificates are made with openssl at test time.
 
 /** The test PKI: one CA and the leaves every test below uses, made once. */
-interface Pki {
-  dir: string
-  ca: CertPair
-  /** DNS localhost + default.test, IP 127.0.0.1: the single-certificate tests' and the SNI default. */
-  main: CertPair
-  /** DNS a.test only. */
-  a: CertPair
-  /** DNS *.b.test only. */
-  b: CertPair
-  /** Reload pair: both cover localhost and 127.0.0.1, told apart by reload-a.test / reload-b.test. */
-  ra: CertPair
-  rb: CertPair
-}
-
-let pkiMade: Pki | undefined
-function pki (): Pki {
-  if (pkiMade !== undefined) return pkiMade
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-tls-'))
-  const ca = makeCa(dir, 'ca')
-  pkiMade = {
-    dir,
-    ca,
-    main: makeLeaf(dir, 'main', ca, { cn: 'default.test', dns: ['default.test', 'localhost'], ip: ['127.0.0.1'] }),
-    a: makeLeaf(dir, 'a', ca, { cn: 'a.test', dns: ['a.test'] }),
-    b: makeLeaf(dir, 'b', ca, { cn: 'b.test', dns: ['*.b.test'] }),
-    ra: makeLeaf(dir, 'ra', ca, { cn: 'reload-a.test', dns: ['reload-a.test', 'localhost'], ip: ['127.0.0.1'] }),
-    rb: makeLeaf(dir, 'rb', ca, { cn: 'reload-b.test', dns: ['reload-b.test', 'localhost'], ip: ['127.0.0.1'] })
-  }
-  return pkiMade
-}
-t.teardown(() => { if (pkiMade !== undefined) rmSync(pkiMade.dir, { recursive: true, force: true }) })
+const pki = lazyPki('canaryd-tls', {
+  main: { cn: 'default.test', dns: ['default.test', 'localhost'], ip: ['127.0.0.1'] },
+  a: { cn: 'a.test', dns: ['a.test'] },
+  b: { cn: 'b.test', dns: ['*.b.test'] },
+  ra: { cn: 'reload-a.test', dns: ['reload-a.test', 'localhost'], ip: ['127.0.0.1'] },
+  rb: { cn: 'reload-b.test', dns: ['reload-b.test', 'localhost'], ip: ['127.0.0.1'] }
+}, (fn) => { t.teardown(fn) })
 
 /** listen with TLS on one certificate (and `more` listen keys). */
 function tlsListen (c: CertPair, more: Record<string, unknown> = {}): Record<string, unknown> {
