@@ -3,14 +3,16 @@ import { isAbsolute } from 'node:path'
 import { createSecureContext } from 'node:tls'
 import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
 import { registerRolloutRoutes } from './admin/rollout-routes.js'
+import { registerSegmentRoutes } from './admin/segment-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
 import { listenError, listenerCertificates, reloadConfig, restartRequired, type Config } from './config/load.js'
+import { RUNTIME_CHECKS } from './config/segments.js'
 import { CanarydError, ConfigError } from './errors.js'
 import { createLogger, droppedLogLines, type Logger } from './logger.js'
 import { expiryProblem, loadCertificates, type ListenerCertificate } from './listener/certs.js'
 import { EdgeListener } from './listener/listener.js'
 import { TrustedProxies } from './listener/trust.js'
-import { NOOP_OBSERVERS } from './metrics/observer.js'
+import { NOOP_OBSERVERS, type SubscribeShadow } from './metrics/observer.js'
 import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
 import type { SubscribeFinish } from './rollout/controller.js'
@@ -274,6 +276,8 @@ export interface ControlPlaneSources {
   subscribe: SubscribeFinish | undefined
   /** Outlier-detection ejections per (route, version): a canary ejection fails a rollout check. */
   subscribeEjection?: (route: string, version: string, listener: () => void) => () => void
+  /** Shadow pairs (user answer + mirrored copy's answer) per route, for a rollout's shadow judge. */
+  subscribeShadow?: SubscribeShadow
   /** True while the instance serves traffic. */
   isReady: () => boolean
   /** Serves reloaded listener certificates (this process's listener, or every worker's). Throws when they are refused: the reload then changes nothing. */
@@ -302,10 +306,12 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
     observer: src.registry === undefined ? undefined : new RolloutMetrics(src.registry, state.routeNames),
     // without metrics there are no finish listeners: checks stay inconclusive (said in the README)
     subscribe: src.subscribe,
-    subscribeEjection: src.subscribeEjection
+    subscribeEjection: src.subscribeEjection,
+    subscribeShadow: src.subscribeShadow
   })
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
+  registerSegmentRoutes(admin, state)
   const reload = reloader(config, logger, state, rollouts, src.applyCertificates)
   registerReloadRoute(admin, reload)
   // a restart resumes rollouts at their step (and keeps finished ones finished)
@@ -445,7 +451,7 @@ export class App {
     // the state file's weights (where still valid) override the config's before the first table is built
     warnInsecure(this.logger, config)
     // a change's new DNS names are resolved before its table is swapped in (see Upstreams.warm)
-    this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) } })
+    this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) }, ...RUNTIME_CHECKS })
     this.holder = this.state.holder
     const data = this.data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
     this.upstreams = data.upstreams
@@ -457,6 +463,7 @@ export class App {
       registry: metrics?.registry,
       subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l),
       subscribeEjection: metrics === undefined ? undefined : (r, v, l) => metrics.onEjected(r, v, l),
+      subscribeShadow: metrics === undefined ? undefined : (r, l) => metrics.subscribeShadow(r, l),
       isReady: () => !this.draining && this.proxyAddress !== undefined,
       applyCertificates: (certs) => {
         // a reload before the listener is up (the admin API starts first): the listener starts with them

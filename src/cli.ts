@@ -35,9 +35,15 @@ Usage:
                                         a route's versions and their upstreams
   canaryd reload [--admin URL] [--token T] [--json]
                                         re-read the config file and apply its routes (as SIGHUP)
-  canaryd rollout start ROUTE [--plan FILE] [--canary NAME] [--admin URL] [--token T]
+  canaryd rollout start ROUTE [--plan FILE] [--canary NAME] [--from-start]
+                        [--canary-upstream URL[,URL]] [--admin URL] [--token T]
                                         start a progressive rollout (plan: JSON/YAML, docs/rollouts.md;
-                                        --canary NAME sets the plan's canary version)
+                                        --canary NAME sets the plan's canary version; a canary that
+                                        already has weight starts at the first step >= it unless
+                                        --from-start; --canary-upstream points the canary at the new
+                                        build in the same change, only while its weight is 0)
+  canaryd segments ROUTE [--set FILE|-] [--reason TEXT] [--admin URL] [--token T] [--json]
+                                        show or replace a route's segments (docs/release.md)
   canaryd rollout status|pause|resume|promote|abort ROUTE [--admin URL] [--token T] [--json]
                                         show or steer the route's rollout
   canaryd top [--admin URL] [--token T] [--interval MS] [--once]
@@ -51,7 +57,7 @@ Usage:
 Environment:
   CANARYD_CONFIG        config file path (serve, validate, config print)
   LOG_LEVEL             log level (fatal, error, warn, info, debug, trace, silent)
-  CANARYD_ADMIN_URL     admin URL for weights/status/versions/reload/rollout/top (default http://127.0.0.1:9901)
+  CANARYD_ADMIN_URL     admin URL for weights/status/versions/segments/reload/rollout/top (default http://127.0.0.1:9901)
   CANARYD_LISTEN_PORT, CANARYD_ADMIN_PORT, CANARYD_ADMIN_TOKEN, …  see docs/configuration.md
 `
 
@@ -227,6 +233,10 @@ async function main (argv: string[]): Promise<void> {
     case 'rollout': {
       const { runRollout } = await import('./commands/rollout.js')
       return await runRollout(rest)
+    }
+    case 'segments': {
+      const { runSegments } = await import('./commands/segments.js')
+      return await runSegments(rest)
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js')

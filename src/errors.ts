@@ -30,6 +30,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.', message: 'no route named {route} (routes: {routes})' },
   CANARYD_ERR_VERSION_NOT_FOUND: { status: 404, doc: 'Admin API: the route has no version with that name.', message: 'route {route} has no version {version} (versions: {versions})' },
   CANARYD_ERR_INVALID_UPSTREAM: { status: 400, doc: 'Admin API: the `upstream` of `PUT /api/v1/routes/{route}/versions/{version}` is not an http(s) origin or non-empty array of distinct origins (or, with DNS discovery, names an address instead of a host name); the message names the bad entry.' },
+  CANARYD_ERR_INVALID_SEGMENTS: { status: 400, doc: 'Admin API: the `segments` of `PUT /api/v1/routes/{route}/segments` break the config\'s rules (unknown version, weights not summing to 100, a bad CIDR, an invalid RE2 pattern, duplicate names); the message names the key, e.g. `segments[1].match.ip[0]`. Nothing was changed.' },
   CANARYD_ERR_CONFIG_RELOAD: { status: 400, doc: 'Admin API: on `POST /api/v1/reload` the config file failed validation; nothing was changed and the message names the key (also logged).' },
   CANARYD_ERR_RELOAD_UNAVAILABLE: { status: 409, doc: 'Admin API: this instance was not started from a config file, so there is nothing to reload.' },
   CANARYD_ERR_METHOD_NOT_ALLOWED: { status: 405, doc: 'Admin API: the path exists but not for this method (see the Allow header). Proxy: a TRACE request while limits.allowTrace is false.', message: 'this method is not allowed', refusal: true },
@@ -47,7 +48,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_NOT_IMPLEMENTED: { status: 501, doc: 'The request uses a transfer coding or method the proxy does not forward (only a single `chunked` coding; no CONNECT).', message: 'this transfer coding or method is not forwarded', refusal: true },
   CANARYD_ERR_UPSTREAM_OVERLOADED: { status: 503, doc: 'The upstream already has upstream.maxInFlight requests in flight; answered at once instead of queueing.', message: 'the upstream has too many requests in flight' },
   CANARYD_ERR_INVALID_PLAN: { status: 400, doc: 'Admin API / config: the rollout plan is invalid (steps, intervalMs, analysis, promotion, webhooks); the message lists every problem.' },
-  CANARYD_ERR_ROLLOUT_CONFLICT: { status: 409, doc: 'Admin API: the route already has a rollout running, or the action (pause, resume, promote) does not apply to the rollout\'s state.' },
+  CANARYD_ERR_ROLLOUT_CONFLICT: { status: 409, doc: 'Admin API: the route already has a rollout running, the action (pause, resume, promote) does not apply to the rollout\'s state, or `canaryUpstream` was given while the canary still has weight.' },
   CANARYD_ERR_NO_ROLLOUT: { status: 404, doc: 'Admin API: the route has no rollout.', message: 'route {route} has no rollout' },
   CANARYD_ERR_INTERNAL: { status: 500, doc: 'An unexpected error; the cause is logged.', message: 'internal error' },
 } as const satisfies Record<string, { status: number; doc: string; message?: string; refusal?: true }>

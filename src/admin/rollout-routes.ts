@@ -3,18 +3,33 @@
  * plane's API) and call into rollout/, the one arrow STYLE.md draws between
  * the two: rollout/ knows nothing of HTTP.
  */
-import type { RolloutManager } from '../rollout/manager.js'
+import { CanarydError } from '../errors.js'
+import type { RolloutManager, StartRequest } from '../rollout/manager.js'
 import { rolloutView } from '../rollout/manager.js'
 import type { AdminServer } from './server.js'
 
 /**
  * Registers `POST /api/v1/routes/{route}/rollout` (201; 400 invalid plan,
- * 409 running), `GET …/rollout` (404 when none) and
+ * 409 running; query `fromStart=true` starts at step 1 whatever the canary's
+ * weight, `canaryUpstream=URL[,URL]` points the canary at a new build in the
+ * same change, 409 unless its weight is 0), `GET …/rollout` (404 when none) and
  * `POST …/rollout/pause|resume|promote|abort` (409 when the state does not allow it).
  */
 export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, manager: RolloutManager): void {
   const base = '/api/v1/routes/{route}/rollout'
-  admin.addRoute('POST', base, async (r) => ({ status: 201, json: rolloutView(await manager.start(r.params.route!, await r.json())) }))
+  admin.addRoute('POST', base, async (r) => {
+    const req: StartRequest = {}
+    const from = r.query.get('fromStart')
+    if (from !== null) {
+      if (from !== 'true' && from !== 'false') throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `fromStart must be true or false, got ${JSON.stringify(from)}`)
+      req.fromStart = from === 'true'
+    }
+    const up = r.query.get('canaryUpstream')
+    // one origin, or several separated by commas (origins contain none)
+    if (up !== null) req.canaryUpstream = up.includes(',') ? up.split(',') : up
+    const { record, warnings } = await manager.begin(r.params.route!, await r.json(), req)
+    return { status: 201, json: { ...rolloutView(record), warnings } }
+  })
   admin.addRoute('GET', base, (r) => ({ json: rolloutView(manager.get(r.params.route!)) }))
   admin.addRoute('POST', `${base}/pause`, async (r) => ({ json: rolloutView(await manager.pause(r.params.route!)) }))
   admin.addRoute('POST', `${base}/resume`, async (r) => ({ json: rolloutView(await manager.resume(r.params.route!)) }))

@@ -6,6 +6,7 @@
  */
 import type { Config } from '../config/load.js'
 import type { ListenerCertificate } from '../listener/certs.js'
+import type { ShadowPair } from '../metrics/observer.js'
 import type { RouteSpec } from '../routing/spec.js'
 
 /** A listener certificate as JSON carries it (the expiry as an ISO string). */
@@ -22,12 +23,14 @@ export function fromWire (certs: readonly WireCertificate[]): ListenerCertificat
 /** Primary → worker. */
 export type ToWorker =
   /** `routes`: the routes in force (runtime weights and upstreams applied); `config`: the static part the worker serves with. */
-  | { canaryd: 'init', config: Config, routes: RouteSpec[], generation: number, subscriptions: Array<[string, string]>, metrics: boolean, listener: { certs: WireCertificate[], ticketKeys: string } }
+  | { canaryd: 'init', config: Config, routes: RouteSpec[], generation: number, subscriptions: Array<[string, string]>, shadows: string[], metrics: boolean, listener: { certs: WireCertificate[], ticketKeys: string } }
   /** Reloaded listener certificates (the primary read and checked them): new handshakes use them. */
   | { canaryd: 'certs', certs: WireCertificate[] }
   /** Every change (weights, a version's upstream, a reload) sends the whole routes: a worker never merges. */
   | { canaryd: 'table', routes: RouteSpec[], generation: number }
   | { canaryd: 'sub', route: string, version: string, on: boolean }
+  /** Forward (or stop forwarding) the shadow pairs of a route: a rollout's shadow phase runs in the primary. */
+  | { canaryd: 'shadow', route: string, on: boolean }
   | { canaryd: 'metrics', id: number }
   | { canaryd: 'drain', ms: number }
 
@@ -42,6 +45,8 @@ export type ToPrimary =
    * detection ejected the version meanwhile.
    */
   | { canaryd: 'samples', route: string, version: string, data: number[], ejections: number }
+  /** Shadow pairs of one route since the last batch (bounded per batch). */
+  | { canaryd: 'pairs', route: string, pairs: ShadowPair[] }
 
 /** True for a message of ours. */
 export function isOurs (m: unknown): m is { canaryd: string } {

@@ -22,6 +22,8 @@ import { AggregatorRegistry } from 'prom-client'
 import { addLogReadout, announceStarted, createControlPlane, listenerSummary, loadListenerCertificates, warnInsecure, type ControlPlane } from '../app.js'
 import type { ListenerCertificate } from '../listener/certs.js'
 import type { Config } from '../config/load.js'
+import { RUNTIME_CHECKS } from '../config/segments.js'
+import type { ShadowPair } from '../metrics/observer.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
 import type { SubscribeFinish } from '../rollout/controller.js'
@@ -59,6 +61,8 @@ export class ClusterPrimary {
   readonly #own: PrometheusMetrics | undefined
   readonly #workers = new Map<number, WorkerState>()
   readonly #listeners = new Map<string, { route: string, version: string, ls: Set<FinishListener>, ej: Set<() => void> }>()
+  /** Shadow-pair listeners by route (a rollout's shadow phase); the workers forward pairs while a route has one. */
+  readonly #shadowListeners = new Map<string, Set<(p: ShadowPair) => void>>()
   readonly #pending = new Map<number, { resolve: (parts: unknown[][]) => void, reject: (err: Error) => void, left: number, parts: unknown[][], asked: Set<number>, timer: NodeJS.Timeout }>()
   #nextId = 1
   #stopping = false
@@ -81,7 +85,7 @@ export class ClusterPrimary {
     this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
     if (this.#own !== undefined) addLogReadout(this.#own)
     warnInsecure(opts.logger, opts.config)
-    this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger })
+    this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger, ...RUNTIME_CHECKS })
     this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', routes: [...this.state.specs], generation: table.generation }) })
     const own = this.#own
     this.control = createControlPlane(opts.config, opts.logger, this.state, {
@@ -89,6 +93,7 @@ export class ClusterPrimary {
       registry: own?.registry,
       subscribe: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, l, undefined) : undefined,
       subscribeEjection: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, undefined, l) : undefined,
+      subscribeShadow: this.#metricsOn ? (route, l) => this.#subscribeShadow(route, l) : undefined,
       isReady: () => !this.#stopping && this.readyWorkers === this.#n,
       applyCertificates: (certs) => {
         this.#certs = certs
@@ -160,7 +165,7 @@ export class ClusterPrimary {
         // the worker's handler is attached: hand it the config and the weights in force
         const table = this.state.holder.current
         const subscriptions = [...this.#listeners.values()].map((l): [string, string] => [l.route, l.version])
-        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), routes: [...this.state.specs], generation: table.generation, subscriptions, metrics: this.#metricsOn, listener: { certs: toWire(this.#certs), ticketKeys: this.#ticketKeys } })
+        this.#send(ws.worker, { canaryd: 'init', config: this.#workerConfig(), routes: [...this.state.specs], generation: table.generation, subscriptions, shadows: [...this.#shadowListeners.keys()], metrics: this.#metricsOn, listener: { certs: toWire(this.#certs), ticketKeys: this.#ticketKeys } })
         return
       }
       case 'ready':
@@ -185,6 +190,12 @@ export class ClusterPrimary {
           for (const fn of l.ls) fn(d[i]!, d[i + 1]!, d[i + 2] === 1)
         }
         for (let i = 0; i < m.ejections; i++) for (const fn of l.ej) fn()
+        return
+      }
+      case 'pairs': {
+        const ls = this.#shadowListeners.get(m.route)
+        if (ls === undefined || !Array.isArray(m.pairs)) return
+        for (const p of m.pairs) for (const fn of ls) fn(p)
       }
     }
   }
@@ -242,6 +253,25 @@ export class ClusterPrimary {
       if (entry.ls.size === 0 && entry.ej.size === 0 && this.#listeners.get(key) === entry) {
         this.#listeners.delete(key)
         this.#broadcast({ canaryd: 'sub', route, version, on: false })
+      }
+    }
+  }
+
+  /** A rollout's shadow-pair subscription of a route: every worker forwards the route's pairs while it lasts. */
+  #subscribeShadow (route: string, listener: (p: ShadowPair) => void): () => void {
+    let ls = this.#shadowListeners.get(route)
+    if (ls === undefined) {
+      ls = new Set()
+      this.#shadowListeners.set(route, ls)
+      this.#broadcast({ canaryd: 'shadow', route, on: true })
+    }
+    const set = ls
+    set.add(listener)
+    return () => {
+      set.delete(listener)
+      if (set.size === 0 && this.#shadowListeners.get(route) === set) {
+        this.#shadowListeners.delete(route)
+        this.#broadcast({ canaryd: 'shadow', route, on: false })
       }
     }
   }

@@ -11,10 +11,14 @@ import { createLogger, flushLogs, type Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { buildRoutingTable } from '../routing/table.js'
 import type { Config } from '../config/load.js'
+import type { ShadowPair } from '../metrics/observer.js'
 import { fromWire, isOurs, type ToPrimary, type ToWorker } from './messages.js'
 
 /** How often finished-request samples are batched to the primary (rollout windows). */
 const SAMPLE_FLUSH_MS = 100
+
+/** Most shadow pairs one route sends per batch: a judge's sample, not a log (the rest of a burst is dropped). */
+const MAX_PAIRS_PER_BATCH = 2000
 
 function send (m: ToPrimary): void {
   if (process.connected) process.send?.(m)
@@ -27,6 +31,7 @@ class Worker {
   readonly #data: DataPlane
   readonly #listener: Extract<ToWorker, { canaryd: 'init' }>['listener']
   readonly #subs = new Map<string, { off: () => void, buf: number[], ejections: number, route: string, version: string }>()
+  readonly #shadows = new Map<string, { off: () => void, buf: ShadowPair[] }>()
   #timer: NodeJS.Timeout | undefined
   #draining = false
   /** Tables being applied, in order (see 'table'). */
@@ -39,6 +44,7 @@ class Worker {
     this.#data = createDataPlane(init.config, this.#holder, this.#log, init.metrics)
     this.#listener = init.listener
     for (const [route, version] of init.subscriptions) this.#subscribe(route, version, true)
+    for (const route of init.shadows) this.#shadow(route, true)
   }
 
   async start (): Promise<void> {
@@ -74,6 +80,9 @@ class Worker {
       case 'sub':
         this.#subscribe(m.route, m.version, m.on)
         return
+      case 'shadow':
+        this.#shadow(m.route, m.on)
+        return
       case 'metrics': {
         const reg = this.#data.metrics?.registry
         if (reg === undefined) {
@@ -100,7 +109,7 @@ class Worker {
       this.#flush() // samples already taken still belong to the window that asked for them
       cur.off()
       this.#subs.delete(key)
-      if (this.#subs.size === 0 && this.#timer !== undefined) {
+      if (this.#subs.size === 0 && this.#shadows.size === 0 && this.#timer !== undefined) {
         clearInterval(this.#timer)
         this.#timer = undefined
       }
@@ -116,7 +125,30 @@ class Worker {
     this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
   }
 
+  /** Forwards a route's shadow pairs to the primary, batched with the samples. */
+  #shadow (route: string, on: boolean): void {
+    const cur = this.#shadows.get(route)
+    if (!on) {
+      if (cur === undefined) return
+      this.#flush()
+      cur.off()
+      this.#shadows.delete(route)
+      return
+    }
+    const metrics = this.#data.metrics
+    if (cur !== undefined || metrics === undefined) return
+    const sub = { off: () => {}, buf: [] as ShadowPair[] }
+    sub.off = metrics.subscribeShadow(route, (p) => { if (sub.buf.length < MAX_PAIRS_PER_BATCH) sub.buf.push(p) })
+    this.#shadows.set(route, sub)
+    this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
+  }
+
   #flush (): void {
+    for (const [route, s] of this.#shadows) {
+      if (s.buf.length === 0) continue
+      send({ canaryd: 'pairs', route, pairs: s.buf })
+      s.buf = []
+    }
     for (const s of this.#subs.values()) {
       if (s.buf.length === 0 && s.ejections === 0) continue
       send({ canaryd: 'samples', route: s.route, version: s.version, data: s.buf, ejections: s.ejections })

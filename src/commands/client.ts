@@ -19,7 +19,22 @@ const USAGE = `Usage:
 interface RouteJson {
   name: string
   versions: Array<{ name: string; upstream: string | string[]; weight: number }>
+  /** Absent from servers older than segments. */
+  segments?: Array<{ name: string; version?: string; weights?: Record<string, number> }>
+  mirror?: { version: string; percent: number } | null
   rollout: unknown
+}
+
+/** The lines under a route's versions for its segments and mirror (what `canaryd segments ROUTE` shows in full). */
+function extraLines (r: RouteJson): string[] {
+  const out: string[] = []
+  const segs = r.segments ?? []
+  if (segs.length !== 0) {
+    const cells = segs.map((s) => `${s.name}→${s.version ?? Object.entries(s.weights ?? {}).filter(([, w]) => w > 0).map(([n, w]) => `${n} ${w}%`).join('/')}`)
+    out.push(`  segments: ${cells.join(', ')}`)
+  }
+  if (r.mirror !== undefined && r.mirror !== null) out.push(`  mirror: ${r.mirror.percent}% copied to ${r.mirror.version}`)
+  return out
 }
 
 /** Origins as one cell: several joined by commas. */
@@ -99,7 +114,9 @@ export function formatRoutes (routes: readonly RouteJson[]): string {
     })
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
-  return rows.map((row) => row.map((cell, c) => c === row.length - 1 ? cell : cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n') + '\n'
+  const table = rows.map((row) => row.map((cell, c) => c === row.length - 1 ? cell : cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n') + '\n'
+  const extra = routes.flatMap((r) => { const l = extraLines(r); return l.length === 0 ? [] : [`${r.name}:`, ...l] })
+  return extra.length === 0 ? table : `${table}${extra.join('\n')}\n`
 }
 
 /**

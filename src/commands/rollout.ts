@@ -11,7 +11,11 @@ import { adminTarget, callAdmin, ClientError, DEFAULT_ADMIN_URL } from './client
 
 /** Usage of the rollout command. */
 export const ROLLOUT_USAGE = `Usage:
-  canaryd rollout start ROUTE [--plan FILE] [--canary NAME]   start a rollout (plan: JSON or YAML file)
+  canaryd rollout start ROUTE [--plan FILE] [--canary NAME] [--from-start] [--canary-upstream URL[,URL]]
+                 start a rollout (plan: JSON or YAML file). A canary that already has weight w
+                 starts at the first step >= w (nobody moves back) unless --from-start;
+                 --canary-upstream points the canary at the new build in the same change
+                 (refused unless the canary's weight is 0)
   canaryd rollout status|pause|resume|promote|abort ROUTE
 Options:
   --admin URL    admin server (CANARYD_ADMIN_URL; default ${DEFAULT_ADMIN_URL})
@@ -28,17 +32,23 @@ const ACTIONS = ['start', 'status', 'pause', 'resume', 'promote', 'abort'] as co
  * and a promoted rollout is at step 6/6.
  */
 export function formatRollout (r: Record<string, unknown>): string {
-  const steps = [...((r.steps as number[] | undefined) ?? []), 100]
+  const steps = [...((r.steps as Array<number | { segment: string; weight: number }> | undefined) ?? []), 100].map((s) => typeof s === 'number' ? String(s) : `${s.segment}:${s.weight}`)
   const step = r.state === 'promoted' ? steps.length : r.step
+  const phase = r.phase === undefined || r.phase === 'steps' || r.phase === 'done' ? '' : `  phase ${String(r.phase)}`
+  const strategy = r.strategy === 'blue-green' ? ' (blue/green)' : ''
+  const segs = Object.entries((r.segmentWeights as Record<string, number> | undefined) ?? {})
   const lines = [
-    `route ${String(r.route)}: ${String(r.state)}  canary ${String(r.canary)} at ${String(r.weight)}%  step ${String(step)}/${steps.length} (${steps.join(' → ')})`,
+    `route ${String(r.route)}: ${String(r.state)}${strategy}  canary ${String(r.canary)} at ${String(r.weight)}%  step ${String(step)}/${steps.length} (${steps.join(' → ')})${phase}`,
+    ...(segs.length === 0 ? [] : [`segments: ${segs.map(([n, w]) => `${n} ${w}%`).join(', ')}`]),
     `failed checks ${String(r.failedChecks)}${r.reason === null || r.reason === undefined ? '' : `  reason: ${String(r.reason)}`}`
   ]
   const checks = (r.checks as Array<Record<string, unknown>> | undefined) ?? []
   for (const c of checks.slice(-5)) {
     const cn = c.canary as Record<string, unknown>
     const st = c.stable as Record<string, unknown>
-    lines.push(`  ${String(c.at)} step ${String(c.step)} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
+    const sh = c.shadow as Record<string, unknown> | undefined
+    const where = sh === undefined ? `step ${String(c.step)}` : `shadow (${String(sh.pairs)} copies, ${String(sh.mismatchRate)}% mismatched)`
+    lines.push(`  ${String(c.at)} ${where} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
   }
   return `${lines.join('\n')}\n`
 }
@@ -58,7 +68,7 @@ export async function runRollout (argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { plan: { type: 'string' }, canary: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { plan: { type: 'string' }, canary: { type: 'string' }, 'from-start': { type: 'boolean' }, 'canary-upstream': { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     strict: true
   })
   const [action, route] = positionals
@@ -72,7 +82,12 @@ export async function runRollout (argv: string[]): Promise<void> {
     return
   }
   const { base, token } = adminTarget(values)
-  const path = `api/v1/routes/${encodeURIComponent(route)}/rollout${action === 'start' || action === 'status' ? '' : `/${action}`}`
+  let path = `api/v1/routes/${encodeURIComponent(route)}/rollout${action === 'start' || action === 'status' ? '' : `/${action}`}`
+  if (action !== 'start' && (values['from-start'] !== undefined || values['canary-upstream'] !== undefined)) return usageError('--from-start and --canary-upstream go with rollout start')
+  const query = new URLSearchParams()
+  if (values['from-start'] === true) query.set('fromStart', 'true')
+  if (values['canary-upstream'] !== undefined) query.set('canaryUpstream', values['canary-upstream'].split(',').map((u) => u.trim()).filter((u) => u !== '').join(','))
+  if (query.size !== 0) path += `?${query.toString()}`
   let body: unknown
   if (action === 'start') {
     let plan: unknown = {}
@@ -99,6 +114,8 @@ export async function runRollout (argv: string[]): Promise<void> {
     if (api !== undefined) return apiError(`${api.status} ${api.code ?? ''}: ${api.message ?? JSON.stringify(api.body)}`)
     return err.exitCode === 2 ? usageError(err.message) : apiError(err.message)
   }
+  // what the server warned about (moving users back, a new build reaching pinned segments at once) goes to stderr
+  for (const w of (json.warnings as string[] | undefined) ?? []) process.stderr.write(`canaryd: warning: ${w}\n`)
   if (values.json === true) {
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
     return

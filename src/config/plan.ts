@@ -65,17 +65,58 @@ export interface WebhookSpec {
   retries: number
 }
 
+/** A step that moves only one segment's users: the segment's canary weight becomes `weight`. */
+export interface SegmentStep {
+  segment: string
+  weight: number
+}
+
+/** One step: a number is the canary weight for everyone (outside targeted segments already above it). */
+export type Step = number | SegmentStep
+
+/** The shadow phase: the canary judged on mirrored copies of stable's requests, at 0 % user exposure. */
+export interface ShadowSpec {
+  /** Share of stable's matching requests copied to the canary, percent. */
+  percent: number
+  /** How long the phase lasts at least (it ends at the first passing check after this). */
+  durationMs: number
+  /** Methods copied (default GET, HEAD: copies of writes would write twice). */
+  methods: string[]
+  /** Largest request body copied. */
+  maxBodyBytes: number
+  /** Most copies whose status class differs from stable's answer, percent, before the check fails. */
+  maxMismatchRate: number
+}
+
 /** A validated, normalised plan. Validating a normalised plan returns an equal plan (idempotent). */
 export interface RolloutPlan {
   /** Version that receives the steps' weights. */
   canary: string
   /** Version that receives the rest; default: the other version with the highest weight at start. */
   stable?: string
-  /** Analysed canary weights, strictly increasing, each in (0, 100); promotion to 100 follows the last one. */
-  steps: number[]
+  /** `blue-green`: one switch 0 → 100 after an optional preview, then a rollback window. Absent: canary. */
+  strategy?: 'blue-green'
+  /**
+   * Analysed steps (canary strategy): numbers strictly increasing in (0, 100),
+   * segment steps strictly increasing per segment in (0, 100]; promotion to
+   * 100 follows the last one. Empty for blue-green.
+   */
+  steps: Step[]
+  /** Blue/green: a phase at 0 % (canary reachable by override or segment) analysed for at least this long before the switch. */
+  preview?: { durationMs: number }
+  /** Blue/green: after the switch, how long analysis goes on; a failed check switches back at once. */
+  rollbackWindowMs?: number
+  /** The shadow phase that runs before any user reaches the canary. */
+  shadow?: ShadowSpec
   intervalMs: number
   analysis: AnalysisSpec
   promotion: 'auto' | 'manual'
+  /**
+   * After promotion, stable takes the canary's upstream and returns to 100 %,
+   * canary to 0 %, in one change (Flagger's "primary gets the new image"),
+   * ready for the next release with the same names. Absent: false.
+   */
+  finalize?: true
   webhooks: WebhookSpec[]
 }
 
@@ -94,7 +135,21 @@ const PLAN_DEFAULTS = Object.freeze({
 })
 
 /** Limits that keep a plan sane (and a typo from meaning "every millisecond"). */
-const PLAN_LIMITS = Object.freeze({ minIntervalMs: 100, maxIntervalMs: 86_400_000, maxSteps: 100, maxWebhooks: 10 })
+const PLAN_LIMITS = Object.freeze({ minIntervalMs: 100, maxIntervalMs: 86_400_000, maxSteps: 100, maxWebhooks: 10, maxPhaseMs: 7 * 86_400_000 })
+
+/** Shadow-phase defaults (docs/release.md). */
+export const SHADOW_DEFAULTS = Object.freeze({ methods: ['GET', 'HEAD'], maxBodyBytes: 65_536, maxMismatchRate: 5 })
+
+/** Blue/green: the rollback window is this many intervals unless given. */
+const ROLLBACK_WINDOW_INTERVALS = 3
+
+/** The version a plan may omit `canary` for: a route of exactly two versions, one of them named so. */
+export const STABLE_NAME = 'stable'
+
+/** The canary weight of a numeric step, or undefined for a segment step. */
+export function stepWeight (s: Step): number | undefined {
+  return typeof s === 'number' ? s : undefined
+}
 
 type Obj = Record<string, unknown>
 
@@ -154,7 +209,13 @@ export function expandStepWeight (stepWeight: number, maxWeight: number): number
 }
 
 /** Top-level keys of a plan. */
-const PLAN_KEYS: readonly string[] = ['canary', 'stable', 'steps', 'stepWeight', 'maxWeight', 'intervalMs', 'analysis', 'promotion', 'webhooks']
+const PLAN_KEYS: readonly string[] = ['canary', 'stable', 'strategy', 'steps', 'stepWeight', 'maxWeight', 'intervalMs', 'analysis', 'shadow', 'preview', 'rollbackWindowMs', 'promotion', 'finalize', 'webhooks']
+
+/** What validatePlan knows of the route, when it knows it. */
+export interface PlanContext {
+  /** The route's segment names (segment steps must name one). */
+  segments?: readonly string[]
+}
 
 /**
  * Validates a raw plan (admin body, config block or persisted record) and
@@ -163,26 +224,89 @@ const PLAN_KEYS: readonly string[] = ['canary', 'stable', 'steps', 'stepWeight',
  * `stable` must name versions of the route and differ. Each section has its
  * own validator below; all of them add to one problem list, in key order.
  */
-export function validatePlan (raw: unknown, versions?: readonly string[]): RolloutPlan {
+export function validatePlan (raw: unknown, versions?: readonly string[], ctx: PlanContext = {}): RolloutPlan {
   if (!isObj(raw)) throw new PlanError(['plan: must be a JSON object'])
   const p = new Problems()
   p.keys(raw, PLAN_KEYS, '')
   const { canary, stable } = checkVersions(raw, versions, p)
-  const steps = checkSteps(raw, p)
+  let blueGreen = false
+  if (raw.strategy !== undefined && raw.strategy !== 'canary') {
+    if (raw.strategy === 'blue-green') blueGreen = true
+    else p.add('strategy', `must be "canary" or "blue-green", got ${JSON.stringify(raw.strategy)}`)
+  }
+  let steps: Step[] = []
+  if (!blueGreen) steps = checkSteps(raw, ctx, p)
+  // `steps: []` is what normalising writes for a blue-green plan: it validates again unchanged
+  else if ((raw.steps !== undefined && !(Array.isArray(raw.steps) && raw.steps.length === 0)) || raw.stepWeight !== undefined || raw.maxWeight !== undefined) p.add('steps', 'a blue-green plan has no steps: it switches 0 → 100 once (use preview and rollbackWindowMs)')
   const intervalMs = raw.intervalMs === undefined ? PLAN_DEFAULTS.intervalMs : p.num(raw.intervalMs, 'intervalMs', { int: true, min: PLAN_LIMITS.minIntervalMs, max: PLAN_LIMITS.maxIntervalMs }) ?? 0
   const analysis = checkAnalysis(raw.analysis, p)
-  const promotion = checkPromotion(raw.promotion, p)
+  const shadow = raw.shadow === undefined ? undefined : checkShadow(raw.shadow, p)
+  if (blueGreen && shadow !== undefined) p.add('shadow', 'is for canary plans; a blue-green plan analyses its preview instead')
+  const bg = checkBlueGreen(raw, blueGreen, intervalMs, p)
+  const { promotion, finalize } = checkPromotion(raw.promotion, raw.finalize, p)
   const webhooks = checkWebhooks(raw.webhooks, p)
   if (p.list.length > 0) throw new PlanError(p.list)
   const plan: RolloutPlan = { canary, steps, intervalMs, analysis, promotion, webhooks }
   if (stable !== undefined) plan.stable = stable
+  if (blueGreen) {
+    plan.strategy = 'blue-green'
+    if (bg.preview !== undefined) plan.preview = bg.preview
+    plan.rollbackWindowMs = bg.rollbackWindowMs
+  }
+  if (shadow !== undefined) plan.shadow = shadow
+  if (finalize) plan.finalize = true
   return plan
+}
+
+/** `shadow`: percent and durationMs required; methods, maxBodyBytes, maxMismatchRate defaulted. */
+function checkShadow (raw: unknown, p: Problems): ShadowSpec | undefined {
+  if (!isObj(raw)) {
+    p.add('shadow', 'must be an object like {"percent": 20, "durationMs": 600000}')
+    return undefined
+  }
+  p.keys(raw, ['percent', 'durationMs', 'methods', 'maxBodyBytes', 'maxMismatchRate'], 'shadow.')
+  const percent = p.num(raw.percent, 'shadow.percent', { gt: 0, max: 100 })
+  if (percent !== undefined && checkWeight(percent) !== undefined) p.add('shadow.percent', checkWeight(percent)!)
+  const durationMs = p.num(raw.durationMs, 'shadow.durationMs', { int: true, min: PLAN_LIMITS.minIntervalMs, max: PLAN_LIMITS.maxPhaseMs })
+  let methods = [...SHADOW_DEFAULTS.methods]
+  if (raw.methods !== undefined) {
+    if (!Array.isArray(raw.methods) || raw.methods.length === 0 || !raw.methods.every((m) => typeof m === 'string' && /^[A-Za-z]{1,20}$/.test(m))) p.add('shadow.methods', 'must be a non-empty array of method names, e.g. ["GET","HEAD"]')
+    else methods = [...new Set((raw.methods as string[]).map((m) => m.toUpperCase()))]
+  }
+  const maxBodyBytes = raw.maxBodyBytes === undefined ? SHADOW_DEFAULTS.maxBodyBytes : p.num(raw.maxBodyBytes, 'shadow.maxBodyBytes', { int: true, min: 0, max: 16_777_216 })
+  const maxMismatchRate = raw.maxMismatchRate === undefined ? SHADOW_DEFAULTS.maxMismatchRate : p.num(raw.maxMismatchRate, 'shadow.maxMismatchRate', { min: 0, max: 100 })
+  if (percent === undefined || durationMs === undefined || maxBodyBytes === undefined || maxMismatchRate === undefined) return undefined
+  return { percent, durationMs, methods, maxBodyBytes, maxMismatchRate }
+}
+
+/** `preview` and `rollbackWindowMs`: blue-green plans only. */
+function checkBlueGreen (raw: Obj, blueGreen: boolean, intervalMs: number, p: Problems): { preview?: { durationMs: number }; rollbackWindowMs: number } {
+  const out: { preview?: { durationMs: number }; rollbackWindowMs: number } = { rollbackWindowMs: ROLLBACK_WINDOW_INTERVALS * intervalMs }
+  if (!blueGreen) {
+    for (const k of ['preview', 'rollbackWindowMs']) if (raw[k] !== undefined) p.add(k, 'is for blue-green plans ("strategy": "blue-green")')
+    return out
+  }
+  if (raw.preview !== undefined) {
+    if (!isObj(raw.preview)) p.add('preview', 'must be an object like {"durationMs": 300000}')
+    else {
+      p.keys(raw.preview, ['durationMs'], 'preview.')
+      const d = p.num(raw.preview.durationMs, 'preview.durationMs', { int: true, min: 0, max: PLAN_LIMITS.maxPhaseMs })
+      if (d !== undefined) out.preview = { durationMs: d }
+    }
+  }
+  if (raw.rollbackWindowMs !== undefined) out.rollbackWindowMs = p.num(raw.rollbackWindowMs, 'rollbackWindowMs', { int: true, min: 0, max: PLAN_LIMITS.maxPhaseMs }) ?? 0
+  return out
 }
 
 /** `canary` (required) and `stable` (optional): version names, different, of the route when `versions` is given. */
 function checkVersions (raw: Obj, versions: readonly string[] | undefined, p: Problems): { canary: string; stable: string | undefined } {
   let canary = ''
-  if (typeof raw.canary !== 'string' || raw.canary === '') p.add('canary', 'is required: the name of the version to roll out')
+  if (raw.canary === undefined && versions !== undefined && versions.length === 2 && versions.includes(STABLE_NAME) && (raw.stable === undefined || raw.stable === STABLE_NAME)) {
+    // the next release on a stable/canary pair: the version to roll out is the one that is not `stable`
+    canary = versions.find((v) => v !== STABLE_NAME)!
+  } else if (raw.canary === undefined && versions !== undefined) {
+    p.add('canary', `is required: route has ${versions.join(', ')}; name the version to roll out (it may be left out only when a route has exactly two versions and one is named "${STABLE_NAME}")`)
+  } else if (typeof raw.canary !== 'string' || raw.canary === '') p.add('canary', 'is required: the name of the version to roll out')
   else canary = raw.canary
   let stable: string | undefined
   if (raw.stable !== undefined) {
@@ -202,12 +326,12 @@ function checkVersions (raw: Obj, versions: readonly string[] | undefined, p: Pr
  * last step of 100 is dropped (it is the promotion). "No step below 100" is
  * reported only when nothing else is wrong, so it never hides the real cause.
  */
-function checkSteps (raw: Obj, p: Problems): number[] {
-  let steps: number[] = []
+function checkSteps (raw: Obj, ctx: PlanContext, p: Problems): Step[] {
+  let steps: Step[] = []
   if (raw.steps !== undefined && (raw.stepWeight !== undefined || raw.maxWeight !== undefined)) {
     p.add('steps', 'give either steps or stepWeight + maxWeight, not both')
   } else if (raw.steps !== undefined) {
-    steps = checkStepList(raw.steps, p)
+    steps = checkStepList(raw.steps, ctx, p)
   } else if (raw.stepWeight !== undefined || raw.maxWeight !== undefined) {
     steps = checkStepWeight(raw.stepWeight, raw.maxWeight ?? 100, p)
   } else {
@@ -215,12 +339,19 @@ function checkSteps (raw: Obj, p: Problems): number[] {
   }
   // 100 is promotion, not a step to analyse: with no stable traffic there is no baseline
   if (steps.length > 0 && steps[steps.length - 1] === 100) steps.pop()
+  const numbers = steps.filter((s) => typeof s === 'number')
+  if (numbers.includes(100)) p.add('steps', 'only the last step may be 100 (the promotion)')
   if (steps.length === 0 && p.list.length === 0) p.add('steps', 'need at least one step below 100 to analyse')
   return steps
 }
 
-/** An explicit `steps` list: valid weights above 0, strictly increasing; [] when anything is wrong. */
-function checkStepList (raw: unknown, p: Problems): number[] {
+/**
+ * An explicit `steps` list: numbers (valid weights above 0, strictly
+ * increasing) and segment steps (a segment of the route, a weight above 0
+ * and up to 100, strictly increasing per segment: a step never moves a
+ * user back to stable); [] when anything is wrong.
+ */
+function checkStepList (raw: unknown, ctx: PlanContext, p: Problems): Step[] {
   if (!Array.isArray(raw) || raw.length === 0) {
     p.add('steps', 'must be a non-empty array of canary weights (percent)')
     return []
@@ -230,16 +361,38 @@ function checkStepList (raw: unknown, p: Problems): number[] {
     return []
   }
   let ok = true
+  const out: Step[] = []
+  let lastNumber: number | undefined
+  const lastBySegment = new Map<string, number>()
   raw.forEach((s, i) => {
+    if (isObj(s)) {
+      const at = `steps[${i}]`
+      p.keys(s, ['segment', 'weight'], `${at}.`)
+      if (typeof s.segment !== 'string' || s.segment === '') { p.add(`${at}.segment`, 'must be the name of a segment of the route'); ok = false; return }
+      if (ctx.segments !== undefined && !ctx.segments.includes(s.segment)) {
+        p.add(`${at}.segment`, `${JSON.stringify(s.segment)} is not a segment of the route (${ctx.segments.length === 0 ? 'it has none' : ctx.segments.join(', ')})`)
+        ok = false
+        return
+      }
+      const bad = checkWeight(s.weight)
+      if (bad !== undefined) { p.add(`${at}.weight`, bad); ok = false; return }
+      const w = s.weight as number
+      if (w === 0) { p.add(`${at}.weight`, 'must be > 0'); ok = false; return }
+      const before = lastBySegment.get(s.segment)
+      if (before !== undefined && w <= before) { p.add(`${at}.weight`, `must be greater than segment ${s.segment}'s step before (${before}), got ${w}`); ok = false; return }
+      lastBySegment.set(s.segment, w)
+      out.push({ segment: s.segment, weight: w })
+      return
+    }
     const bad = checkWeight(s)
-    if (bad !== undefined) { p.add(`steps[${i}]`, bad); ok = false } else if (s === 0) { p.add(`steps[${i}]`, 'must be > 0'); ok = false }
+    if (bad !== undefined) { p.add(`steps[${i}]`, `${bad}`); ok = false; return }
+    if (s === 0) { p.add(`steps[${i}]`, 'must be > 0'); ok = false; return }
+    const w = s as number
+    if (lastNumber !== undefined && w <= lastNumber) { p.add(`steps[${i}]`, `must be greater than the step before (${lastNumber}), got ${w}`); ok = false; return }
+    lastNumber = w
+    out.push(w)
   })
-  if (!ok) return []
-  const ws = raw as number[]
-  for (let i = 1; i < ws.length; i++) {
-    if (ws[i]! <= ws[i - 1]!) { p.add(`steps[${i}]`, `must be greater than the step before (${ws[i - 1]}), got ${ws[i]}`); ok = false }
-  }
-  return ok ? ws.slice() : []
+  return ok ? out : []
 }
 
 /** Flagger's `stepWeight` + `maxWeight` (default 100), expanded; [] when anything is wrong. */
@@ -309,12 +462,32 @@ function checkBaseline (raw: unknown, baseline: BaselineSpec, p: Problems): void
   }
 }
 
-/** `promotion`: "auto" (default) or "manual". */
-function checkPromotion (raw: unknown, p: Problems): 'auto' | 'manual' {
-  if (raw === undefined) return PLAN_DEFAULTS.promotion
-  if (raw === 'auto' || raw === 'manual') return raw
-  p.add('promotion', `must be "auto" or "manual", got ${JSON.stringify(raw)}`)
-  return PLAN_DEFAULTS.promotion
+/**
+ * `promotion`: "auto" (default), "manual", or {"mode": …, "finalize": bool};
+ * a top-level `finalize` is what normalising writes (so a normalised plan
+ * validates again unchanged).
+ */
+function checkPromotion (raw: unknown, rawFinalize: unknown, p: Problems): { promotion: 'auto' | 'manual'; finalize: boolean } {
+  let finalize = false
+  if (rawFinalize !== undefined) {
+    if (typeof rawFinalize !== 'boolean') p.add('finalize', `must be true or false, got ${JSON.stringify(rawFinalize)}`)
+    else finalize = rawFinalize
+  }
+  if (raw === undefined) return { promotion: PLAN_DEFAULTS.promotion, finalize }
+  if (raw === 'auto' || raw === 'manual') return { promotion: raw, finalize }
+  if (isObj(raw)) {
+    p.keys(raw, ['mode', 'finalize'], 'promotion.')
+    let mode: 'auto' | 'manual' = PLAN_DEFAULTS.promotion
+    if (raw.mode === 'auto' || raw.mode === 'manual') mode = raw.mode
+    else if (raw.mode !== undefined) p.add('promotion.mode', `must be "auto" or "manual", got ${JSON.stringify(raw.mode)}`)
+    if (raw.finalize !== undefined) {
+      if (typeof raw.finalize !== 'boolean') p.add('promotion.finalize', `must be true or false, got ${JSON.stringify(raw.finalize)}`)
+      else finalize = raw.finalize
+    }
+    return { promotion: mode, finalize }
+  }
+  p.add('promotion', `must be "auto", "manual" or {"mode": "auto", "finalize": true}, got ${JSON.stringify(raw)}`)
+  return { promotion: PLAN_DEFAULTS.promotion, finalize }
 }
 
 /** `webhooks`: at most PLAN_LIMITS.maxWebhooks, at most one confirm-promotion gate. */

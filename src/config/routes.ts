@@ -1,6 +1,7 @@
 import { ConfigError } from '../errors.js'
 import type { Balance, RouteSpec, TlsSpec, VersionSpec } from '../routing/spec.js'
 import { PlanError, validatePlan } from './plan.js'
+import { validateMirror, validateSegments } from './segments.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 
@@ -134,7 +135,7 @@ export function applyEndpoints (spec: VersionSpec, v: Obj, at: string): void {
 function validateRoute (r: unknown, i: number): RouteSpec {
   const at = `routes[${i}]`
   if (!isObj(r)) throw new ConfigError(at, 'must be an object')
-  onlyKeys(r, ['name', 'match', 'sticky', 'override', 'versions', 'rollout'], at)
+  onlyKeys(r, ['name', 'match', 'sticky', 'override', 'versions', 'segments', 'mirror', 'rollout'], at)
   const name = str(r.name, `${at}.name`, NAME_RE, 'route name (letters, digits, _ . -; up to 63)')
 
   const m = obj(r.match, `${at}.match`)
@@ -193,9 +194,16 @@ function validateRoute (r: unknown, i: number): RouteSpec {
     versions
   }
   if (salt !== undefined) spec.sticky.salt = salt
+  const names = versions.map((v) => v.name)
+  // null (a YAML key left empty) and [] mean none, as absent does: the spec carries only what routes
+  if (r.segments !== undefined && r.segments !== null) {
+    const segments = validateSegments(r.segments, names, `${at}.segments`)
+    if (segments.length !== 0) spec.segments = segments
+  }
+  if (r.mirror !== undefined && r.mirror !== null) spec.mirror = validateMirror(r.mirror, names, `${at}.mirror`)
   if (r.rollout !== undefined) {
     try {
-      spec.rollout = validatePlan(r.rollout, versions.map((v) => v.name))
+      spec.rollout = validatePlan(r.rollout, names, { segments: (spec.segments ?? []).map((s) => s.name) })
     } catch (err) {
       if (err instanceof PlanError) throw new ConfigError(`${at}.rollout`, err.problems.join('; '))
       throw err

@@ -18,7 +18,9 @@ export const METRIC_NAMES = Object.freeze({
   logDropped: 'canaryd_log_dropped_total',
   endpoints: 'canaryd_upstream_endpoints',
   connectionErrors: 'canaryd_connection_errors_total',
-  certificateExpiry: 'canaryd_tls_certificate_expiry_timestamp_seconds'
+  certificateExpiry: 'canaryd_tls_certificate_expiry_timestamp_seconds',
+  segmentRequests: 'canaryd_segment_requests_total',
+  mirrorRequests: 'canaryd_mirror_requests_total'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

@@ -1,7 +1,7 @@
 import { collectDefaultMetrics, Registry } from 'prom-client'
-import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from './kinds.js'
+import { MIRROR_RESULTS, UPSTREAM_ERROR_KINDS, type MirrorResult, type UpstreamErrorKind } from './kinds.js'
 import { DEFAULT_METRICS_PREFIX, METRIC_NAMES } from './names.js'
-import type { ObserverFactory, VersionObserver } from './observer.js'
+import type { CounterChild, MirrorObserver, ObserverFactory, SegmentLabels, ShadowListener, ShadowPair, VersionObserver } from './observer.js'
 
 export { DEFAULT_METRICS_PREFIX, METRIC_NAMES }
 
@@ -76,6 +76,59 @@ class VersionSeries {
   }
 }
 
+/** One canaryd_segment_requests_total child: a plain number the hot path increments. */
+class SegmentSeries implements CounterChild {
+  readonly route: string
+  readonly segment: string
+  readonly version: string
+  value = 0
+
+  constructor (l: SegmentLabels) {
+    this.route = l.route
+    this.segment = l.segment
+    this.version = l.version
+  }
+
+  inc (): void {
+    this.value++
+  }
+}
+
+const RESULT_INDEX: Readonly<Record<MirrorResult, number>> = Object.freeze(
+  Object.fromEntries(MIRROR_RESULTS.map((k, i) => [k, i])) as Record<MirrorResult, number>
+)
+
+/**
+ * The canaryd_mirror_requests_total series of one (route, mirror version),
+ * and the route's shadow-pair listeners (the list is the route's, shared by
+ * reference, so a subscription made before the mirror is bound is seen).
+ */
+class MirrorSeries implements MirrorObserver {
+  readonly route: string
+  readonly version: string
+  readonly counts = new Float64Array(MIRROR_RESULTS.length)
+  readonly #listeners: ShadowListener[]
+
+  constructor (route: string, version: string, listeners: ShadowListener[]) {
+    this.route = route
+    this.version = version
+    this.#listeners = listeners
+  }
+
+  result (result: MirrorResult): void {
+    this.counts[RESULT_INDEX[result]]!++
+  }
+
+  get pairing (): boolean {
+    return this.#listeners.length !== 0
+  }
+
+  pair (pair: ShadowPair): void {
+    const l = this.#listeners
+    for (let i = 0; i < l.length; i++) l[i]!(pair)
+  }
+}
+
 const KIND_INDEX: Readonly<Record<UpstreamErrorKind, number>> = Object.freeze(
   Object.fromEntries(UPSTREAM_ERROR_KINDS.map((k, i) => [k, i])) as Record<UpstreamErrorKind, number>
 )
@@ -146,6 +199,12 @@ export class PrometheusMetrics implements ObserverFactory {
   readonly #series = new Map<string, VersionSeries>()
   /** route\0version → current weight; versions gone from the table drop to 0 (they get no traffic). */
   readonly #weights = new Map<string, { route: string; version: string; weight: number }>()
+  /** route\0segment\0version → child; exactly the table in force's (see bindSegments). */
+  #segments = new Map<string, SegmentSeries>()
+  /** route\0version → the mirror series of the table in force (see bindMirrors). */
+  #mirrors = new Map<string, MirrorSeries>()
+  /** route → its shadow-pair listeners; kept while subscribed or mirrored. */
+  readonly #shadow = new Map<string, ShadowListener[]>()
 
   constructor (opts: { defaultMetrics?: boolean; registry?: Registry } = {}) {
     this.registry = opts.registry ?? new Registry()
@@ -154,6 +213,8 @@ export class PrometheusMetrics implements ObserverFactory {
       for (const s of this.#series.values()) {
         s.codes.fill(0); s.buckets.fill(0); s.errors.fill(0); s.sum = 0; s.count = 0; s.ejections = 0; s.websockets = 0
       }
+      for (const s of this.#segments.values()) s.value = 0
+      for (const m of this.#mirrors.values()) m.counts.fill(0)
     }
     const families = [
       new Family(METRIC_NAMES.requests, 'Responses sent to clients, by route, version and HTTP status code (proxy-made 502/503/504 included; 499 = the client left before a status was sent).', 'counter', () => {
@@ -200,7 +261,19 @@ export class PrometheusMetrics implements ObserverFactory {
         () => {}),
       new Family(METRIC_NAMES.weight, 'Current routing weight of each version, percent of the route\'s new sticky keys (0–100); updated on every routing-table change.', 'gauge',
         () => [...this.#weights.values()].map((w) => ({ labels: { route: w.route, version: w.version }, value: w.weight })),
-        () => {}, 'max')
+        () => {}, 'max'),
+      new Family(METRIC_NAMES.segmentRequests, 'Requests routed by a segment (the first segment of the route whose match held), by route, segment and the version picked; segment names are those of the route (config or admin API, at most 32 per route), never a request value.', 'counter',
+        () => [...this.#segments.values()].map((s) => ({ labels: { route: s.route, segment: s.segment, version: s.version }, value: s.value })),
+        resetAll),
+      new Family(METRIC_NAMES.mirrorRequests, 'Mirrored copies of requests by route, mirror version and result: ok (answer < 500), 5xx, error (connect, reset, protocol, no endpoint, the user\'s body failed), timeout, dropped (over maxInFlight), too_large (body over maxBodyBytes or chunked: not copied).', 'counter',
+        () => {
+          const out: Sample[] = []
+          for (const m of this.#mirrors.values()) {
+            for (let i = 0; i < MIRROR_RESULTS.length; i++) out.push({ labels: { route: m.route, version: m.version, result: MIRROR_RESULTS[i]! }, value: m.counts[i]! })
+          }
+          return out
+        },
+        resetAll)
     ]
     // prom-client's Registry accepts any object of this shape; its typings only name its own classes
     for (const f of families) this.registry.registerMetric(f as unknown as Parameters<Registry['registerMetric']>[0])
@@ -236,6 +309,82 @@ export class PrometheusMetrics implements ObserverFactory {
    */
   onEjected (route: string, version: string, listener: EjectionListener): () => void {
     return addListener(this.#seriesFor(route, version).ejectionListeners, listener)
+  }
+
+  /**
+   * The segment counter children of the table being bound (called by the
+   * proxy on every bind, in the order given): afterwards exactly these
+   * exist, so segments a change removed leave the exposition, as versions
+   * a reload removed do. Kept children keep their counts.
+   */
+  bindSegments (children: readonly SegmentLabels[]): CounterChild[] {
+    const next = new Map<string, SegmentSeries>()
+    const out = children.map((l) => {
+      const key = `${l.route}\u0000${l.segment}\u0000${l.version}`
+      let s = next.get(key) ?? this.#segments.get(key)
+      if (s === undefined) s = new SegmentSeries(l)
+      next.set(key, s)
+      return s
+    })
+    this.#segments = next
+    return out
+  }
+
+  /**
+   * The mirror observers of the table being bound, one per (route, mirror
+   * version), all six results at 0 when new. A rollout's shadow mirror
+   * appears with the table that has it; its series stay after the mirror is
+   * gone (until the route or version is: `unbind`), so a shadow phase
+   * shorter than a scrape interval still leaves its counts in Prometheus.
+   */
+  bindMirrors (mirrors: ReadonlyArray<{ route: string; version: string }>): MirrorObserver[] {
+    const next = new Map<string, MirrorSeries>(this.#mirrors)
+    const out = mirrors.map((m) => {
+      const key = `${m.route}\u0000${m.version}`
+      let s = next.get(key) ?? this.#mirrors.get(key)
+      if (s === undefined) s = new MirrorSeries(m.route, m.version, this.#shadowList(m.route))
+      next.set(key, s)
+      return s
+    })
+    this.#mirrors = next
+    for (const [route, list] of this.#shadow) if (list.length === 0 && !this.#mirrored(route)) this.#shadow.delete(route)
+    return out
+  }
+
+  /**
+   * Adds a listener for the shadow pairs of `route` (mirrored requests whose
+   * user answer and copy answer are both known), also before the route has a
+   * mirror. Returns a function that removes it.
+   */
+  subscribeShadow (route: string, listener: ShadowListener): () => void {
+    const list = this.#shadowList(route)
+    const remove = addListener(list, listener)
+    return () => {
+      remove()
+      if (list.length === 0 && !this.#mirrored(route) && this.#shadow.get(route) === list) this.#shadow.delete(route)
+    }
+  }
+
+  /** The listener list of `route`, shared by reference with its mirror series. */
+  #shadowList (route: string): ShadowListener[] {
+    let list = this.#shadow.get(route)
+    if (list === undefined) {
+      list = []
+      this.#shadow.set(route, list)
+    }
+    return list
+  }
+
+  #mirrored (route: string): boolean {
+    for (const m of this.#mirrors.values()) if (m.route === route) return true
+    return false
+  }
+
+  /** Mirror counts of (route, mirror version) by result, or undefined when it has no series (tests, the control plane). */
+  mirrorTotals (route: string, version: string): Readonly<Record<MirrorResult, number>> | undefined {
+    const m = this.#mirrors.get(`${route}\u0000${version}`)
+    if (m === undefined) return undefined
+    return Object.fromEntries(MIRROR_RESULTS.map((r, i) => [r, m.counts[i]!])) as Record<MirrorResult, number>
   }
 
   /**
@@ -289,6 +438,7 @@ export class PrometheusMetrics implements ObserverFactory {
     this.#weights.delete(key)
     const s = this.#series.get(key)
     if (s !== undefined && s.listeners.length === 0 && s.ejectionListeners.length === 0) this.#series.delete(key)
+    this.#mirrors.delete(key)
   }
 
   /**

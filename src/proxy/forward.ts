@@ -13,6 +13,7 @@ import type { RouteHealth } from '../upstream/health.js'
 import type { ExchangeHandler, ExchangeRequest } from '../upstream/http-client.js'
 import { holdSlot, releaseSlot } from '../upstream/pools.js'
 import { filterResponseHeaders, isHttp2 } from './headers.js'
+import type { MirrorCopy } from './mirror.js'
 import { mayRetry } from './retry.js'
 
 /** Everything bound to one (route, version) for the life of a routing table. */
@@ -194,6 +195,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   readonly #h2: boolean
   /** The client address, for the access log (set only when it is on). */
   client = ''
+  /** The request's mirrored copy, when it must hear how the user's response ended (see ProxyServer's #mirror). */
+  mirror: MirrorCopy | undefined = undefined
 
   constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext, h2 = false) {
     this.#req = req

@@ -19,8 +19,9 @@ const SET_BY_PROXY = 2
 const FROM_TRUSTED_ONLY = 3
 const FIELDS = new Map<string, number>()
 for (const n of HOP_BY_HOP) FIELDS.set(n, HOP)
-// set by canaryd itself on the upstream request; a client's copy is replaced (X-Forwarded-For/-Proto/-Host kept from a trusted proxy)
-for (const n of ['x-canaryd-version', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-real-ip']) FIELDS.set(n, SET_BY_PROXY)
+// set by canaryd itself on the upstream request; a client's copy is replaced (X-Forwarded-For/-Proto/-Host kept from a trusted proxy).
+// x-canaryd-mirror marks mirrored copies only: a client's must never make a real request look like one (an upstream may skip side effects for copies)
+for (const n of ['x-canaryd-version', 'x-canaryd-mirror', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-real-ip']) FIELDS.set(n, SET_BY_PROXY)
 // other headers frameworks build URLs or client facts from (Spring, Django, Rails, Express): passed on only from a trusted proxy, as Traefik does
 for (const n of ['forwarded', 'x-forwarded-port', 'x-forwarded-prefix', 'x-forwarded-server', 'x-forwarded-ssl', 'x-forwarded-scheme']) FIELDS.set(n, FROM_TRUSTED_ONLY)
 
@@ -145,8 +146,9 @@ export function isValidHost (h: string): boolean {
 /**
  * Builds the upstream request's headers as a flat [name, value, …] array from
  * the client's raw headers: hop-by-hop headers and those named in Connection
- * removed (never Host or Content-Length), `x-canaryd-version` set, Host
- * preserved. X-Forwarded-For/-Proto/-Host: from a trusted peer they are kept
+ * removed (never Host or Content-Length), `x-canaryd-version` set (last:
+ * the mirror replaces its value for a copy), a client's `x-canaryd-mirror`
+ * dropped, Host preserved. X-Forwarded-For/-Proto/-Host: from a trusted peer they are kept
  * (the peer appended to X-Forwarded-For; -Proto and -Host set only when
  * absent); from any other peer a client's copies are replaced, so nobody can
  * make an upstream believe a forged address or scheme (Traefik's and

@@ -7,13 +7,15 @@ import { performance } from 'node:perf_hooks'
 import { LRUCache } from 'lru-cache'
 import type { ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
-import type { ObserverFactory, VersionObserver } from '../metrics/observer.js'
+import { NOOP_COUNTER, NOOP_MIRROR_OBSERVER, type CounterChild, type ObserverFactory, type SegmentLabels, type VersionObserver } from '../metrics/observer.js'
 import { hashKey } from '../routing/hash.js'
 import type { TableHolder } from '../routing/holder.js'
-import { pickVersion } from '../routing/pick.js'
+import { mirrorFor } from '../routing/mirror.js'
+import { pickFrom, pickVersion } from '../routing/pick.js'
+import { matchSegment } from '../routing/segments.js'
 import { readOverride, readStickyKey, stickyCookieHeader } from '../routing/sticky.js'
 import { hostMatches, matchPath, normalizeHost, routesForHost } from '../routing/table.js'
-import type { Route, RoutingTable } from '../routing/types.js'
+import type { Route, RoutingTable, Segment } from '../routing/types.js'
 import { HealthChecker } from '../upstream/checker.js'
 import type { Endpoint } from '../upstream/endpoint.js'
 import type { Clock } from '../upstream/group.js'
@@ -21,6 +23,7 @@ import { RouteHealth, type OutlierOptions } from '../upstream/health.js'
 import type { Upstreams } from '../upstream/pools.js'
 import { bodyUnread, ForwardHandler, sendError, type ForwardContext, type VersionRuntime } from './forward.js'
 import { buildUpstreamHeaders, hasValidHost, isHttp2, isSecure, type ClientConnection, type RequestFraming, type RequestHeaderOptions } from './headers.js'
+import { MirrorSender, type MirrorCopy, type MirrorRuntime } from './mirror.js'
 import { endWith, replyOf } from './replies.js'
 import { WebSocketProxy } from './websocket.js'
 
@@ -109,6 +112,10 @@ interface Bound {
   readonly hostless: boolean
   /** [route.index]: outlier state of the route's versions. */
   readonly health: readonly RouteHealth[]
+  /** [route.index][segment.index][version.index]: canaryd_segment_requests_total children (empty for a route without segments). */
+  readonly segments: ReadonlyArray<ReadonlyArray<readonly CounterChild[]>>
+  /** [route.index]: the route's mirror bindings, undefined when it has no mirror. */
+  readonly mirrors: ReadonlyArray<MirrorRuntime | undefined>
 }
 
 const REPLY_400 = replyOf('CANARYD_ERR_BAD_REQUEST')
@@ -195,6 +202,8 @@ interface Selection {
   setCookie: string
   /** The client address (the `ip` sticky key, the access log). */
   ip: string
+  /** The route matched (its mirror is looked at after routing). */
+  route: Route | undefined
 }
 
 /**
@@ -229,11 +238,13 @@ export class ProxyServer {
   readonly #maxUrlBytes: number
   readonly #allowTrace: boolean
   readonly #retries: number
-  readonly #sel: Selection = { rt: undefined, ep: undefined, hash: 0, url: '', setCookie: '', ip: '' }
+  readonly #sel: Selection = { rt: undefined, ep: undefined, hash: 0, url: '', setCookie: '', ip: '', route: undefined }
   readonly #framing: RequestFraming = { contentLength: undefined, chunked: false }
   readonly #ctx: ForwardContext
   readonly #ws: WebSocketProxy
   readonly #checker: HealthChecker
+  /** Mirrored copies: their gates, the copies in flight (never part of the drain). */
+  readonly #mirrors = new MirrorSender()
   #bound: Bound
   #inFlight = 0
   #draining = false
@@ -587,9 +598,19 @@ export class ProxyServer {
       const [route, version] = key.split('\u0000') as [string, string]
       this.#opts.observers.unbind?.(route, version)
     }
-    this.#opts.observers.setWeights(table.routes.flatMap((r) => r.versions.map((v) => ({ route: r.name, version: v.name, weight: v.weight }))))
+    const factory = this.#opts.observers
+    factory.setWeights(table.routes.flatMap((r) => r.versions.map((v) => ({ route: r.name, version: v.name, weight: v.weight }))))
+    // every (route, segment, version) child exists from the bind on, at 0; a segment or version the table dropped leaves
+    const labels: SegmentLabels[] = []
+    for (const r of table.routes) for (const seg of r.segments) for (const v of r.versions) labels.push({ route: r.name, segment: seg.name, version: v.name })
+    const children = factory.bindSegments?.(labels) ?? labels.map(() => NOOP_COUNTER)
+    let next = 0
+    const segments = table.routes.map((r) => Object.freeze(r.segments.map(() => Object.freeze(r.versions.map(() => children[next++]!)))))
+    const mirrored = table.routes.filter((r) => r.mirror !== undefined).map((r) => ({ route: r.name, version: r.mirror!.version.name }))
+    const mirrorObservers = factory.bindMirrors?.(mirrored) ?? mirrored.map(() => NOOP_MIRROR_OBSERVER)
+    const mirrors = this.#mirrors.bind(table.routes, (r, vi) => groups[r.index]![vi]!, mirrorObservers)
     const anyHost = Object.freeze(table.matchOrder.filter((r) => r.host === undefined))
-    return { table, runtime, hosts: new LRUCache({ max: HOST_CACHE_SIZE }), anyHost, hostless: anyHost.length === table.matchOrder.length, health }
+    return { table, runtime, hosts: new LRUCache({ max: HOST_CACHE_SIZE }), anyHost, hostless: anyHost.length === table.matchOrder.length, health, segments, mirrors }
   }
 
   /** Healthy and ejected endpoints per (route, version) of the table in force (canaryd_upstream_endpoints). */
@@ -599,6 +620,7 @@ export class ProxyServer {
 
   /**
    * Routes a request: route by Host then path, version by override, else
+   * by the first segment whose match holds (the segment's own weights), else
    * sticky key → weighted rendezvous hash over the versions not ejected.
    * Fills the reused `#sel` and returns undefined, or returns the error code.
    */
@@ -625,6 +647,7 @@ export class ProxyServer {
 
     sel.setCookie = ''
     sel.url = url
+    sel.route = route
     // behind a trusted proxy the client is the first untrusted hop of X-Forwarded-For; else the peer (or the PROXY header's source)
     const ip = sel.ip = info.trusted ? this.#clientAddress(info.address, req.headers['x-forwarded-for'] as string | undefined) : info.address
     // an explicit override pins the version, ejected or not: the tester asked for it
@@ -638,10 +661,19 @@ export class ProxyServer {
       }
       hash = hashKey(route.salt, key)
       const excluded = bound.health[route.index]!.excluded()
-      version = pickVersion(route, hash, excluded)
-      // every candidate ejected (weights changed since): fall back to plain weights, never to nothing
-      if (version === undefined && excluded !== 0) version = pickVersion(route, hash)
-      if (version === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
+      let seg: Segment | undefined
+      // a route without segments pays this one length check
+      if (route.segments.length === 0 || (seg = matchSegment(route, req.headers, url, ip)) === undefined) {
+        version = pickVersion(route, hash, excluded)
+        // every candidate ejected (weights changed since): fall back to plain weights, never to nothing
+        if (version === undefined && excluded !== 0) version = pickVersion(route, hash)
+        if (version === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
+      } else {
+        // the segment's versions all ejected: the route's own pick, as for anyone else
+        version = pickFrom(seg.active, hash, excluded) ?? pickVersion(route, hash, excluded) ?? pickVersion(route, hash)
+        if (version === undefined) return 'CANARYD_ERR_UPSTREAM_UNAVAILABLE'
+        bound.segments[route.index]![seg.index]![version.index]!.inc()
+      }
     }
     const rt = sel.rt = bound.runtime[route.index]![version.index]!
     const group = rt.group
@@ -688,7 +720,8 @@ export class ProxyServer {
       this.#answer(res, 'CANARYD_ERR_METHOD_NOT_ALLOWED')
       return
     }
-    const problem = this.#select(req, this.#bound, info)
+    const bound = this.#bound
+    const problem = this.#select(req, bound, info)
     if (problem !== undefined) {
       const check = buildUpstreamHeaders(req, h2, '', info, '', this.#headerOpts)
       this.#answer(res, typeof check === 'string' ? check : problem)
@@ -706,13 +739,36 @@ export class ProxyServer {
       handler.refuse(headers)
       return
     }
+    // a route without a mirror pays this one check; a copy with a body starts collecting it before anything reads the body
+    const copy = sel.route!.mirror === undefined ? undefined : this.#mirror(req, bound, rt, headers, handler)
     // the client holds its body until told to send it: never for a request we refuse
     if ((req as IncomingMessage & { [kContinue]?: true })[kContinue] === true) res.writeContinue()
     handler.forward(sel.url, headers, framing.contentLength, framing.chunked)
+    // the user's request goes first; the copy after it (a bodyless one now, else once the body is complete)
+    copy?.arm()
+  }
+
+  /**
+   * The mirror decision for a routed request (routing/mirror.ts, with a
+   * uniform draw in [0, 1e6)) and, when it says so, the copy's start. The
+   * handler is told of the copy when the copy needs the user's side: its
+   * body is still arriving, or a shadow pair is listened for.
+   */
+  #mirror (req: IncomingMessage, bound: Bound, rt: VersionRuntime, headers: readonly string[], handler: ForwardHandler): MirrorCopy | undefined {
+    if (this.#draining) return undefined
+    const sel = this.#sel
+    const route = sel.route!
+    const m = mirrorFor(route, req.method ?? 'GET', Math.floor(Math.random() * 1_000_000), route.versions[rt.index]!)
+    if (m === undefined) return undefined
+    const copy = this.#mirrors.begin(bound.mirrors[route.index]!, req, rt.version, sel.url, headers, this.#framing, sel.hash)
+    if (copy !== undefined && copy.wantsPrimary) handler.mirror = copy
+    return copy
   }
 
   /** Called by each ForwardHandler when its client response closed (after the version's metrics). */
   readonly #requestDone = (h: ForwardHandler, status: number, seconds: number): void => {
+    // a mirrored request: the user's half of its shadow pair (or the end of a body its copy still waited for)
+    if (h.mirror !== undefined) h.mirror.primaryDone(status, seconds, h.upstreamFailed)
     if (this.#opts.accessLog) {
       const rt = h.runtime
       this.#log.info({ route: rt.route, version: rt.version, method: h.method, status, ms: Math.round(seconds * 1e4) / 10, client: h.client }, 'access')
@@ -868,6 +924,8 @@ export class ProxyServer {
     this.#draining = true
     this.#ctx.draining = true
     this.#checker.stop()
+    // copies hold no drain: abandoned at once (a hanging mirror target must not hold a shutdown either)
+    this.#mirrors.close()
     this.server.closeIdleConnections()
     // HTTP/2: GOAWAY; streams already open finish, new ones go to a new connection
     for (const s of this.#sessions) s.close()

@@ -9,11 +9,35 @@
 import { CanarydError } from '../errors.js'
 import type { Clock } from './clock.js'
 import { judgeCheck, type CheckResult, type Verdict } from './judge.js'
-import { ACTIVE_STATES, type RolloutEvent, type RolloutPlan, type RolloutStateName, type WebhookSpec } from '../config/plan.js'
-import { SampleWindow } from './window.js'
+import { ACTIVE_STATES, type RolloutEvent, type RolloutPlan, type RolloutStateName, type Step, type WebhookSpec } from '../config/plan.js'
+import { MIRROR_DEFAULTS } from '../config/segments.js'
+import type { ShadowPair, SubscribeShadow } from '../metrics/observer.js'
+import type { MirrorSpec, SegmentSpec } from '../routing/spec.js'
+import { SampleWindow, type WindowSnapshot } from './window.js'
 
 /** How many recent checks and history entries a record keeps (the state file stays small). */
 export const RECORD_LIMITS = Object.freeze({ checks: 20, history: 100 })
+
+/**
+ * The phases of a rollout. Canary: `shadow` (optional, 0 % users, judged on
+ * mirrored copies) then `steps`. Blue/green: `preview` (optional, 0 %,
+ * reachable by override or segment) then the switch to 100 % and
+ * `rollback-window`. A record without a phase (written before phases
+ * existed) is in `steps`.
+ */
+export type Phase = 'shadow' | 'preview' | 'steps' | 'rollback-window'
+
+/** The shadow judge's own figures of a check: copies paired with stable's answers to the same requests. */
+export interface ShadowFigures {
+  /** Copies whose canary outcome and stable answer were both known. */
+  pairs: number
+  /** Pairs whose status class (2xx, 3xx, 4xx, 5xx; no answer counts as its own class) differed. */
+  mismatches: number
+  /** mismatches / pairs, percent. */
+  mismatchRate: number
+  /** Geometric mean of canary latency / stable latency over the pairs (null when none). */
+  latencyRatio: number | null
+}
 
 /** A check as recorded: when, at which step, and the judge's result. */
 export interface CheckRecord extends CheckResult {
@@ -23,6 +47,10 @@ export interface CheckRecord extends CheckResult {
   weight: number
   /** Failed checks so far in this rollout, this one included. */
   failedChecks: number
+  /** The phase the check judged (absent: steps). */
+  phase?: Phase
+  /** Shadow phase: the paired figures (the canary/stable sides above are the copies and stable's answers to them). */
+  shadow?: ShadowFigures
 }
 
 /** One transition or notable event. */
@@ -58,6 +86,41 @@ export interface RolloutRecord {
   reason?: string
   checks: CheckRecord[]
   history: HistoryEntry[]
+  /** The phase (absent in records written before phases: steps). */
+  phase?: Phase
+  /** When the phase began (shadow, preview and rollback-window last at least their duration from here). */
+  phaseStartedAt?: string
+  /** Canary weight per segment the plan's steps target, once a step moved it. */
+  segmentWeights?: Record<string, number>
+  /** The targeted segments as they were at start: restored on rollback or abort (and after a finalized promotion). */
+  segmentsBefore?: SegmentSpec[]
+  /** Shadow phase: the route's own mirror before the phase replaced it (restored when it ends), null for none. */
+  mirrorBefore?: MirrorSpec | null
+  /** Blue/green: the weights before the switch; a failure in the rollback window puts exactly these back. */
+  switchedFrom?: Record<string, number>
+  /** The canary weight the rollout found at start, and whether --from-start overrode it. */
+  startedFrom?: { weight: number; fromStart: boolean }
+  /** The promotion was finalized: stable took the canary's upstream and returned to 100 %. */
+  finalized?: boolean
+  /** When the rollout was paused (a phase's minimum duration does not count paused time). */
+  pausedAt?: string
+  /** The canary's origins before `canaryUpstream` replaced them: put back on rollback or abort. */
+  canaryUpstreamBefore?: string[]
+}
+
+/** What a rollout change sets besides the weights, in the same atomic write. */
+export interface RouteExtras {
+  segments?: SegmentSpec[]
+  mirror?: MirrorSpec | null
+  upstreams?: Record<string, string[]>
+}
+
+/** What the controller reads of the route in force (segments to move, mirror to restore, upstreams to finalize). */
+export interface RouteNow {
+  segments: SegmentSpec[]
+  mirror: MirrorSpec | null
+  /** Origins by version name. */
+  upstreams: Record<string, string[]>
 }
 
 /** What the controller needs of the control plane. */
@@ -67,7 +130,9 @@ export interface RolloutHost {
    * validated, persisted swap, saving `record` in the same atomic write: a
    * step and its progress (or a rollback and its reason) are never saved apart.
    */
-  applyWeights (route: string, weights: Record<string, number>, reason: string, record: RolloutRecord): Promise<void> | void
+  applyWeights (route: string, weights: Record<string, number>, reason: string, record: RolloutRecord, extras?: RouteExtras): Promise<void> | void
+  /** The route in force; needed by plans with segment steps, a shadow phase or finalize. */
+  view? (route: string): RouteNow | undefined
   /** Persists the record (the state file): called after every transition and check. */
   persist (route: string, record: RolloutRecord): Promise<void> | void
 }
@@ -107,6 +172,50 @@ export interface ControllerDeps {
   onError?: (err: unknown, what: string) => void
   /** Latency reservoir size per version (default: window.ts). */
   reservoir?: number
+  /** Mirrored-copy pairs of a route (the shadow phase's evidence). */
+  subscribeShadow?: SubscribeShadow
+}
+
+/** How a rollout starts (the next-release rules). */
+export interface StartOptions {
+  /** The canary's weight when the rollout starts; the first step is then the first one >= it (users never move back). */
+  currentWeight?: number
+  /** Start at step 1 whatever the canary's weight (moves users back to stable). */
+  fromStart?: boolean
+  /** New origins for the canary, set in the same change as the first step. */
+  canaryUpstream?: string[]
+}
+
+/** A status class for the shadow comparison: 2 for 2xx, …; 0 for no answer. */
+function statusClass (status: number): number {
+  return status === 0 ? 0 : Math.floor(status / 100)
+}
+
+/** The weight of a numeric step (segment steps do not move everyone). */
+function numberStep (s: Step | undefined): number | undefined {
+  return typeof s === 'number' ? s : undefined
+}
+
+/**
+ * Where a rollout starts when the canary already has `weight` (the next
+ * release after a paused or earlier rollout): the first numeric step >= it,
+ * so nobody moves back to stable; past the last step, the last step at the
+ * current weight (its pass promotes). Segment steps before it are skipped:
+ * everyone already has at least their share.
+ */
+export function startStep (steps: readonly Step[], weight: number): { index: number; weight: number } {
+  if (weight <= 0) return { index: 0, weight: numberStep(steps[0]) ?? 0 }
+  for (let i = 0; i < steps.length; i++) {
+    const w = numberStep(steps[i])
+    if (w !== undefined && w >= weight) return { index: i, weight: w }
+  }
+  return { index: steps.length - 1, weight }
+}
+
+/** A segment's share for the canary as it stands in `s` (pinned canary 100, pinned other 0, else its weight). */
+function segmentShare (s: SegmentSpec, canary: string): number {
+  if (s.version !== undefined) return s.version === canary ? 100 : 0
+  return s.weights?.[canary] ?? 0
 }
 
 const NOOP_NOTIFIER: RolloutNotifier = {
@@ -124,28 +233,52 @@ export function weightsFor (record: Pick<RolloutRecord, 'plan' | 'stable' | 'ver
   return out
 }
 
+/** A targeted segment at canary weight `w` (every other version of the route at 0). */
+function segmentAt (record: Pick<RolloutRecord, 'plan' | 'stable' | 'versions'>, s: SegmentSpec, w: number): SegmentSpec {
+  return { name: s.name, match: s.match, weights: weightsFor(record, w) }
+}
+
 /**
  * One route's rollout. All operations (the timer's check and the admin's
  * pause/resume/promote/abort) run one at a time through a promise chain, so
  * a pause arriving while a check awaits the gate webhook applies after it,
  * never in the middle.
  *
- * Transitions:
- * - progressing: every interval one check. pass → next step (or, after the
- *   last step, promotion: `auto` → 100 % and `promoted`; `manual` →
- *   `awaiting-promotion`); fail → failedChecks + 1, at maxFailedChecks →
- *   canary 0 % and `rolled-back`; inconclusive → keep accumulating. A
- *   canary ejected by outlier detection fails the check (see judge.ts).
+ * Transitions (state × phase):
+ * - progressing/shadow: every interval one check on the mirrored copies
+ *   (shadow judge). pass after shadow.durationMs → the first step; fail →
+ *   failedChecks + 1, at maxFailedChecks → `rolled-back` with no user ever
+ *   on the canary. The route's own mirror is put back when the phase ends.
+ * - progressing/steps: pass → next step (a number moves everyone, a segment
+ *   step only that segment; or, after the last step, promotion: `auto` →
+ *   100 % and `promoted`; `manual` → `awaiting-promotion`); fail →
+ *   failedChecks + 1, at maxFailedChecks → canary 0 % and `rolled-back`;
+ *   inconclusive → keep accumulating. A canary ejected by outlier detection
+ *   fails the check (see judge.ts).
+ * - progressing/preview (blue/green): canary at 0 %, reached by override or
+ *   segment; pass after preview.durationMs → the switch to 100 % (`manual`:
+ *   awaiting-promotion first), into the rollback window. Without a preview
+ *   the phase lasts one interval, with no verdict needed: it takes stable's
+ *   baseline, which the rollback window compares the canary with (stable
+ *   serves nobody after the switch).
+ * - progressing/rollback-window (blue/green): checks go on; one failed
+ *   check switches back at once to the weights before the switch
+ *   (`rolled-back`); rollbackWindowMs without a failure → `promoted`.
  * - awaiting-promotion: checks go on (a regression found while waiting still
- *   rolls back); `promote` finishes.
+ *   rolls back); `promote` finishes (blue/green: switches).
  * - paused: no checks, weight held; `resume` returns to the previous state
  *   with fresh windows.
- * - abort (from any active state): canary 0 %, `aborted`.
- * - promoted, rolled-back, aborted are final.
+ * - abort (from any active state): canary 0 % (blue/green after the
+ *   switch: the weights before it), `aborted`.
+ * - promoted, rolled-back, aborted are final. Segments the steps moved go
+ *   back to their definitions at start on rollback and abort, and after a
+ *   finalized promotion; an unfinalized promotion leaves them at 100 %.
  */
 export class RolloutController {
   readonly route: string
   readonly windows: { canary: SampleWindow; stable: SampleWindow }
+  /** Shadow phase: the copies' outcomes (canary) and stable's answers to the same requests. */
+  readonly shadow: { canary: SampleWindow; stable: SampleWindow; pairs: number; mismatches: number; logRatio: number; timed: number }
   #record: RolloutRecord
   /** The last saved record: what readers see, so nobody observes a transition before it is persisted and applied. */
   #committed: RolloutRecord
@@ -155,6 +288,16 @@ export class RolloutController {
   #chain: Promise<unknown> = Promise.resolve()
   #pending: Array<{ event: RolloutEvent; message: string }> = []
   #unsubscribe: Array<() => void> = []
+  #unsubscribeShadow: (() => void) | undefined
+  /**
+   * Blue/green: every stable request since the preview began (never reset
+   * by a check), frozen at the switch as the rollback window's baseline:
+   * after the switch stable serves nobody, so the canary is compared with
+   * what stable did just before. In memory only: after a restart in the
+   * window, the absolute thresholds (successRate, latencyP99Ms) judge alone.
+   */
+  readonly #preSwitch: SampleWindow
+  #baseline: WindowSnapshot | undefined
   #stopped = false
 
   private constructor (record: RolloutRecord, deps: ControllerDeps) {
@@ -164,22 +307,87 @@ export class RolloutController {
     this.#deps = deps
     this.#notifier = deps.notifier ?? NOOP_NOTIFIER
     this.windows = { canary: new SampleWindow(deps.reservoir, 0x2545f491), stable: new SampleWindow(deps.reservoir, 0x9e3779b9) }
+    this.shadow = { canary: new SampleWindow(deps.reservoir, 0x6a09e667), stable: new SampleWindow(deps.reservoir, 0xbb67ae85), pairs: 0, mismatches: 0, logRatio: 0, timed: 0 }
+    this.#preSwitch = new SampleWindow(deps.reservoir, 0x3c6ef372)
   }
 
   /**
-   * Starts a new rollout: sets the first step's weight, persists the record,
-   * notifies `started` and arms the timer. `versions` are the route's
-   * versions, `stable` the resolved stable version.
+   * Starts a new rollout: sets the first phase's weights (and, with
+   * `canaryUpstream`, the canary's new origins) in one change, persists the
+   * record, notifies `started` and arms the timer. `versions` are the
+   * route's versions, `stable` the resolved stable version.
    */
-  static async start (route: string, plan: RolloutPlan, stable: string, versions: readonly string[], deps: ControllerDeps): Promise<RolloutController> {
+  static async start (route: string, plan: RolloutPlan, stable: string, versions: readonly string[], deps: ControllerDeps, opts: StartOptions = {}): Promise<RolloutController> {
     const now = new Date(deps.clock.now()).toISOString()
-    const weight = plan.steps[0]!
-    const record: RolloutRecord = { v: 1, route, plan, stable, versions: [...versions], state: 'progressing', stepIndex: 0, weight, failedChecks: 0, startedAt: now, updatedAt: now, checks: [], history: [] }
+    const current = opts.currentWeight ?? 0
+    const from = opts.fromStart === true ? 0 : current
+    const record: RolloutRecord = { v: 1, route, plan, stable, versions: [...versions], state: 'progressing', stepIndex: 0, weight: 0, failedChecks: 0, startedAt: now, updatedAt: now, checks: [], history: [], phase: 'steps', phaseStartedAt: now }
+    if (current > 0) record.startedFrom = { weight: current, fromStart: opts.fromStart === true }
+    const view = deps.host.view?.(route)
+    const targeted = [...new Set(plan.steps.flatMap((s) => typeof s === 'number' ? [] : [s.segment]))]
+    if (targeted.length !== 0) {
+      record.segmentsBefore = structuredClone((view?.segments ?? []).filter((s) => targeted.includes(s.name)))
+      record.segmentWeights = {}
+    }
+    const extras: RouteExtras = {}
+    if (opts.canaryUpstream !== undefined) {
+      extras.upstreams = { [plan.canary]: [...opts.canaryUpstream] }
+      const before = view?.upstreams[plan.canary]
+      if (before !== undefined) record.canaryUpstreamBefore = [...before]
+    }
+    let message: string
+    if (plan.strategy === 'blue-green') {
+      // without a preview, one interval still comes before the switch: stable's baseline for the rollback window
+      record.phase = 'preview'
+      record.weight = from
+      message = plan.preview !== undefined
+        ? `blue/green rollout of ${plan.canary} on ${route} started: preview at ${from}% (override or segment only)`
+        : `blue/green rollout of ${plan.canary} on ${route} started: one interval of ${stable}'s baseline, then the switch`
+      // manual: the operator's promote is the switch
+      if (plan.preview === undefined && plan.promotion === 'manual') {
+        record.state = 'awaiting-promotion'
+        message = `blue/green rollout of ${plan.canary} on ${route} started at ${from}%, awaiting the switch`
+      }
+    } else if (plan.shadow !== undefined && from === 0) {
+      record.phase = 'shadow'
+      record.mirrorBefore = view?.mirror ?? null
+      extras.mirror = shadowMirror(record)
+      message = `rollout of ${plan.canary} on ${route} started: shadow phase, ${plan.shadow.percent}% of ${stable}'s requests copied to ${plan.canary}, no user on it`
+    } else {
+      const first = startStep(plan.steps, from)
+      RolloutController.#applyStep(record, view, first.index, first.weight)
+      const skipped = plan.shadow !== undefined ? ' (shadow phase skipped: the canary already serves users)' : ''
+      message = `rollout of ${plan.canary} on ${route} started at step ${first.index + 1}/${plan.steps.length + 1}, ${describeStep(record, first.index)}${skipped}`
+    }
     const c = new RolloutController(record, deps)
-    c.#event('started', `rollout of ${plan.canary} on ${route} started at ${weight}%`)
-    await c.#save(`rollout started: step 1/${plan.steps.length + 1}, ${plan.canary} at ${weight}%`)
+    c.#event('started', message)
+    await c.#save(message, extras)
     c.#arm()
     return c
+  }
+
+  /** Sets a targeted segment's canary weight to `w`, never below what the segment gave the canary already (monotone). */
+  static #moveSegment (r: RolloutRecord, view: RouteNow | undefined, segment: string, w: number): void {
+    const before = r.segmentsBefore?.find((s) => s.name === segment) ?? view?.segments.find((s) => s.name === segment)
+    const now = r.segmentWeights?.[segment] ?? (before === undefined ? 0 : segmentShare(before, r.plan.canary))
+    r.segmentWeights = { ...r.segmentWeights, [segment]: Math.max(now, w) }
+  }
+
+  /**
+   * Puts the record at step `index`: a number is everyone's canary weight
+   * (`weight`: the step's, or the higher weight a next release found), and
+   * no targeted segment stays below it; a segment step moves that segment
+   * only, never below everyone's weight. Nobody ever moves back to stable.
+   */
+  static #applyStep (r: RolloutRecord, view: RouteNow | undefined, index: number, weight: number): void {
+    r.stepIndex = index
+    const s = r.plan.steps[index]
+    if (s === undefined || typeof s === 'number') {
+      r.weight = weight
+      for (const b of r.segmentsBefore ?? []) RolloutController.#moveSegment(r, view, b.name, weight)
+      return
+    }
+    RolloutController.#moveSegment(r, view, s.segment, Math.max(s.weight, r.weight))
   }
 
   /**
@@ -225,9 +433,13 @@ export class RolloutController {
       const { canary, stable } = this.windows
       const { subscribe, subscribeEjection } = this.#deps
       if (subscribe !== undefined) {
+        const preSwitch = this.#preSwitch
+        const watchPreSwitch = this.#record.plan.strategy === 'blue-green'
         this.#unsubscribe.push(
           subscribe(this.route, this.#record.plan.canary, (s, sec, f) => canary.record(s, sec, f)),
-          subscribe(this.route, this.#record.stable, (s, sec, f) => stable.record(s, sec, f))
+          subscribe(this.route, this.#record.stable, watchPreSwitch
+            ? (s, sec, f) => { stable.record(s, sec, f); preSwitch.record(s, sec, f) }
+            : (s, sec, f) => stable.record(s, sec, f))
         )
       }
       if (subscribeEjection !== undefined) {
@@ -236,6 +448,9 @@ export class RolloutController {
           subscribeEjection(this.route, this.#record.stable, () => stable.recordEjection())
         )
       }
+    }
+    if (this.#record.phase === 'shadow' && this.#unsubscribeShadow === undefined && this.#deps.subscribeShadow !== undefined) {
+      this.#unsubscribeShadow = this.#deps.subscribeShadow(this.route, (p) => { this.#pair(p) })
     }
     this.#timer = this.#deps.clock.setTimeout(async () => {
       this.#timer = undefined
@@ -248,6 +463,35 @@ export class RolloutController {
     }, this.#record.plan.intervalMs)
   }
 
+  /** One mirrored copy and stable's answer to the same request (shadow phase only). */
+  #pair (p: ShadowPair): void {
+    const r = this.#record
+    if (r.phase !== 'shadow' || p.primary !== r.stable || p.mirror !== r.plan.canary) return
+    const sh = this.shadow
+    // a copy that got no answer (error, timeout) is a failed canary request, as a 502/504 would be for a user
+    sh.canary.record(p.mirrorStatus === 0 ? 502 : p.mirrorStatus, p.mirrorSeconds, p.mirrorFailed || p.mirrorStatus === 0)
+    sh.stable.record(p.primaryStatus, p.primarySeconds, p.primaryFailed)
+    sh.pairs++
+    if (statusClass(p.mirrorStatus) !== statusClass(p.primaryStatus)) sh.mismatches++
+    if (p.mirrorStatus !== 0 && p.mirrorSeconds > 0 && p.primarySeconds > 0) {
+      sh.logRatio += Math.log(p.mirrorSeconds / p.primarySeconds)
+      sh.timed++
+    }
+  }
+
+  #resetShadow (): void {
+    const sh = this.shadow
+    sh.canary.reset()
+    sh.stable.reset()
+    sh.pairs = sh.mismatches = sh.logRatio = sh.timed = 0
+  }
+
+  #stopShadow (): void {
+    this.#unsubscribeShadow?.()
+    this.#unsubscribeShadow = undefined
+    this.#resetShadow()
+  }
+
   #disarm (): void {
     if (this.#timer !== undefined) this.#deps.clock.clearTimeout(this.#timer)
     this.#timer = undefined
@@ -258,6 +502,7 @@ export class RolloutController {
     this.#disarm()
     for (const u of this.#unsubscribe) u()
     this.#unsubscribe = []
+    this.#stopShadow()
   }
 
   #step (): number {
@@ -274,15 +519,64 @@ export class RolloutController {
     if (event !== 'promotion-held' && event !== 'restored') this.#pending.push({ event, message })
   }
 
+  /** The route weights the record stands for: the canary weight, or after a blue/green switch-back the weights before it. */
+  #weightsOf (r: RolloutRecord): Record<string, number> {
+    if ((r.state === 'rolled-back' || r.state === 'aborted') && r.switchedFrom !== undefined && r.phase === 'rollback-window') return { ...r.switchedFrom }
+    if (r.state === 'promoted' && r.finalized === true) return weightsFor(r, 0)
+    return weightsFor(r, r.weight)
+  }
+
   /**
-   * Saves the record: with `weightReason`, together with the weights of
-   * `record.weight` (one atomic write); else the record alone. Webhooks and
-   * metrics hear of a transition only once it is saved.
+   * The route's segments the record stands for, or undefined when the plan
+   * targets none: targeted segments at their canary weight while active;
+   * at 100 % after an unfinalized promotion; back to their definitions at
+   * start after a rollback, an abort or a finalized promotion (the route is
+   * then as it was, ready for the next release). Other segments are the
+   * operator's and are never touched.
    */
-  async #save (weightReason?: string): Promise<void> {
+  #segmentsOf (r: RolloutRecord): SegmentSpec[] | undefined {
+    if (r.segmentsBefore === undefined || r.segmentWeights === undefined) return undefined
+    const current = this.#deps.host.view?.(this.route)?.segments
+    if (current === undefined) return undefined
+    const before = new Map(r.segmentsBefore.map((s) => [s.name, s]))
+    const restore = r.state === 'rolled-back' || r.state === 'aborted' || (r.state === 'promoted' && r.finalized === true)
+    return current.map((s) => {
+      const b = before.get(s.name)
+      if (b === undefined) return s
+      if (restore) {
+        const out: SegmentSpec = { name: s.name, match: s.match }
+        if (b.version !== undefined) out.version = b.version
+        if (b.weights !== undefined) out.weights = { ...b.weights }
+        return out
+      }
+      if (r.state === 'promoted') return segmentAt(r, s, 100)
+      const w = r.segmentWeights![s.name]
+      return w === undefined ? s : segmentAt(r, s, w)
+    })
+  }
+
+  /**
+   * Saves the record: with `weightReason`, together with the route change
+   * the record stands for (weights, targeted segments, and `extras`) in one
+   * atomic write; else the record alone. Webhooks and metrics hear of a
+   * transition only once it is saved.
+   */
+  async #save (weightReason?: string, extras: RouteExtras = {}): Promise<void> {
     const copy = structuredClone(this.#record)
-    if (weightReason === undefined) await this.#deps.host.persist(this.route, copy)
-    else await this.#deps.host.applyWeights(this.route, weightsFor(copy, copy.weight), weightReason, copy)
+    if (weightReason === undefined) {
+      await this.#deps.host.persist(this.route, copy)
+    } else {
+      const all: RouteExtras = { ...extras }
+      const segments = this.#segmentsOf(copy)
+      if (segments !== undefined) all.segments = segments
+      // a rollback or abort also takes the new build off the canary (segments pinned to it return to the old one)
+      if ((copy.state === 'rolled-back' || copy.state === 'aborted') && copy.canaryUpstreamBefore !== undefined && all.upstreams === undefined) {
+        all.upstreams = { [copy.plan.canary]: [...copy.canaryUpstreamBefore] }
+      }
+      const hasExtras = all.segments !== undefined || all.mirror !== undefined || all.upstreams !== undefined
+      if (hasExtras) await this.#deps.host.applyWeights(this.route, this.#weightsOf(copy), weightReason, copy, all)
+      else await this.#deps.host.applyWeights(this.route, this.#weightsOf(copy), weightReason, copy)
+    }
     this.#committed = copy
     this.#deps.observer?.update(this.#record)
     const pending = this.#pending
@@ -294,17 +588,44 @@ export class RolloutController {
    * Runs one mutation of the record and saves it; if saving fails the record
    * is put back as it was (the store changed nothing either) and the error goes to the caller.
    */
-  async #transact<T> (fn: (r: RolloutRecord) => { weightReason?: string; result: T } | Promise<{ weightReason?: string; result: T }>): Promise<T> {
+  async #transact<T> (fn: (r: RolloutRecord) => { weightReason?: string; extras?: RouteExtras; result: T } | Promise<{ weightReason?: string; extras?: RouteExtras; result: T }>): Promise<T> {
     const before = structuredClone(this.#record)
     try {
-      const { weightReason, result } = await fn(this.#record)
-      await this.#save(weightReason)
+      const { weightReason, extras, result } = await fn(this.#record)
+      await this.#save(weightReason, extras)
       return result
     } catch (err) {
       this.#record = before
       this.#pending = []
       throw err
     }
+  }
+
+  /** The shadow judge: the copies against stable's answers to the same requests, plus the status-class agreement rule. */
+  #judgeShadow (): { result: CheckResult; figures: ShadowFigures } {
+    const sh = this.shadow
+    const plan = this.#record.plan
+    const result = judgeCheck(sh.canary.peek(), sh.stable.peek(), plan.analysis)
+    const mismatchRate = sh.pairs === 0 ? 0 : Math.round(1e6 * sh.mismatches / sh.pairs) / 1e4
+    const figures: ShadowFigures = { pairs: sh.pairs, mismatches: sh.mismatches, mismatchRate, latencyRatio: sh.timed === 0 ? null : Math.round(1e4 * Math.exp(sh.logRatio / sh.timed)) / 1e4 }
+    const max = plan.shadow?.maxMismatchRate ?? 100
+    if (result.verdict !== 'inconclusive' && mismatchRate > max) {
+      result.verdict = 'fail'
+      result.reasons = [`${mismatchRate}% of mirrored copies got a different status class than ${this.#record.stable}'s answer (${sh.mismatches}/${sh.pairs}; maxMismatchRate ${max}%)`, ...result.reasons]
+    }
+    return { result, figures }
+  }
+
+  /** Has the current phase lasted its minimum duration? */
+  #phaseDone (r: RolloutRecord): boolean {
+    const since = Date.parse(r.phaseStartedAt ?? r.startedAt)
+    const min = r.phase === 'shadow' ? r.plan.shadow?.durationMs ?? 0 : r.phase === 'preview' ? r.plan.preview?.durationMs ?? 0 : r.phase === 'rollback-window' ? r.plan.rollbackWindowMs ?? 0 : 0
+    return this.#deps.clock.now() - since >= min
+  }
+
+  #enterPhase (r: RolloutRecord, phase: Phase): void {
+    r.phase = phase
+    r.phaseStartedAt = new Date(this.#deps.clock.now()).toISOString()
   }
 
   /**
@@ -315,7 +636,18 @@ export class RolloutController {
   async tick (): Promise<CheckRecord | undefined> {
     return await this.#serial(async () => {
       if (this.#record.state !== 'progressing' && this.#record.state !== 'awaiting-promotion') return undefined
-      const result = judgeCheck(this.windows.canary.peek(), this.windows.stable.peek(), this.#record.plan.analysis)
+      const phase = this.#record.phase ?? 'steps'
+      let result: CheckResult
+      let shadow: ShadowFigures | undefined
+      if (phase === 'shadow') {
+        ({ result, figures: shadow } = this.#judgeShadow())
+        if (result.verdict !== 'inconclusive') this.#resetShadow()
+      } else if (phase === 'rollback-window' && this.#baseline !== undefined && this.windows.stable.peek().requests < this.#record.plan.analysis.minRequests) {
+        // stable serves nobody after the switch: the canary is compared with stable just before it
+        result = judgeCheck(this.windows.canary.peek(), this.#baseline, this.#record.plan.analysis)
+      } else {
+        result = judgeCheck(this.windows.canary.peek(), this.windows.stable.peek(), this.#record.plan.analysis)
+      }
       // inconclusive: keep accumulating so a quiet route eventually reaches minRequests
       if (result.verdict !== 'inconclusive') {
         this.windows.canary.reset()
@@ -324,37 +656,121 @@ export class RolloutController {
       this.#deps.observer?.check(this.route, result.verdict)
       // the gate is asked before the transaction: a slow gate must not hold a half-made change
       const r0 = this.#record
-      const wouldPromote = result.verdict === 'pass' && r0.state === 'progressing' && r0.stepIndex >= r0.plan.steps.length - 1 && r0.plan.promotion === 'auto'
+      const done = this.#phaseDone(r0)
+      const switching = phase === 'preview' && (r0.plan.preview === undefined ? result.verdict !== 'fail' : result.verdict === 'pass' && done)
+      const wouldPromote = r0.state === 'progressing' && r0.plan.promotion === 'auto' &&
+        ((result.verdict === 'pass' && phase === 'steps' && r0.stepIndex >= r0.plan.steps.length - 1) || switching)
       const gate = wouldPromote ? await this.#askGate() : { ok: true, detail: '' }
       return await this.#transact((r) => {
         if (result.verdict === 'fail') r.failedChecks++
         const check: CheckRecord = { at: new Date(this.#deps.clock.now()).toISOString(), step: this.#step(), weight: r.weight, failedChecks: r.failedChecks, ...result }
+        if (phase !== 'steps') check.phase = phase
+        if (shadow !== undefined) check.shadow = shadow
         r.checks.push(check)
         if (r.checks.length > RECORD_LIMITS.checks) r.checks.splice(0, r.checks.length - RECORD_LIMITS.checks)
-        let weightReason: string | undefined
-        if (result.verdict === 'fail') {
-          if (r.failedChecks >= r.plan.analysis.maxFailedChecks) {
-            weightReason = this.#end(r, 'rolled-back', 0, `${r.failedChecks} failed checks (maxFailedChecks ${r.plan.analysis.maxFailedChecks}); last: ${result.reasons.join('; ')}`)
-          } else {
-            this.#event('check-failed', `rollout of ${r.plan.canary} on ${this.route}: check failed (${r.failedChecks}/${r.plan.analysis.maxFailedChecks}): ${result.reasons.join('; ')}`, result.reasons.join('; '))
-          }
-        } else if (result.verdict === 'pass' && r.state === 'progressing') {
-          if (r.stepIndex < r.plan.steps.length - 1) {
-            r.stepIndex++
-            r.weight = r.plan.steps[r.stepIndex]!
-            weightReason = `rollout step ${this.#step()}/${r.plan.steps.length + 1}: ${r.plan.canary} at ${r.weight}%`
-            this.#event('step', `rollout of ${r.plan.canary} on ${this.route}: step ${this.#step()}/${r.plan.steps.length + 1}, ${r.weight}%`)
-          } else if (r.plan.promotion === 'auto') {
-            if (gate.ok) weightReason = this.#end(r, 'promoted', 100, 'all steps passed')
-            else this.#held(r, gate.detail)
-          } else {
-            r.state = 'awaiting-promotion'
-            this.#event('awaiting-promotion', `rollout of ${r.plan.canary} on ${this.route}: all steps passed at ${r.weight}%, awaiting promotion`)
-          }
-        }
-        return weightReason === undefined ? { result: check } : { weightReason, result: check }
+        const out = this.#decide(r, phase, result, done, gate)
+        return { ...out, result: check }
       }).finally(() => { if (!ACTIVE_STATES.has(this.#record.state)) this.#finish() })
     })
+  }
+
+  /** What one check's verdict does to the record, by phase; returns the weight change's reason (and extras) when the route changes. */
+  #decide (r: RolloutRecord, phase: Phase, result: CheckResult, done: boolean, gate: { ok: boolean; detail: string }): { weightReason?: string; extras?: RouteExtras } {
+    const why = result.reasons.join('; ')
+    if (result.verdict === 'fail') {
+      if (phase === 'rollback-window') {
+        // blue/green after the switch: one failed check switches back at once
+        return { weightReason: this.#end(r, 'rolled-back', 0, `check failed in the rollback window: ${why}`) }
+      }
+      if (r.failedChecks >= r.plan.analysis.maxFailedChecks) {
+        const where = phase === 'shadow' ? ' in the shadow phase (no user reached the canary)' : ''
+        return this.#leaving(r, phase, this.#end(r, 'rolled-back', 0, `${r.failedChecks} failed checks${where} (maxFailedChecks ${r.plan.analysis.maxFailedChecks}); last: ${why}`))
+      }
+      this.#event('check-failed', `rollout of ${r.plan.canary} on ${this.route}: check failed (${r.failedChecks}/${r.plan.analysis.maxFailedChecks}): ${why}`, why)
+      return {}
+    }
+    if (phase === 'rollback-window') {
+      if (!done) return {}
+      return this.#promotion(r, `no failed check in the ${r.plan.rollbackWindowMs ?? 0} ms rollback window`)
+    }
+    if (phase === 'preview' && r.state === 'progressing') {
+      // a preview needs a pass after its duration; without one (a baseline interval) the switch needs only no failure
+      const ready = r.plan.preview === undefined || (result.verdict === 'pass' && done)
+      if (!ready) return {}
+      if (r.plan.promotion === 'manual') {
+        r.state = 'awaiting-promotion'
+        this.#event('awaiting-promotion', `blue/green rollout of ${r.plan.canary} on ${this.route}: preview passed, awaiting the switch`)
+        return {}
+      }
+      if (!gate.ok) {
+        this.#held(r, gate.detail)
+        return {}
+      }
+      return { weightReason: this.#switch(r, r.plan.preview === undefined ? `${r.stable}'s baseline taken` : 'preview passed') }
+    }
+    if (result.verdict !== 'pass' || r.state !== 'progressing') return {}
+    if (phase === 'shadow') {
+      if (!done) return {}
+      const first = startStep(r.plan.steps, 0)
+      this.#enterPhase(r, 'steps')
+      RolloutController.#applyStep(r, this.#deps.host.view?.(this.route), first.index, first.weight)
+      const msg = `rollout of ${r.plan.canary} on ${this.route}: shadow phase passed; step ${this.#step()}/${r.plan.steps.length + 1}, ${describeStep(r, r.stepIndex)}`
+      this.#event('step', msg)
+      return this.#leaving(r, 'shadow', `rollout step ${this.#step()}/${r.plan.steps.length + 1} after the shadow phase: ${describeStep(r, r.stepIndex)}`)
+    }
+    if (r.stepIndex < r.plan.steps.length - 1) {
+      const next = r.stepIndex + 1
+      const s = r.plan.steps[next]!
+      RolloutController.#applyStep(r, this.#deps.host.view?.(this.route), next, typeof s === 'number' ? s : r.weight)
+      this.#event('step', `rollout of ${r.plan.canary} on ${this.route}: step ${this.#step()}/${r.plan.steps.length + 1}, ${describeStep(r, r.stepIndex)}`)
+      return { weightReason: `rollout step ${this.#step()}/${r.plan.steps.length + 1}: ${describeStep(r, r.stepIndex)}` }
+    }
+    if (r.plan.promotion === 'auto') {
+      if (gate.ok) return this.#promotion(r, 'all steps passed')
+      this.#held(r, gate.detail)
+      return {}
+    }
+    r.state = 'awaiting-promotion'
+    this.#event('awaiting-promotion', `rollout of ${r.plan.canary} on ${this.route}: all steps passed at ${r.weight}%, awaiting promotion`)
+    return {}
+  }
+
+  /** Blue/green: the one switch to 100 %, remembering the weights it replaced. */
+  #switch (r: RolloutRecord, why: string): string {
+    const before = this.#preSwitch.peek()
+    this.#baseline = before.requests === 0 ? undefined : before
+    r.switchedFrom = weightsFor(r, r.weight)
+    r.state = 'progressing'
+    r.weight = 100
+    this.#enterPhase(r, 'rollback-window')
+    this.#event('step', `blue/green rollout of ${r.plan.canary} on ${this.route}: switched to 100% (${why}); rollback window ${r.plan.rollbackWindowMs ?? 0} ms`)
+    return `blue/green switch: ${r.plan.canary} at 100% (${why})`
+  }
+
+  /** The change that ends a shadow phase also puts the route's own mirror back. */
+  #leaving (r: RolloutRecord, phase: Phase, weightReason: string): { weightReason: string; extras?: RouteExtras } {
+    if (phase !== 'shadow') return { weightReason }
+    this.#stopShadow()
+    return { weightReason, extras: { mirror: r.mirrorBefore ?? null } }
+  }
+
+  /**
+   * Promotion: canary 100 %, or with `finalize` stable takes the canary's
+   * upstream and returns to 100 % with canary at 0 % in the same change
+   * (both serve the same build at that moment, so nobody sees a change).
+   */
+  #promotion (r: RolloutRecord, why: string): { weightReason: string; extras?: RouteExtras } {
+    const phase = r.phase ?? 'steps'
+    if (r.plan.finalize === true) {
+      const origins = this.#deps.host.view?.(this.route)?.upstreams[r.plan.canary]
+      if (origins !== undefined) {
+        r.finalized = true
+        const reason = this.#end(r, 'promoted', 100, `${why}; finalized: ${r.stable} now serves ${r.plan.canary}'s upstream at 100%, ${r.plan.canary} at 0%`)
+        const out = this.#leaving(r, phase, reason)
+        return { weightReason: out.weightReason, extras: { ...out.extras, upstreams: { [r.stable]: origins } } }
+      }
+    }
+    return this.#leaving(r, phase, this.#end(r, 'promoted', 100, why))
   }
 
   /** Moves the record to a final state at `weight` and returns the weight change's reason. */
@@ -363,6 +779,12 @@ export class RolloutController {
     r.weight = weight
     r.reason = reason
     delete r.pausedFrom
+    delete r.pausedAt
+    if (r.finalized === true) r.weight = 0 // the route is back at stable 100 %, canary 0 %: the record says so
+    if (r.segmentWeights !== undefined) {
+      // what the targeted segments end at: 100 % after an unfinalized promotion; else their definitions at start
+      r.segmentWeights = state === 'promoted' && r.finalized !== true ? Object.fromEntries((r.segmentsBefore ?? []).map((s) => [s.name, 100])) : {}
+    }
     const what = state === 'promoted' ? 'promoted to 100%' : state
     this.#event(state, `rollout of ${r.plan.canary} on ${this.route} ${what}: ${reason}`, reason)
     return `rollout ${state}: ${reason}`
@@ -390,6 +812,7 @@ export class RolloutController {
       if (from !== 'progressing' && from !== 'awaiting-promotion') throw this.#conflict('pause')
       const out = await this.#transact((r) => {
         r.pausedFrom = from
+        r.pausedAt = new Date(this.#deps.clock.now()).toISOString()
         r.state = 'paused'
         this.#event('paused', `rollout of ${r.plan.canary} on ${this.route} paused at ${r.weight}%`)
         return { result: structuredClone(r) }
@@ -406,11 +829,18 @@ export class RolloutController {
       const out = await this.#transact((r) => {
         r.state = r.pausedFrom ?? 'progressing'
         delete r.pausedFrom
+        // a phase's minimum duration is of judged time: the pause does not count towards it
+        if (r.pausedAt !== undefined && r.phaseStartedAt !== undefined) {
+          const paused = Math.max(0, this.#deps.clock.now() - Date.parse(r.pausedAt))
+          r.phaseStartedAt = new Date(Date.parse(r.phaseStartedAt) + paused).toISOString()
+        }
+        delete r.pausedAt
         this.#event('resumed', `rollout of ${r.plan.canary} on ${this.route} resumed at ${r.weight}%`)
         return { result: structuredClone(r) }
       })
       this.windows.canary.reset()
       this.windows.stable.reset()
+      this.#resetShadow()
       this.#arm()
       return out
     })
@@ -418,31 +848,42 @@ export class RolloutController {
 
   /**
    * Promotes now (an operator's decision: from awaiting-promotion, or skipping
-   * the remaining steps from progressing or paused). The confirm-promotion
-   * gate is still asked; when it holds, the state is unchanged and `held` is true.
+   * the remaining steps or the shadow phase). Blue/green before its switch:
+   * the switch (the rollback window then runs); after it: the end of the
+   * window. The confirm-promotion gate is still asked (not at the end of a
+   * blue/green window: the switch asked it); when it holds, the state is
+   * unchanged and `held` is true.
    */
   async promote (): Promise<{ record: RolloutRecord; held: boolean }> {
     return await this.#serial(async () => {
       if (!this.active) throw this.#conflict('promote')
-      const gate = await this.#askGate()
+      const phase = this.#record.phase ?? 'steps'
+      const gate = phase === 'rollback-window' ? { ok: true, detail: '' } : await this.#askGate()
       const out = await this.#transact((r) => {
         if (!gate.ok) {
           this.#held(r, gate.detail)
           return { result: { record: structuredClone(r), held: true } }
         }
-        const weightReason = this.#end(r, 'promoted', 100, 'promoted by operator')
-        return { weightReason, result: { record: structuredClone(r), held: false } }
+        if (phase === 'preview') {
+          delete r.pausedFrom
+          const weightReason = this.#switch(r, 'switched by operator')
+          return { weightReason, result: { record: structuredClone(r), held: false } }
+        }
+        const { weightReason, extras } = this.#promotion(r, 'promoted by operator')
+        return { weightReason, extras, result: { record: structuredClone(r), held: false } }
       })
       if (!this.active) this.#finish()
+      else this.#arm()
       return out
     })
   }
 
-  /** Canary to 0 % and `aborted`. 409 when the rollout already ended. */
+  /** Canary to 0 % (blue/green after the switch: the weights before it) and `aborted`. 409 when the rollout already ended. */
   async abort (reason: string = 'aborted by operator'): Promise<RolloutRecord> {
     return await this.#serial(async () => {
       if (!this.active) throw this.#conflict('abort')
-      const out = await this.#transact((r) => ({ weightReason: this.#end(r, 'aborted', 0, reason), result: structuredClone(r) }))
+      const phase = this.#record.phase ?? 'steps'
+      const out = await this.#transact((r) => ({ ...this.#leaving(r, phase, this.#end(r, 'aborted', 0, reason)), result: structuredClone(r) }))
       this.#finish()
       return out
     })
@@ -468,4 +909,17 @@ export class RolloutController {
   close (): void {
     this.#finish()
   }
+}
+
+/** The mirror a shadow phase puts on the route: the plan's share and methods, to the canary. */
+function shadowMirror (r: RolloutRecord): MirrorSpec {
+  const sh = r.plan.shadow!
+  return { version: r.plan.canary, percent: sh.percent, methods: [...sh.methods], maxBodyBytes: sh.maxBodyBytes, maxInFlight: MIRROR_DEFAULTS.maxInFlight, timeoutMs: MIRROR_DEFAULTS.timeoutMs }
+}
+
+/** "canary at 10%" or "segment staff: canary at 100%" for messages. */
+function describeStep (r: RolloutRecord, index: number): string {
+  const s = r.plan.steps[index]
+  if (s === undefined || typeof s === 'number') return `${r.plan.canary} at ${r.weight}%`
+  return `segment ${s.segment}: ${r.plan.canary} at ${r.segmentWeights?.[s.segment] ?? s.weight}% (everyone else at ${r.weight}%)`
 }

@@ -7,12 +7,19 @@
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
-import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type SubscribeEjection, type SubscribeFinish } from './controller.js'
+import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type RouteExtras, type RouteNow, type SubscribeEjection, type SubscribeFinish } from './controller.js'
 import { PlanError, validatePlan } from '../config/plan.js'
+import { checkUpstreams } from '../config/routes.js'
+import type { SubscribeShadow } from '../metrics/observer.js'
+import type { MirrorSpec, RouteSpec, SegmentSpec } from '../routing/spec.js'
 
 /** What the manager needs of the runtime store (src/state/store.ts RuntimeStore fits). */
 export interface RolloutStore {
   setWeights (route: string, weights: unknown, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  /** One atomic change of weights and, optionally, segments, mirror and version upstreams (RuntimeStore.update). */
+  update? (route: string, patch: { weights?: unknown; segments?: SegmentSpec[]; mirror?: MirrorSpec | null; upstreams?: Record<string, string[]> }, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  /** The routes in force (segments, mirror, upstreams: read by plans that move segments, shadow or finalize). */
+  readonly specs?: readonly RouteSpec[]
   setRolloutState (route: string, data: unknown): Promise<void>
   getRolloutState (route: string): unknown
   weights (route: string): Record<string, number> | undefined
@@ -34,6 +41,16 @@ export interface RolloutManagerOptions {
   notifier?: RolloutNotifier
   observer?: RolloutObserver
   clock?: Clock
+  /** Mirrored-copy pairs per route, for shadow phases. */
+  subscribeShadow?: SubscribeShadow
+}
+
+/** Options of a start beyond the plan (query parameters of POST …/rollout, CLI flags). */
+export interface StartRequest {
+  /** Start at step 1 even if the canary already has weight (moves users back to stable; warned). */
+  fromStart?: boolean
+  /** Point the canary at these origins in the same change as the first step (refused unless its weight is 0). */
+  canaryUpstream?: unknown
 }
 
 /** The compact form shown on the route objects of GET /api/v1/routes. */
@@ -44,6 +61,8 @@ export interface RolloutSummary {
   steps: number
   weight: number
   failedChecks: number
+  /** shadow, preview, steps, rollback-window, or done once final. */
+  phase: string
 }
 
 /** Body of GET /api/v1/routes/{route}/rollout. */
@@ -51,11 +70,16 @@ export function rolloutView (r: RolloutRecord): Record<string, unknown> {
   return {
     route: r.route,
     state: r.state,
+    strategy: r.plan.strategy ?? 'canary',
+    phase: ACTIVE.has(r.state) ? r.phase ?? 'steps' : 'done',
     canary: r.plan.canary,
     stable: r.stable,
     step: r.stepIndex + 1,
     steps: r.plan.steps,
     weight: r.weight,
+    segmentWeights: r.segmentWeights ?? {},
+    startedFrom: r.startedFrom ?? null,
+    finalized: r.finalized === true,
     failedChecks: r.failedChecks,
     reason: r.reason ?? null,
     startedAt: r.startedAt,
@@ -63,6 +87,17 @@ export function rolloutView (r: RolloutRecord): Record<string, unknown> {
     plan: r.plan,
     checks: r.checks,
     history: r.history
+  }
+}
+
+const ACTIVE: ReadonlySet<string> = new Set(['progressing', 'paused', 'awaiting-promotion'])
+
+/** The route in force as the controller reads it. */
+function routeNow (spec: RouteSpec): RouteNow {
+  return {
+    segments: structuredClone(spec.segments ?? []),
+    mirror: spec.mirror === undefined ? null : structuredClone(spec.mirror),
+    upstreams: Object.fromEntries(spec.versions.map((v) => [v.name, [...v.upstream]]))
   }
 }
 
@@ -137,9 +172,18 @@ export class RolloutManager {
     const log = this.#opts.logger
     return {
       host: {
-        applyWeights: async (route, weights, reason, record) => { await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record }) },
-        persist: async (route, record) => { await store.setRolloutState(route, record) }
+        applyWeights: async (route, weights, reason, record, extras?: RouteExtras) => {
+          if (extras === undefined) await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record })
+          else if (store.update !== undefined) await store.update(route, { weights, ...extras }, { reason, source: ROLLOUT_SOURCE, rollout: record })
+          else throw new TypeError('this store cannot change segments, mirror or upstreams')
+        },
+        persist: async (route, record) => { await store.setRolloutState(route, record) },
+        view: (route) => {
+          const spec = store.specs?.find((s) => s.name === route)
+          return spec === undefined ? undefined : routeNow(spec)
+        }
       },
+      subscribeShadow: this.#opts.subscribeShadow,
       clock: this.#clock,
       notifier: this.#opts.notifier,
       observer: this.#opts.observer,
@@ -200,25 +244,56 @@ export class RolloutManager {
     return createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#opts.store.routeNames.join(', ') })
   }
 
-  async start (route: string, rawPlan: unknown): Promise<RolloutRecord> {
+  async start (route: string, rawPlan: unknown, req: StartRequest = {}): Promise<RolloutRecord> {
+    return (await this.begin(route, rawPlan, req)).record
+  }
+
+  /**
+   * `start`, with the warnings an operator should read (the admin API
+   * answers them beside the record; the CLI prints them): `fromStart`
+   * moving users back to stable, a new canary build reaching users at once
+   * through segments that pin or weight the canary.
+   */
+  async begin (route: string, rawPlan: unknown, req: StartRequest = {}): Promise<{ record: RolloutRecord; warnings: string[] }> {
     const weights = this.#opts.store.weights(route)
     if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
-    const plan = validatePlan(rawPlan, versions)
+    const spec = this.#opts.store.specs?.find((s) => s.name === route)
+    const plan = validatePlan(rawPlan, versions, spec === undefined ? {} : { segments: (spec.segments ?? []).map((s) => s.name) })
+    let canaryUpstream: string[] | undefined
+    if (req.canaryUpstream !== undefined) {
+      try {
+        canaryUpstream = checkUpstreams(req.canaryUpstream, 'canaryUpstream')
+      } catch (err) {
+        throw new CanarydError('CANARYD_ERR_INVALID_UPSTREAM', (err as Error).message, { cause: err })
+      }
+      if ((weights[plan.canary] ?? 0) !== 0) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `canaryUpstream: ${plan.canary} serves ${weights[plan.canary]}% of route ${route}; a new build is pointed at only while its weight is 0 (abort or finish the release first)`)
+    }
     if (this.#starting.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting; pause, promote or abort it first`)
     const existing = this.#controllers.get(route)
     if (existing?.active === true) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout ${existing.state}; pause, promote or abort it first`)
     const stable = plan.stable ?? versions.filter((v) => v !== plan.canary).sort((a, b) => weights[b]! - weights[a]!)[0]!
     const others = versions.filter((v) => v !== plan.canary && v !== stable && weights[v]! > 0)
     if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
+    const currentWeight = weights[plan.canary] ?? 0
+    const warnings: string[] = []
+    if (req.fromStart === true && currentWeight > 0) {
+      warnings.push(`fromStart: ${plan.canary} had ${currentWeight}%; the rollout starts at step 1 and moves users back to ${stable}`)
+    }
+    if (canaryUpstream !== undefined) {
+      const exposed = (spec?.segments ?? []).filter((s) => s.version === plan.canary || (s.weights?.[plan.canary] ?? 0) > 0).map((s) => s.name)
+      if (exposed.length !== 0) warnings.push(`canaryUpstream: segment${exposed.length === 1 ? '' : 's'} ${exposed.join(', ')} send${exposed.length === 1 ? 's' : ''} users to ${plan.canary}: they get the new build now, before the first step`)
+    }
+    for (const w of warnings) this.#opts.logger.warn({ route, canary: plan.canary }, w)
     this.#starting.add(route)
     try {
-      const c = await RolloutController.start(route, { ...plan, stable }, stable, versions, this.#deps())
+      const opts = { currentWeight, fromStart: req.fromStart === true, ...(canaryUpstream === undefined ? {} : { canaryUpstream }) }
+      const c = await RolloutController.start(route, { ...plan, stable }, stable, versions, this.#deps(), opts)
       // the previous (finished) controller is replaced only once the new one exists:
       // a failed start leaves the route's last rollout record readable
       existing?.close()
       this.#controllers.set(route, c)
-      return c.record
+      return { record: c.record, warnings }
     } finally {
       this.#starting.delete(route)
     }
@@ -268,7 +343,7 @@ export class RolloutManager {
     const c = this.#controllers.get(route)
     if (c === undefined) return null
     const r = c.record
-    return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks }
+    return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks, phase: ACTIVE.has(r.state) ? r.phase ?? 'steps' : 'done' }
   }
 
   /** Stops every timer (process shutdown); records stay as saved. */

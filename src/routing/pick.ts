@@ -29,7 +29,16 @@ const TWO_POW_M32 = 2 ** -32
  * no other key moves. Returns undefined when no candidate is left.
  */
 export function pickVersion (route: Route, keyHash: number, excluded: number = 0): Version | undefined {
-  const active = route.active
+  return pickFrom(route.active, keyHash, excluded)
+}
+
+/**
+ * `pickVersion`'s algorithm over any candidate list: a segment's users are
+ * picked from the segment's re-weighted versions (same seeds, so the same
+ * invariants hold within the segment). `active` must hold only versions
+ * with ppm > 0. Allocation-free.
+ */
+export function pickFrom (active: readonly Version[], keyHash: number, excluded: number = 0): Version | undefined {
   let best: Version | undefined
   let bestScore = Infinity
   for (let i = 0; i < active.length; i++) {

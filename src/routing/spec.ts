@@ -39,6 +39,62 @@ export interface VersionSpec {
   tls?: TlsSpec
 }
 
+/**
+ * How one request field is matched by a segment: a list of exact values
+ * (any one holds; a single value in the config becomes a one-element list)
+ * or an RE2 regular expression (linear time, no backtracking), searched
+ * anywhere in the value unless anchored with ^ and $.
+ */
+export type ValueMatch = string[] | { regex: string }
+
+/**
+ * What a request must carry to belong to a segment; every key given must
+ * hold. Absent header, cookie or query parameter never matches.
+ */
+export interface SegmentMatch {
+  /** Lower-cased header name → value match (a repeated header is matched on its values joined with ", "). */
+  header?: Record<string, ValueMatch>
+  /** Cookie name → value match (the raw value, as the sticky cookie is read). */
+  cookie?: Record<string, ValueMatch>
+  /** Query parameter name → value match (percent-decoded). */
+  query?: Record<string, ValueMatch>
+  /** CIDRs (or single addresses) the client address must fall in (v4 and v6; IPv4-mapped v6 counts as v4). */
+  ip?: string[]
+}
+
+/**
+ * A segment of a route's users: who they are (`match`) and which version
+ * they get, pinned (`version`) or by their own weights (sticky within the
+ * segment, monotone as the route's weights are). Exactly one of `version`
+ * and `weights` is set.
+ */
+export interface SegmentSpec {
+  name: string
+  match: SegmentMatch
+  version?: string
+  /** Version name → percent; versions not named are 0; sums to 100. */
+  weights?: Record<string, number>
+}
+
+/**
+ * Copies of a share of a route's requests sent to one version, the answers
+ * discarded (Envoy's request_mirror_policies, nginx's mirror). The user's
+ * request never waits for the copy.
+ */
+export interface MirrorSpec {
+  version: string
+  /** Share of matching requests copied, percent (0 < p <= 100, at most 4 decimals). */
+  percent: number
+  /** Upper-case methods whose requests are copied. */
+  methods: string[]
+  /** Largest request body copied; a larger (or unsized) body is not mirrored (counted as too_large). 0: bodyless requests only. */
+  maxBodyBytes: number
+  /** Copies in flight at most (per route and process); past it a copy is dropped (counted). */
+  maxInFlight: number
+  /** A copy not answered within this is abandoned (counted as timeout). */
+  timeoutMs: number
+}
+
 /** One route. */
 export interface RouteSpec {
   name: string
@@ -51,6 +107,10 @@ export interface RouteSpec {
   }
   override: { header?: string; cookie?: string }
   versions: VersionSpec[]
+  /** Ordered segments: the first whose match holds decides the version (after the override). Absent: none. */
+  segments?: SegmentSpec[]
+  /** Request mirroring; absent: none. */
+  mirror?: MirrorSpec
   /**
    * A rollout plan to start at start-up when the route has no rollout record
    * yet; validated by rollout/plan.ts and kept opaque here so routing/

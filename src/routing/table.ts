@@ -1,4 +1,6 @@
 import { saltState, versionSeed } from './hash.js'
+import { compileMirror } from './mirror.js'
+import { compileSegments } from './segments.js'
 import { endpointsKey, type RouteSpec } from './spec.js'
 import { KeyKind, type KeySource, type Route, type RoutingTable, type Version } from './types.js'
 import { toPpm } from './weights.js'
@@ -56,7 +58,9 @@ function buildRoute (spec: RouteSpec, index: number): Route {
       attributesSecure: `${attributes}; Secure`
     }),
     overrideHeader: spec.override.header?.toLowerCase() ?? '',
-    overrideCookie: spec.override.cookie ?? ''
+    overrideCookie: spec.override.cookie ?? '',
+    segments: Object.freeze(compileSegments(spec, versions)),
+    mirror: compileMirror(spec, versions)
   })
 }
 
@@ -78,7 +82,8 @@ function compareRoutes (a: Route, b: Route): number {
 /**
  * Builds a frozen routing table from validated route specs. Everything the
  * hot path needs (salt states, version seeds, 1/ppm, Set-Cookie strings,
- * match order) is computed here, once per change.
+ * match order, segment matchers and weights, the mirror threshold) is
+ * computed here, once per change.
  */
 export function buildRoutingTable (specs: readonly RouteSpec[], generation: number = 1): RoutingTable {
   const routes = specs.map(buildRoute)

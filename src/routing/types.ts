@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http'
 import type { VersionSpec } from './spec.js'
 
 /**
@@ -46,6 +47,36 @@ export interface StickyCookie {
   readonly attributesSecure: string
 }
 
+/**
+ * A compiled segment: its matchers (built once per table) and the versions
+ * its users are picked from. `active` holds the route's Version objects
+ * re-weighted with the segment's own weights (same name, index and seed, so
+ * a key's score changes only with the weights: monotone within the segment;
+ * a pinned version is a segment with that version at 100).
+ */
+export interface Segment {
+  readonly name: string
+  /** Position in the route's `segments` (the metric child's index). */
+  readonly index: number
+  /** True when the request belongs to the segment (every configured key holds). */
+  readonly test: (headers: IncomingHttpHeaders, url: string, ip: string) => boolean
+  /** Versions with weight > 0 in the segment, in the route's version order. */
+  readonly active: readonly Version[]
+  /** The pinned version's name, or '' for a weighted segment. */
+  readonly pinned: string
+}
+
+/** A route's mirror, compiled: the target version, a threshold in ppm, a method set. */
+export interface Mirror {
+  readonly version: Version
+  /** percent × 10 000: a request is copied when its uniform draw in [0, 1e6) is below this. */
+  readonly ppm: number
+  readonly methods: ReadonlySet<string>
+  readonly maxBodyBytes: number
+  readonly maxInFlight: number
+  readonly timeoutMs: number
+}
+
 /** One route of the table. */
 export interface Route {
   readonly name: string
@@ -66,6 +97,10 @@ export interface Route {
   readonly overrideHeader: string
   /** Override cookie name, or '' when none. */
   readonly overrideCookie: string
+  /** Segments in match order; empty when none (the hot path then skips them with one length check). */
+  readonly segments: readonly Segment[]
+  /** The mirror, or undefined. */
+  readonly mirror: Mirror | undefined
 }
 
 /** An immutable routing table; a new one is built for every change and swapped in whole. */

@@ -21,6 +21,12 @@ export interface AuditEntry {
   version?: string
   /** For a version's upstream change: its origins before and after. */
   upstream?: { previous: string | string[]; next: string | string[] }
+  /** For a change of several versions' upstreams at once (a rollout's canary upstream, a finalized promotion): by version. */
+  upstreams?: Record<string, { previous: string | string[]; next: string | string[] }>
+  /** For a segments change: the route's segments before and after. */
+  segments?: { previous: unknown[]; next: unknown[] }
+  /** For a mirror change (a rollout's shadow phase): before and after (null: none). */
+  mirror?: { previous: unknown; next: unknown }
 }
 
 /**

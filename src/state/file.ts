@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } 
 import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { ConfigError } from '../errors.js'
+import type { MirrorSpec, SegmentSpec } from '../routing/spec.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 
 /**
@@ -50,6 +51,20 @@ export interface RouteState {
   rollout: unknown
   /** Runtime upstreams by version name (PUT /api/v1/routes/{route}/versions/{version}); absent when none. */
   upstreams?: Record<string, UpstreamOverride>
+  /** Runtime segments (PUT …/segments, rollout segment steps) with the config file's value they replaced; absent when none. */
+  segments?: FieldOverride<SegmentSpec[]>
+  /** Runtime mirror (a rollout's shadow phase) with the config file's value it replaced; absent when none. */
+  mirror?: FieldOverride<MirrorSpec | null>
+}
+
+/**
+ * A route field changed at runtime, with the config file's value it
+ * replaced: the override holds until the file itself changes that field
+ * (the file is newer then), as for version upstreams.
+ */
+export interface FieldOverride<T> {
+  value: T
+  config: T
 }
 
 /** The whole state file. */
@@ -115,6 +130,11 @@ export function checkStateDoc (raw: unknown): string | undefined {
       for (const [n, o] of Object.entries(r.upstreams)) {
         if (!isObj(o) || !Array.isArray(o.upstream) || !isOrigins(o.upstream) || !Array.isArray(o.config) || !isOrigins(o.config)) return `${at}.upstreams.${n} needs upstream and config arrays of strings`
       }
+    }
+    for (const f of ['segments', 'mirror'] as const) {
+      const o = r[f]
+      // the values are validated against the route's versions when the file is applied (a bad one is dropped with a warning)
+      if (o !== undefined && (!isObj(o) || !Object.hasOwn(o, 'value') || !Object.hasOwn(o, 'config'))) return `${at}.${f} needs value and config`
     }
     if (!isObj(r.weights)) return `${at}.weights must be an object`
     const ws: number[] = []

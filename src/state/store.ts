@@ -1,11 +1,11 @@
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
-import { upstreamView, withWeights, type RouteSpec, type VersionSpec } from '../routing/spec.js'
+import { upstreamView, withWeights, type MirrorSpec, type RouteSpec, type SegmentSpec, type VersionSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
-import { checkStateDir, isOrigin, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
+import { checkStateDir, isOrigin, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type FieldOverride, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
 
 /** Options of the runtime store. */
 export interface RuntimeStoreOptions {
@@ -26,7 +26,41 @@ export interface RuntimeStoreOptions {
    * then, so the new table finds its endpoints at once).
    */
   prepare?: (specs: readonly RouteSpec[]) => Promise<void>
+  /**
+   * Re-validates saved runtime segments against a route's versions (the
+   * config's validator, injected: state/ does not import config/). Throws
+   * when they no longer fit; the override is then dropped with a warning.
+   */
+  checkSegments?: (segments: unknown, versions: readonly string[]) => SegmentSpec[]
+  /** Re-validates a saved runtime mirror the same way. */
+  checkMirror?: (mirror: unknown, versions: readonly string[]) => MirrorSpec
 }
+
+/**
+ * One atomic runtime change of a route: whichever parts are given change
+ * together, in one validated table, one state-file write, one swap and one
+ * audit entry (a rollout step that moves weights and segments, or points the
+ * canary at a new build and starts, is never half-applied).
+ */
+export interface RoutePatch {
+  /** All versions' weights (validated here, as PUT …/weights). */
+  weights?: unknown
+  /** The route's segments, validated by the caller ([] removes them). */
+  segments?: SegmentSpec[]
+  /** The route's mirror, validated by the caller (null removes it). */
+  mirror?: MirrorSpec | null
+  /** New origins by version name, validated by the caller. */
+  upstreams?: Record<string, string[]>
+}
+
+/** Runtime overrides of config fields, by route; replaced whole on every change (a snapshot, like the table). */
+interface Overrides {
+  readonly upstreams: ReadonlyMap<string, Record<string, UpstreamOverride>>
+  readonly segments: ReadonlyMap<string, FieldOverride<SegmentSpec[]>>
+  readonly mirror: ReadonlyMap<string, FieldOverride<MirrorSpec | null>>
+}
+
+const NO_OVERRIDES: Overrides = Object.freeze({ upstreams: new Map(), segments: new Map(), mirror: new Map() })
 
 /** Who changes weights and why; recorded in the audit. */
 export interface ChangeOptions {
@@ -62,8 +96,20 @@ export interface VersionView {
 export interface RouteView {
   name: string
   versions: VersionView[]
+  /** The segments in force (config or runtime), in match order; [] when none. */
+  segments: SegmentSpec[]
+  /** The mirror in force, or null. */
+  mirror: MirrorSpec | null
   /** The rollout summary provider's answer for this route, or null. */
   rollout: unknown
+}
+
+/** The segments of a route as GET/PUT …/segments answer them. */
+export interface SegmentsView {
+  route: string
+  segments: SegmentSpec[]
+  /** True when changed at runtime and different from the config file's. */
+  runtime: boolean
 }
 
 /** The result of a weight change. */
@@ -97,6 +143,36 @@ function sameList (a: readonly string[], b: readonly string[]): boolean {
 function withUpstreams (spec: RouteSpec, overrides: Readonly<Record<string, UpstreamOverride>> | undefined): RouteSpec {
   if (overrides === undefined) return spec
   return { ...spec, versions: spec.versions.map((v) => overrides[v.name] === undefined ? v : { ...v, upstream: [...overrides[v.name]!.upstream] }) }
+}
+
+/** The route with `segments` in force ([] removes the key, as the config's validator normalises it). */
+function withSegments (spec: RouteSpec, segments: readonly SegmentSpec[]): RouteSpec {
+  const { segments: _, ...rest } = spec
+  return segments.length === 0 ? rest : { ...rest, segments: structuredClone([...segments]) }
+}
+
+/** The route with `mirror` in force (null removes it). */
+function withMirror (spec: RouteSpec, mirror: MirrorSpec | null): RouteSpec {
+  const { mirror: _, ...rest } = spec
+  return mirror === null ? rest : { ...rest, mirror: structuredClone(mirror) }
+}
+
+function jsonEqual (a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b)
+}
+
+/**
+ * Whether a runtime field override still applies to `base`: the config
+ * file has not changed the field since (else the file, newer, wins) and
+ * the value still fits the route's versions (`check`). Undefined when not.
+ */
+function keptField<T> (o: FieldOverride<T> | undefined, config: T, check: (v: T) => T): FieldOverride<T> | undefined {
+  if (o === undefined || !jsonEqual(o.config, config)) return undefined
+  try {
+    return { value: check(o.value), config }
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -189,9 +265,11 @@ export class RuntimeStore {
   #base: RouteSpec[]
   /** The routes in force: the file's, with runtime weights and upstreams applied. */
   #specs: RouteSpec[]
-  /** Runtime upstreams by route, then version (PUT …/versions/{version}). */
-  #overrides = new Map<string, Record<string, UpstreamOverride>>()
+  /** Runtime overrides of config fields (upstreams, segments, mirror), by route. */
+  #ov: Overrides = NO_OVERRIDES
   readonly #prepare: ((specs: readonly RouteSpec[]) => Promise<void>) | undefined
+  readonly #checkSegments: (segments: unknown, versions: readonly string[]) => SegmentSpec[]
+  readonly #checkMirror: (mirror: unknown, versions: readonly string[]) => MirrorSpec
   #rollouts = new Map<string, unknown>()
   #queue: Promise<unknown> = Promise.resolve()
   #summary: (route: string) => unknown = () => null
@@ -206,6 +284,8 @@ export class RuntimeStore {
     this.#base = structuredClone([...opts.routes])
     this.#specs = structuredClone([...opts.routes])
     this.#prepare = opts.prepare
+    this.#checkSegments = opts.checkSegments ?? ((v) => v as SegmentSpec[])
+    this.#checkMirror = opts.checkMirror ?? ((v) => v as MirrorSpec)
     if (this.file !== '') this.#load()
     this.holder = new TableHolder(buildRoutingTable(this.#specs, 1))
   }
@@ -230,6 +310,9 @@ export class RuntimeStore {
     }
     const doc = read.doc
     const known = new Set<string>()
+    const upstreams = new Map<string, Record<string, UpstreamOverride>>()
+    const segments = new Map<string, FieldOverride<SegmentSpec[]>>()
+    const mirror = new Map<string, FieldOverride<MirrorSpec | null>>()
     this.#specs = this.#specs.map((spec) => {
       known.add(spec.name)
       const saved = doc.routes[spec.name]
@@ -237,10 +320,22 @@ export class RuntimeStore {
       const { kept, dropped } = keptOverrides(spec, saved.upstreams)
       if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'the config file changed these versions\' upstream since it was changed at runtime: the file wins')
       if (kept !== undefined) {
-        this.#overrides.set(spec.name, kept)
+        upstreams.set(spec.name, kept)
         this.#log.info({ route: spec.name, upstreams: Object.fromEntries(Object.entries(kept).map(([k, o]) => [k, o.upstream])) }, 'runtime upstreams restored from state file')
       }
-      const current = withUpstreams(spec, kept)
+      let current = withUpstreams(spec, kept)
+      const fields = this.#keptFields(spec, saved.segments, saved.mirror)
+      if (fields.segments !== undefined) {
+        segments.set(spec.name, fields.segments)
+        current = withSegments(current, fields.segments.value)
+        this.#log.info({ route: spec.name, segments: fields.segments.value.map((x) => x.name) }, 'runtime segments restored from state file')
+      } else if (saved.segments !== undefined) {
+        this.#log.warn({ route: spec.name }, 'the config file changed this route\'s segments (or its versions) since they were changed at runtime: the file wins')
+      }
+      if (fields.mirror !== undefined) {
+        mirror.set(spec.name, fields.mirror)
+        current = withMirror(current, fields.mirror.value)
+      }
       if (!sameVersions(spec.versions, saved.versions)) {
         this.#log.warn({
           route: spec.name,
@@ -256,7 +351,19 @@ export class RuntimeStore {
     for (const name of Object.keys(doc.routes)) {
       if (!known.has(name)) this.#log.warn({ route: name, stateFile: this.file }, 'state file names a route that is not in the config: ignored')
     }
+    this.#ov = { upstreams, segments, mirror }
     this.#audit.restore(parseAuditEntries(doc.audit))
+  }
+
+  /** The segment and mirror overrides that still apply to the file's route `base` (see keptField). */
+  #keptFields (base: RouteSpec, segments: FieldOverride<SegmentSpec[]> | undefined, mirror: FieldOverride<MirrorSpec | null> | undefined): { segments?: FieldOverride<SegmentSpec[]>; mirror?: FieldOverride<MirrorSpec | null> } {
+    const names = base.versions.map((v) => v.name)
+    const out: { segments?: FieldOverride<SegmentSpec[]>; mirror?: FieldOverride<MirrorSpec | null> } = {}
+    const s = keptField(segments, base.segments ?? [], (v) => v.length === 0 ? [] : this.#checkSegments(v, names))
+    if (s !== undefined) out.segments = s
+    const m = keptField(mirror, base.mirror ?? null, (v) => v === null ? null : this.#checkMirror(v, names))
+    if (m !== undefined) out.mirror = m
+    return out
   }
 
   /** Runs `fn` after every earlier change has finished (success or failure). */
@@ -266,7 +373,7 @@ export class RuntimeStore {
     return await p
   }
 
-  #doc (specs: readonly RouteSpec[], rollouts: ReadonlyMap<string, unknown>, extra: readonly AuditEntry[], overrides: ReadonlyMap<string, Record<string, UpstreamOverride>> = this.#overrides): StateDoc {
+  #doc (specs: readonly RouteSpec[], rollouts: ReadonlyMap<string, unknown>, extra: readonly AuditEntry[], ov: Overrides = this.#ov): StateDoc {
     const routes: Record<string, RouteState> = {}
     for (const s of specs) {
       const r: RouteState = {
@@ -274,8 +381,12 @@ export class RuntimeStore {
         weights: weightsOf(s),
         rollout: rollouts.get(s.name) ?? null
       }
-      const o = overrides.get(s.name)
+      const o = ov.upstreams.get(s.name)
       if (o !== undefined) r.upstreams = o
+      const seg = ov.segments.get(s.name)
+      if (seg !== undefined) r.segments = seg
+      const m = ov.mirror.get(s.name)
+      if (m !== undefined) r.mirror = m
       routes[s.name] = r
     }
     const keep = Math.max(0, this.#persistedAudit - extra.length)
@@ -307,13 +418,80 @@ export class RuntimeStore {
    * Setting the weights a route already has is still a change (audited).
    */
   async setWeights (route: string, weights: unknown, opts: ChangeOptions): Promise<WeightChange> {
+    return await this.update(route, { weights }, opts)
+  }
+
+  /**
+   * Replaces a route's segments (validated by the caller with the config's
+   * rules; [] removes them). Persisted as a runtime override that holds
+   * until the config file itself changes the route's segments; audited.
+   */
+  async setSegments (route: string, segments: SegmentSpec[], opts: ChangeOptions): Promise<WeightChange> {
+    return await this.update(route, { segments }, opts)
+  }
+
+  /**
+   * Applies a RoutePatch: every part given changes together in one
+   * validated table, one state-file write, one swap and one audit entry
+   * (with the rollout record of `opts.rollout` in the same write). Throws
+   * CANARYD_ERR_ROUTE_NOT_FOUND, CANARYD_ERR_VERSION_NOT_FOUND,
+   * CANARYD_ERR_INVALID_WEIGHTS or CANARYD_ERR_STATE_PERSIST; in every such
+   * case nothing changed.
+   */
+  async update (route: string, patch: RoutePatch, opts: ChangeOptions): Promise<WeightChange> {
     return await this.#serialize(async () => {
       const i = this.#routeIndex(route)
       const spec = this.#specs[i]!
-      const next = validateWeights(spec, weights)
+      const base = this.#base.find((b) => b.name === route)!
       const previous = weightsOf(spec)
+      const next = patch.weights === undefined ? previous : validateWeights(spec, patch.weights)
+      let changed = withWeights(spec, next)
+      const extra: Partial<AuditEntry> = {}
+      let ov = this.#ov
+      if (patch.upstreams !== undefined) {
+        const mine = { ...ov.upstreams.get(route) }
+        const changes: NonNullable<AuditEntry['upstreams']> = {}
+        const versions = changed.versions.map((v) => {
+          const u = patch.upstreams![v.name]
+          if (u === undefined) return v
+          const config = base.versions.find((b) => b.name === v.name)!.upstream
+          if (sameList(u, config)) delete mine[v.name]
+          else mine[v.name] = { upstream: [...u], config: [...config] }
+          changes[v.name] = { previous: upstreamView(v.upstream), next: upstreamView(u) }
+          return { ...v, upstream: [...u] } satisfies VersionSpec
+        })
+        for (const n of Object.keys(patch.upstreams)) {
+          if (changes[n] === undefined) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(n), versions: spec.versions.map((v) => v.name).join(', ') })
+        }
+        const upstreams = new Map(ov.upstreams)
+        if (Object.keys(mine).length === 0) upstreams.delete(route)
+        else upstreams.set(route, mine)
+        ov = { ...ov, upstreams }
+        changed = { ...changed, versions }
+        extra.upstreams = changes
+      }
+      if (patch.segments !== undefined) {
+        const config = base.segments ?? []
+        const segments = new Map(ov.segments)
+        if (jsonEqual(patch.segments, config)) segments.delete(route)
+        else segments.set(route, { value: structuredClone(patch.segments), config })
+        ov = { ...ov, segments }
+        // a rollout step re-sends the segments it owns: the audit says segments only when they changed
+        if (!jsonEqual(spec.segments ?? [], patch.segments)) extra.segments = { previous: spec.segments ?? [], next: structuredClone(patch.segments) }
+        changed = withSegments(changed, patch.segments)
+      }
+      if (patch.mirror !== undefined) {
+        const config = base.mirror ?? null
+        const mirror = new Map(ov.mirror)
+        if (jsonEqual(patch.mirror, config)) mirror.delete(route)
+        else mirror.set(route, { value: structuredClone(patch.mirror), config })
+        ov = { ...ov, mirror }
+        if (!jsonEqual(spec.mirror ?? null, patch.mirror)) extra.mirror = { previous: spec.mirror ?? null, next: patch.mirror }
+        changed = withMirror(changed, patch.mirror)
+      }
       const specs = this.#specs.slice()
-      specs[i] = withWeights(spec, next)
+      specs[i] = changed
+      if (patch.upstreams !== undefined) await this.#prepare?.(specs)
       const table = buildRoutingTable(specs, this.holder.current.generation + 1)
       let rollouts: Map<string, unknown> = this.#rollouts
       if (opts.rollout !== undefined) {
@@ -321,15 +499,24 @@ export class RuntimeStore {
         if (opts.rollout === null) rollouts.delete(route)
         else rollouts.set(route, jsonCopy(opts.rollout))
       }
-      const entry = this.#entry(this.#audit.nextId, route, previous, next, opts, table.generation)
-      await this.#persist(this.#doc(specs, rollouts, [entry]))
+      const entry: AuditEntry = { ...this.#entry(this.#audit.nextId, route, previous, next, opts, table.generation), ...extra }
+      await this.#persist(this.#doc(specs, rollouts, [entry], ov))
       // persisted: from here on the change is real, apply it in memory
       this.#specs = specs
       this.#rollouts = rollouts
+      this.#ov = ov
       this.holder.swap(table)
-      this.#record(entry, 'weights changed')
+      const what = [patch.weights !== undefined ? 'weights' : '', patch.segments !== undefined ? 'segments' : '', patch.mirror !== undefined ? 'mirror' : '', patch.upstreams !== undefined ? 'upstreams' : ''].filter((x) => x !== '')
+      this.#record(entry, `${what.length === 0 ? 'route' : what.join(' and ')} changed`)
       return { previous, route: this.routeView(route)!, entry }
     })
+  }
+
+  /** A route's segments and whether they were changed at runtime, or undefined for an unknown route. */
+  segmentsView (route: string): SegmentsView | undefined {
+    const spec = this.#specs.find((s) => s.name === route)
+    if (spec === undefined) return undefined
+    return { route, segments: structuredClone(spec.segments ?? []), runtime: this.#ov.segments.has(route) }
   }
 
   /** Audits an applied change, logs it and tells the change listeners. */
@@ -369,7 +556,7 @@ export class RuntimeStore {
       if (vi === -1) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(version), versions: spec.versions.map((v) => v.name).join(', ') })
       const previous = spec.versions[vi]!.upstream
       const config = this.#base.find((b) => b.name === route)!.versions.find((v) => v.name === version)!.upstream
-      const overrides = new Map(this.#overrides)
+      const overrides = new Map(this.#ov.upstreams)
       const mine = { ...overrides.get(route) }
       if (sameList(upstream, config)) delete mine[version]
       else mine[version] = { upstream: [...upstream], config: [...config] }
@@ -383,9 +570,10 @@ export class RuntimeStore {
       const table = buildRoutingTable(specs, this.holder.current.generation + 1)
       const w = weightsOf(spec)
       const entry: AuditEntry = { ...this.#entry(this.#audit.nextId, route, w, w, opts, table.generation), version, upstream: { previous: upstreamView(previous), next: upstreamView(upstream) } }
-      await this.#persist(this.#doc(specs, this.#rollouts, [entry], overrides))
+      const ov = { ...this.#ov, upstreams: overrides }
+      await this.#persist(this.#doc(specs, this.#rollouts, [entry], ov))
       this.#specs = specs
-      this.#overrides = overrides
+      this.#ov = ov
       this.holder.swap(table)
       this.#record(entry, 'version upstream changed')
       return { previous: upstreamView(previous), route: this.routeView(route)!, entry }
@@ -410,6 +598,8 @@ export class RuntimeStore {
       const changed: string[] = []
       const pending: Array<{ route: string; previous: Record<string, number>; weights: Record<string, number>; reason: string }> = []
       const overrides = new Map<string, Record<string, UpstreamOverride>>()
+      const segOverrides = new Map<string, FieldOverride<SegmentSpec[]>>()
+      const mirrorOverrides = new Map<string, FieldOverride<MirrorSpec | null>>()
       const specs = base.map((spec) => {
         const cur = current.get(spec.name)
         if (cur === undefined) {
@@ -417,10 +607,23 @@ export class RuntimeStore {
           return spec
         }
         if (JSON.stringify(oldBase.get(spec.name)) !== JSON.stringify(spec)) changed.push(spec.name)
-        const { kept, dropped } = keptOverrides(spec, this.#overrides.get(spec.name))
+        const { kept, dropped } = keptOverrides(spec, this.#ov.upstreams.get(spec.name))
         if (kept !== undefined) overrides.set(spec.name, kept)
         if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'reload: the file changed these versions\' upstream (or removed them): their runtime upstream is dropped')
-        const next = withUpstreams(spec, kept)
+        let next = withUpstreams(spec, kept)
+        const oldSeg = this.#ov.segments.get(spec.name)
+        const oldMirror = this.#ov.mirror.get(spec.name)
+        const fields = this.#keptFields(spec, oldSeg, oldMirror)
+        if (fields.segments !== undefined) {
+          segOverrides.set(spec.name, fields.segments)
+          next = withSegments(next, fields.segments.value)
+        } else if (oldSeg !== undefined) {
+          this.#log.warn({ route: spec.name }, 'reload: the file changed this route\'s segments (or versions they name): its runtime segments are dropped')
+        }
+        if (fields.mirror !== undefined) {
+          mirrorOverrides.set(spec.name, fields.mirror)
+          next = withMirror(next, fields.mirror.value)
+        }
         if (sameVersions(cur.versions, spec.versions)) return withWeights(next, weightsOf(cur))
         pending.push({ route: spec.name, previous: weightsOf(cur), weights: weightsOf(spec), reason: `reload changed the versions (${cur.versions.map((v) => v.name).join(', ')} → ${spec.versions.map((v) => v.name).join(', ')}): the file's weights apply` })
         return next
@@ -432,10 +635,11 @@ export class RuntimeStore {
       const table = buildRoutingTable(specs, this.holder.current.generation + 1)
       let id = this.#audit.nextId
       const entries = pending.map((p) => this.#entry(id++, p.route, p.previous, p.weights, { ...opts, reason: p.reason }, table.generation))
-      await this.#persist(this.#doc(specs, rollouts, entries, overrides))
+      const ov: Overrides = { upstreams: overrides, segments: segOverrides, mirror: mirrorOverrides }
+      await this.#persist(this.#doc(specs, rollouts, entries, ov))
       this.#base = base
       this.#specs = specs
-      this.#overrides = overrides
+      this.#ov = ov
       this.#rollouts = rollouts
       this.holder.swap(table)
       for (const e of entries) this.#record(e, 'weights changed by reload')
@@ -505,7 +709,7 @@ export class RuntimeStore {
     } catch (err) {
       this.#log.warn({ err, route }, 'rollout summary provider failed')
     }
-    const overrides = this.#overrides.get(route)
+    const overrides = this.#ov.upstreams.get(route)
     return {
       name: spec.name,
       versions: spec.versions.map((v) => {
@@ -515,6 +719,8 @@ export class RuntimeStore {
         if (overrides?.[v.name] !== undefined) view.runtimeUpstream = true
         return view
       }),
+      segments: structuredClone(spec.segments ?? []),
+      mirror: spec.mirror === undefined ? null : structuredClone(spec.mirror),
       rollout
     }
   }

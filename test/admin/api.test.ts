@@ -68,7 +68,7 @@ t.test('GET routes and one route', async (t) => {
   const all = await api(p, '/api/v1/routes')
   t.equal(all.status, 200)
   t.match(all.headers['content-type'], /^application\/json/)
-  const web = { name: 'web', versions: [{ name: 'stable', upstream: stable, weight: 90 }, { name: 'canary', upstream: canary, weight: 10 }], rollout: null }
+  const web = { name: 'web', versions: [{ name: 'stable', upstream: stable, weight: 90 }, { name: 'canary', upstream: canary, weight: 10 }], segments: [], mirror: null, rollout: null }
   t.same(all.json(), { routes: [web] })
   const one = await api(p, '/api/v1/routes/web')
   t.equal(one.status, 200)

@@ -60,7 +60,7 @@ t.test('each config error names the key and the reason on one line', async (t) =
     ['not a URL', { routes: [route({ versions: [{ name: 'a', upstream: 'nope', weight: 50 }, { name: 'b', upstream: 'http://h:2', weight: 50 }] })] }, 'routes[0].versions[0].upstream: "nope" is not a URL'],
     ['bad key source', { routes: [route({ sticky: { keys: ['body:x'] } })] }, 'routes[0].sticky.keys[0]: "body:x" is not a key source; use header:NAME, cookie:NAME, query:NAME or ip'],
     ['bad header name', { routes: [route({ sticky: { keys: ['header:x user'] } })] }, 'routes[0].sticky.keys[0]: "x user" is not a valid header name'],
-    ['unknown route key', { routes: [route({ wieghts: 1 })] }, 'routes[0].wieghts: unknown key (allowed: name, match, sticky, override, versions, rollout)'],
+    ['unknown route key', { routes: [route({ wieghts: 1 })] }, 'routes[0].wieghts: unknown key (allowed: name, match, sticky, override, versions, segments, mirror, rollout)'],
     ['unknown version key', { routes: [route({ versions: [{ name: 'a', upstream: 'http://h:1', weight: 50, w: 1 }, { name: 'b', upstream: 'http://h:2', weight: 50 }] })] }, 'routes[0].versions[0].w: unknown key (allowed: name, upstream, weight, balance, discovery, tls)'],
     ['pathPrefix', { routes: [route({ match: { pathPrefix: 'api' } })] }, 'routes[0].match.pathPrefix: must start with "/", got "api"'],
     ['bad host', { routes: [route({ match: { host: 'exa mple.com' } })] }, 'routes[0].match.host: "exa mple.com" is not a valid host name (example.com or *.example.com)'],

@@ -22,7 +22,7 @@ t.test('invalid plans list every problem', async (t) => {
     [{ canary: 'c', steps: [0, 5] }, /steps\[0\]: must be > 0/],
     [{ canary: 'c', steps: [100] }, /at least one step below 100/],
     [{ canary: 'c', steps: [10], stepWeight: 5 }, /not both/],
-    [{ steps: [10] }, /canary: is required/],
+    [{ steps: [10], stable: 'c' }, /canary: is required/],
     [{ canary: 'x', steps: [10] }, /not a version of the route/],
     [{ canary: 'c', steps: [10], intervalMs: 5 }, /intervalMs: must be >= 100/],
     [{ canary: 'c', steps: [10], promotion: 'later' }, /promotion/],
@@ -62,7 +62,7 @@ t.test('every section reports its own problems, with the key path', async (t) =>
     plan: [
       [null, ['plan: must be a JSON object']],
       [[OK], ['plan: must be a JSON object']],
-      [{ ...OK, bogus: 1 }, ['bogus: unknown key (allowed: canary, stable, steps, stepWeight, maxWeight, intervalMs, analysis, promotion, webhooks)']]
+      [{ ...OK, bogus: 1 }, ['bogus: unknown key (allowed: canary, stable, strategy, steps, stepWeight, maxWeight, intervalMs, analysis, shadow, preview, rollbackWindowMs, promotion, finalize, webhooks)']]
     ],
     versions: [
       [{ ...OK, canary: '' }, ['canary: is required: the name of the version to roll out']],
@@ -106,8 +106,8 @@ t.test('every section reports its own problems, with the key path', async (t) =>
       ]]
     ],
     promotion: [
-      [{ ...OK, promotion: 'later' }, ['promotion: must be "auto" or "manual", got "later"']],
-      [{ ...OK, promotion: true }, ['promotion: must be "auto" or "manual", got true']]
+      [{ ...OK, promotion: 'later' }, ['promotion: must be "auto", "manual" or {"mode": "auto", "finalize": true}, got "later"']],
+      [{ ...OK, promotion: true }, ['promotion: must be "auto", "manual" or {"mode": "auto", "finalize": true}, got true']]
     ],
     webhooks: [
       [{ ...OK, webhooks: { url: 'http://x' } }, ['webhooks: must be an array']],
@@ -131,7 +131,7 @@ t.test('every section reports its own problems, with the key path', async (t) =>
   }
   t.same(problemsOf({ canary: '', steps: [100], promotion: 'x', webhooks: 1 }), [
     'canary: is required: the name of the version to roll out',
-    'promotion: must be "auto" or "manual", got "x"',
+    'promotion: must be "auto", "manual" or {"mode": "auto", "finalize": true}, got "x"',
     'webhooks: must be an array'
   ], 'sections report in key order, and "no step below 100" waits until nothing else is wrong')
 })

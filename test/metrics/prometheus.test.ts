@@ -36,7 +36,7 @@ t.test('a bound version has every series at zero before any request (a 0% canary
   // labels are bounded: only these names ever appear on canaryd's own families
   const ours = new Set<string>(Object.values(METRIC_NAMES).flatMap((n) => [n, `${n}_bucket`, `${n}_sum`, `${n}_count`]))
   for (const s of all.filter((x) => ours.has(x.name))) {
-    for (const k of Object.keys(s.labels)) t.ok(['route', 'version', 'code', 'kind', 'le'].includes(k), `${s.name} label ${k}`)
+    for (const k of Object.keys(s.labels)) t.ok(['route', 'version', 'code', 'kind', 'le', 'segment', 'result'].includes(k), `${s.name} label ${k}`)
   }
 })
 
