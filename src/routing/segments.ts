@@ -30,6 +30,12 @@ function compileValue (m: ValueMatch): ValueTest {
     const set = new Set(m)
     return (v) => set.has(v)
   }
+  // the common `^prefix` / `^exact$` patterns of plain characters need no regex engine (RE2 costs ~0.4 µs a search)
+  const plain = /^\^([A-Za-z0-9_\-=:,@ ]+)(\$?)$/.exec(m.regex)
+  if (plain !== null) {
+    const lit = plain[1]!
+    return plain[2] === '$' ? (v) => v === lit : (v) => v.startsWith(lit)
+  }
   const re = RE2JS.compile(m.regex)
   return (v) => re.test(v)
 }

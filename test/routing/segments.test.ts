@@ -314,3 +314,17 @@ t.test('a pinned segment always gives its version; ejection falls through to und
   t.same(r.segments[0]!.active.map((v) => v.name), ['b'], '0% versions are not candidates')
   t.equal(r.segments[0]!.pinned, '', 'weighted: not pinned')
 })
+
+t.test('regex fast path: ^prefix and ^exact$ of plain characters answer exactly as RE2 does', async (t) => {
+  const { RE2JS } = await import('re2js')
+  const patterns = ['^beta-', '^beta-$', '^a', '^KR$', '^x=1,y:2@z', '^beta-.*', '^(beta)-', 'beta-$', '^be\\.ta']
+  const values = ['beta-', 'beta-1', 'xbeta-', 'beta', 'BETA-1', 'a', 'ab', 'KR', 'KRX', 'x=1,y:2@z!', 'beta-\n', '', 'be.ta', 'bexta']
+  for (const p of patterns) {
+    const r = one({ cookie: { plan: { regex: p } } })
+    const re = RE2JS.compile(p)
+    for (const v of values) {
+      const want = v.length !== 0 && re.test(v) // an empty cookie never matches
+      t.equal(matchSegment(r, { cookie: `plan=${v}` }, '/', '127.0.0.1') !== undefined, want, `${p} on ${JSON.stringify(v)}`)
+    }
+  }
+})
