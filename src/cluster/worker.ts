@@ -133,6 +133,10 @@ class Worker {
       this.#flush()
       cur.off()
       this.#shadows.delete(route)
+      if (this.#subs.size === 0 && this.#shadows.size === 0 && this.#timer !== undefined) {
+        clearInterval(this.#timer)
+        this.#timer = undefined
+      }
       return
     }
     const metrics = this.#data.metrics

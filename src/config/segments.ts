@@ -139,7 +139,7 @@ function checkMatch (v: unknown, at: string): SegmentMatch {
   const out: SegmentMatch = {}
   if (v.header !== undefined) out.header = checkFields(v.header, `${at}.header`, 'header', (n) => TOKEN_RE.test(n) ? undefined : 'is not a valid header name (an HTTP token)', true)
   if (v.cookie !== undefined) out.cookie = checkFields(v.cookie, `${at}.cookie`, 'cookie', (n) => TOKEN_RE.test(n) ? undefined : 'is not a valid cookie name (an HTTP token)', false)
-  if (v.query !== undefined) out.query = checkFields(v.query, `${at}.query`, 'query parameter', (n) => n.length !== 0 ? undefined : 'a query parameter name must not be empty', false)
+  if (v.query !== undefined) out.query = checkFields(v.query, `${at}.query`, 'query parameter', (n) => n.length === 0 ? 'a query parameter name must not be empty' : /[&=#?\s]/.test(n) ? `${JSON.stringify(n)} can never match: a query parameter name has no &, =, #, ? or white space (give it percent-encoded as sent, e.g. a%20b)` : undefined, false)
   if (v.ip !== undefined) out.ip = checkIp(v.ip, `${at}.ip`)
   if (Object.keys(out).length === 0) throw new ConfigError(at, 'needs at least one of header, cookie, query, ip')
   return out

@@ -159,6 +159,10 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
   /** The user's request was forwarded: the copy may go as soon as its body is complete. */
   #armed = false
   #sent = false
+  /** Handed to undici: its final callback (onComplete/onError) is still owed. */
+  #dispatched = false
+  /** The in-flight cap slot and the pool hold were given back (once). */
+  #released = false
   /** Counted and released: whatever undici reports later is our own abort echoing. */
   #settled = false
   /** The copy never produced an answer worth judging (the user's body failed, or the proxy closed): no pair. */
@@ -285,12 +289,19 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
       this.#settle('error', 0, true)
       return
     }
-    const slot = this.#slot = ep.slot
+    const slot = ep.slot
+    // copies use spare connections only: with requests already queued for the origin, a copy would queue users behind it
+    if (slot.pool.stats.queued !== 0) {
+      this.#settle('dropped', 0, true)
+      return
+    }
+    this.#slot = slot
     // held, not counted in slot.inFlight: a copy never takes a user's place under the origin's cap, and a pool retired by a swap closes after it
     holdSlot(slot)
     if (slot.servername !== undefined) this.#opts.servername = slot.servername
     this.#timer = setTimeout(() => { this.#timedOut() }, mr.mirror.timeoutMs)
     this.#timer.unref()
+    this.#dispatched = true
     try {
       slot.pool.dispatch(this.#opts, this)
     } catch (err) {
@@ -324,13 +335,21 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
   }
 
   onComplete (): void {
-    if (this.#settled) return
+    this.#dispatched = false
+    if (this.#settled) {
+      this.#release()
+      return
+    }
     const status = this.#status
     this.#settle(status >= 500 ? '5xx' : 'ok', status, false)
   }
 
   onError (err: Error): void {
-    if (this.#settled) return
+    this.#dispatched = false
+    if (this.#settled) {
+      this.#release()
+      return
+    }
     // undici's own response timeouts count as the copy's timeout too
     this.#settle(classifyUpstreamError(err).kind === 'timeout' ? 'timeout' : 'error', 0, true)
   }
@@ -346,12 +365,15 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
     this.#seconds = this.#t0 === 0 ? 0 : (performance.now() - this.#t0) / 1000
     this.#status = status
     this.#failed = failed
-    this.#release()
+    // the cap counts copies undici still holds (queued or on a socket): a timed-out copy frees its place only when undici lets go of it
+    if (!this.#dispatched) this.#release()
     this.#mr.observer.result(result)
     if (this.#pStatus !== -1) this.#pair()
   }
 
   #release (): void {
+    if (this.#released) return
+    this.#released = true
     if (this.#slot !== undefined) {
       releaseSlot(this.#slot)
       this.#slot = undefined
@@ -381,13 +403,21 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
 
   /** The proxy is closing: the copy is aborted, not counted, not paired. */
   abandon (): void {
-    if (this.#settled) return
+    if (this.#settled) {
+      // counted already (a timeout) but still held by undici: let it go now
+      if (this.#dispatched) {
+        this.#release()
+        this.#abort?.(new Error('proxy closing: mirror copy abandoned'))
+      }
+      return
+    }
     this.#settled = true
     this.#noPair = true
     this.#body = undefined
     this.#bodyDone = true
     if (this.#timer !== undefined) clearTimeout(this.#timer)
     this.#timer = undefined
+    // closing: the cap no longer matters, and undici's pools are being closed behind this
     this.#release()
     this.#abort?.(new Error('proxy closing: mirror copy abandoned'))
   }

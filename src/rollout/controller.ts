@@ -111,6 +111,12 @@ export interface RolloutRecord {
 /** What a rollout change sets besides the weights, in the same atomic write. */
 export interface RouteExtras {
   segments?: SegmentSpec[]
+  /**
+   * The route's segments `segments` was computed from: the store refuses the
+   * change (409) when they changed meanwhile (an operator's PUT queued
+   * before this step), so a rollout step never overwrites it.
+   */
+  segmentsFrom?: SegmentSpec[]
   mirror?: MirrorSpec | null
   upstreams?: Record<string, string[]>
 }
@@ -121,6 +127,8 @@ export interface RouteNow {
   mirror: MirrorSpec | null
   /** Origins by version name. */
   upstreams: Record<string, string[]>
+  /** Per version, a key of its other endpoint settings (balance, discovery, TLS): finalize hands over origins only, so only between equal keys. */
+  settings?: Record<string, string>
 }
 
 /** What the controller needs of the control plane. */
@@ -186,8 +194,13 @@ export interface StartOptions {
   canaryUpstream?: string[]
 }
 
-/** A status class for the shadow comparison: 2 for 2xx, …; 0 for no answer. */
+/**
+ * A status class for the shadow comparison: 2 for 2xx, …; 0 for no answer.
+ * 304 counts as 2xx: a copy of a conditional GET answered 304 by stable and
+ * 200 by a build with new ETags agrees (both served the resource).
+ */
 function statusClass (status: number): number {
+  if (status === 304) return 2
   return status === 0 ? 0 : Math.floor(status / 100)
 }
 
@@ -387,6 +400,8 @@ export class RolloutController {
       for (const b of r.segmentsBefore ?? []) RolloutController.#moveSegment(r, view, b.name, weight)
       return
     }
+    // a next release found past its numeric steps holds everyone at the weight it found
+    r.weight = Math.max(r.weight, weight)
     RolloutController.#moveSegment(r, view, s.segment, Math.max(s.weight, r.weight))
   }
 
@@ -466,7 +481,8 @@ export class RolloutController {
   /** One mirrored copy and stable's answer to the same request (shadow phase only). */
   #pair (p: ShadowPair): void {
     const r = this.#record
-    if (r.phase !== 'shadow' || p.primary !== r.stable || p.mirror !== r.plan.canary) return
+    // 499: the user left before stable answered; there is nothing to compare the copy with
+    if (r.phase !== 'shadow' || p.primary !== r.stable || p.mirror !== r.plan.canary || p.primaryStatus === 499) return
     const sh = this.shadow
     // a copy that got no answer (error, timeout) is a failed canary request, as a 502/504 would be for a user
     sh.canary.record(p.mirrorStatus === 0 ? 502 : p.mirrorStatus, p.mirrorSeconds, p.mirrorFailed || p.mirrorStatus === 0)
@@ -534,9 +550,8 @@ export class RolloutController {
    * then as it was, ready for the next release). Other segments are the
    * operator's and are never touched.
    */
-  #segmentsOf (r: RolloutRecord): SegmentSpec[] | undefined {
+  #segmentsOf (r: RolloutRecord, current: SegmentSpec[] | undefined): SegmentSpec[] | undefined {
     if (r.segmentsBefore === undefined || r.segmentWeights === undefined) return undefined
-    const current = this.#deps.host.view?.(this.route)?.segments
     if (current === undefined) return undefined
     const before = new Map(r.segmentsBefore.map((s) => [s.name, s]))
     const restore = r.state === 'rolled-back' || r.state === 'aborted' || (r.state === 'promoted' && r.finalized === true)
@@ -567,8 +582,12 @@ export class RolloutController {
       await this.#deps.host.persist(this.route, copy)
     } else {
       const all: RouteExtras = { ...extras }
-      const segments = this.#segmentsOf(copy)
-      if (segments !== undefined) all.segments = segments
+      const current = this.#deps.host.view?.(this.route)?.segments
+      const segments = this.#segmentsOf(copy, current)
+      if (segments !== undefined) {
+        all.segments = segments
+        all.segmentsFrom = current
+      }
       // a rollback or abort also takes the new build off the canary (segments pinned to it return to the old one)
       if ((copy.state === 'rolled-back' || copy.state === 'aborted') && copy.canaryUpstreamBefore !== undefined && all.upstreams === undefined) {
         all.upstreams = { [copy.plan.canary]: [...copy.canaryUpstreamBefore] }
@@ -670,7 +689,10 @@ export class RolloutController {
         if (r.checks.length > RECORD_LIMITS.checks) r.checks.splice(0, r.checks.length - RECORD_LIMITS.checks)
         const out = this.#decide(r, phase, result, done, gate)
         return { ...out, result: check }
-      }).finally(() => { if (!ACTIVE_STATES.has(this.#record.state)) this.#finish() })
+      }).finally(() => {
+        if (!ACTIVE_STATES.has(this.#record.state)) this.#finish()
+        else if (this.#record.phase !== 'shadow') this.#stopShadow()
+      })
     })
   }
 
@@ -737,8 +759,14 @@ export class RolloutController {
 
   /** Blue/green: the one switch to 100 %, remembering the weights it replaced. */
   #switch (r: RolloutRecord, why: string): string {
+    // every stable request since the start; without finish listeners (an embedded controller fed by hand), the stable window as it stands
     const before = this.#preSwitch.peek()
-    this.#baseline = before.requests === 0 ? undefined : before
+    const window = this.windows.stable.peek()
+    this.#baseline = before.requests !== 0 ? before : window.requests !== 0 ? window : undefined
+    // judged from the switch on: nothing the canary saw at 0 % (or while paused) counts in the window
+    this.windows.canary.reset()
+    this.windows.stable.reset()
+    delete r.pausedAt
     r.switchedFrom = weightsFor(r, r.weight)
     r.state = 'progressing'
     r.weight = 100
@@ -749,8 +777,8 @@ export class RolloutController {
 
   /** The change that ends a shadow phase also puts the route's own mirror back. */
   #leaving (r: RolloutRecord, phase: Phase, weightReason: string): { weightReason: string; extras?: RouteExtras } {
+    // the listener is dropped once the change is saved (tick's finally): a failed save keeps the phase, and its pairs
     if (phase !== 'shadow') return { weightReason }
-    this.#stopShadow()
     return { weightReason, extras: { mirror: r.mirrorBefore ?? null } }
   }
 
@@ -762,7 +790,12 @@ export class RolloutController {
   #promotion (r: RolloutRecord, why: string): { weightReason: string; extras?: RouteExtras } {
     const phase = r.phase ?? 'steps'
     if (r.plan.finalize === true) {
-      const origins = this.#deps.host.view?.(this.route)?.upstreams[r.plan.canary]
+      const view = this.#deps.host.view?.(this.route)
+      const origins = view?.upstreams[r.plan.canary]
+      if (view?.settings !== undefined && view.settings[r.plan.canary] !== view.settings[r.stable]) {
+        // stable would take the canary's origins with its own TLS name, CA or discovery: every user at risk at once
+        return this.#leaving(r, phase, this.#end(r, 'promoted', 100, `${why}; not finalized: ${r.plan.canary} and ${r.stable} now differ in balance, discovery or TLS settings, so ${r.plan.canary} stays at 100%`))
+      }
       if (origins !== undefined) {
         r.finalized = true
         const reason = this.#end(r, 'promoted', 100, `${why}; finalized: ${r.stable} now serves ${r.plan.canary}'s upstream at 100%, ${r.plan.canary} at 0%`)

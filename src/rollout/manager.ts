@@ -17,7 +17,7 @@ import type { MirrorSpec, RouteSpec, SegmentSpec } from '../routing/spec.js'
 export interface RolloutStore {
   setWeights (route: string, weights: unknown, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
   /** One atomic change of weights and, optionally, segments, mirror and version upstreams (RuntimeStore.update). */
-  update? (route: string, patch: { weights?: unknown; segments?: SegmentSpec[]; mirror?: MirrorSpec | null; upstreams?: Record<string, string[]> }, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  update? (route: string, patch: { weights?: unknown; segments?: SegmentSpec[]; expectSegments?: SegmentSpec[]; mirror?: MirrorSpec | null; upstreams?: Record<string, string[]> }, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
   /** The routes in force (segments, mirror, upstreams: read by plans that move segments, shadow or finalize). */
   readonly specs?: readonly RouteSpec[]
   setRolloutState (route: string, data: unknown): Promise<void>
@@ -97,8 +97,39 @@ function routeNow (spec: RouteSpec): RouteNow {
   return {
     segments: structuredClone(spec.segments ?? []),
     mirror: spec.mirror === undefined ? null : structuredClone(spec.mirror),
-    upstreams: Object.fromEntries(spec.versions.map((v) => [v.name, [...v.upstream]]))
+    upstreams: Object.fromEntries(spec.versions.map((v) => [v.name, [...v.upstream]])),
+    settings: Object.fromEntries(spec.versions.map((v) => [v.name, endpointSettings(v)]))
   }
+}
+
+/** A version's endpoint settings other than its origins (what finalize cannot hand over). */
+function endpointSettings (v: RouteSpec['versions'][number]): string {
+  return JSON.stringify([v.balance ?? 'least-request', v.discovery ?? '', v.tls ?? null])
+}
+
+/**
+ * Problems of a plan that only the route in force can show: a segment step
+ * on a segment that sends users to a third version (its step would move
+ * them to stable), a finalize between versions whose endpoint settings
+ * differ (stable would take only the canary's origins).
+ */
+function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true; steps: ReadonlyArray<number | { segment: string }> }, stable: string): string[] {
+  const problems: string[] = []
+  const targeted = new Set(plan.steps.flatMap((s) => typeof s === 'number' ? [] : [s.segment]))
+  for (const s of spec.segments ?? []) {
+    if (!targeted.has(s.name)) continue
+    const others = s.version !== undefined ? [s.version] : Object.entries(s.weights ?? {}).filter(([, w]) => w > 0).map(([n]) => n)
+    const third = others.filter((n) => n !== plan.canary && n !== stable)
+    if (third.length !== 0) problems.push(`steps: segment ${s.name} sends users to ${third.join(', ')}; a segment step moves its users between ${plan.canary} and ${stable} only (set the segment to those first)`)
+  }
+  if (plan.finalize === true) {
+    const c = spec.versions.find((v) => v.name === plan.canary)
+    const st = spec.versions.find((v) => v.name === stable)
+    if (c !== undefined && st !== undefined && endpointSettings(c) !== endpointSettings(st)) {
+      problems.push(`finalize: ${plan.canary} and ${stable} differ in balance, discovery or tls settings; finalize hands ${stable} the canary's origins only (make the settings equal, or drop finalize)`)
+    }
+  }
+  return problems
 }
 
 function isRecord (v: unknown): v is RolloutRecord {
@@ -174,8 +205,10 @@ export class RolloutManager {
       host: {
         applyWeights: async (route, weights, reason, record, extras?: RouteExtras) => {
           if (extras === undefined) await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record })
-          else if (store.update !== undefined) await store.update(route, { weights, ...extras }, { reason, source: ROLLOUT_SOURCE, rollout: record })
-          else throw new TypeError('this store cannot change segments, mirror or upstreams')
+          else if (store.update !== undefined) {
+            const { segmentsFrom, ...rest } = extras
+            await store.update(route, { weights, ...rest, ...(segmentsFrom === undefined ? {} : { expectSegments: segmentsFrom }) }, { reason, source: ROLLOUT_SOURCE, rollout: record })
+          } else throw new TypeError('this store cannot change segments, mirror or upstreams')
         },
         persist: async (route, record) => { await store.setRolloutState(route, record) },
         view: (route) => {
@@ -275,6 +308,10 @@ export class RolloutManager {
     const stable = plan.stable ?? versions.filter((v) => v !== plan.canary).sort((a, b) => weights[b]! - weights[a]!)[0]!
     const others = versions.filter((v) => v !== plan.canary && v !== stable && weights[v]! > 0)
     if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
+    if (spec !== undefined) {
+      const problems = routeProblems(spec, plan, stable)
+      if (problems.length !== 0) throw new PlanError(problems)
+    }
     const currentWeight = weights[plan.canary] ?? 0
     const warnings: string[] = []
     if (req.fromStart === true && currentWeight > 0) {

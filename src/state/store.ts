@@ -47,6 +47,13 @@ export interface RoutePatch {
   weights?: unknown
   /** The route's segments, validated by the caller ([] removes them). */
   segments?: SegmentSpec[]
+  /**
+   * The segments `segments` was computed from: when the route's differ (a
+   * change queued before this one), nothing changes and the caller gets
+   * 409 CANARYD_ERR_ROLLOUT_CONFLICT (a rollout step never overwrites an
+   * operator's segments).
+   */
+  expectSegments?: SegmentSpec[]
   /** The route's mirror, validated by the caller (null removes it). */
   mirror?: MirrorSpec | null
   /** New origins by version name, validated by the caller. */
@@ -442,6 +449,9 @@ export class RuntimeStore {
     return await this.#serialize(async () => {
       const i = this.#routeIndex(route)
       const spec = this.#specs[i]!
+      if (patch.expectSegments !== undefined && !jsonEqual(spec.segments ?? [], patch.expectSegments)) {
+        throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route}: its segments changed while this change was being made; nothing was changed`)
+      }
       const base = this.#base.find((b) => b.name === route)!
       const previous = weightsOf(spec)
       const next = patch.weights === undefined ? previous : validateWeights(spec, patch.weights)

@@ -271,3 +271,29 @@ t.test('a mirror target that answers 500 changes nothing for users and is not ej
   t.equal(sum(e, METRIC_NAMES.requests, { route: 'web', version: 'canary' }), 0)
   t.equal(sum(e, METRIC_NAMES.endpoints, { route: 'web', version: 'canary', state: 'ejected' }), 0)
 })
+
+t.test('copies use spare connections only: with the origin busy they are dropped, and timed-out copies hold their place until undici lets go', async (t) => {
+  let conns = 0
+  const hang = await hangingServer(t)
+  hang.server.on('connection', () => { conns++ })
+  const stable = await startUpstream('stable')
+  t.teardown(stable.close)
+  const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, hang.origin, [100, 0], { mirror: { version: 'canary', percent: 100, timeoutMs: 100, maxInFlight: 2 } })], {
+    upstream: { connections: 1 }, timeouts: { upstreamResponseMs: 3000 }
+  }))
+  t.teardown(proxy.close)
+  // one tester pinned to the canary holds its only connection for 3 s
+  const pinned = send(`${proxy.url}/pinned`, { headers: { 'x-canary': 'canary' } })
+  await until(() => hang.got() === 1)
+  for (let i = 0; i < 30; i++) {
+    const r = await send(`${proxy.url}/u${i}`, { headers: { 'x-user-id': `u${i}` } })
+    t.equal(r.status, 200, `user ${i} served by stable at once`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  const c = await mirrorCounts(proxy)
+  const n = (k: string): number => c[k] ?? 0
+  t.equal(n('ok') + n('5xx') + n('error') + n('timeout') + n('dropped'), 30, 'every copy counted once')
+  t.ok(n('dropped') >= 28, `copies dropped while the origin's only connection is busy (dropped ${n('dropped')}, timeout ${n('timeout')})`)
+  await pinned
+  t.ok(conns <= 3, `no connection churn at the mirror target (${conns} connections)`)
+})

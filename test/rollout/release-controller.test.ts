@@ -652,3 +652,52 @@ t.test('the manager restores blue/green and shadow rollouts from the state file'
     second.close()
   }
 })
+
+t.test('review: a next release found past the numeric steps, with a segment step last, holds everyone at the weight it found', async (t) => {
+  for (const steps of [[10, { segment: 'staff', weight: 100 }], [{ segment: 'staff', weight: 100 }]]) {
+    const r = await rig(t, { steps }, { start: { currentWeight: 30 } })
+    t.equal(r.c.record.weight, 30, `${JSON.stringify(steps)}: the record holds 30`)
+    t.same(r.m.applied[0]!.weights, canaryAt(30), 'nobody moved back to stable')
+    t.equal(r.c.record.segmentWeights?.staff, 100, 'the segment step still applies')
+  }
+})
+
+t.test('review: shadow pairs of users who left (499) are not judged; 304 agrees with 2xx', async (t) => {
+  const r = await rig(t, { ...SHADOW_PLAN, shadow: { ...SHADOW_PLAN.shadow, maxMismatchRate: 1 } })
+  // 300 conditional GETs: stable 304, the new build 200 (new ETags); 100 users gone before stable answered
+  r.bus.send({ primaryStatus: 304, mirrorStatus: 200 }, 300)
+  r.bus.send({ primaryStatus: 499, mirrorStatus: 200 }, 100)
+  t.equal(r.c.shadow.pairs, 300, 'the 499 pairs were not counted')
+  await r.clock.advance(INTERVAL)
+  const check = r.c.record.checks.at(-1)!
+  t.equal(check.shadow?.mismatches, 0, '304 vs 200 is agreement')
+  t.equal(check.verdict, 'pass')
+})
+
+t.test('review: a failed save leaving the shadow phase keeps the phase listening', async (t) => {
+  const r = await rig(t, { ...SHADOW_PLAN, shadow: { ...SHADOW_PLAN.shadow, durationMs: 1000 } })
+  const apply = r.m.host.applyWeights.bind(r.m.host)
+  let fail = true
+  r.m.host.applyWeights = async (...args) => { if (fail) throw new Error('disk full'); await apply(...args) }
+  sendPairs(r.bus, 300, () => 200, r.random)
+  await r.clock.advance(INTERVAL)
+  t.equal(r.c.record.phase, 'shadow', 'the step after the shadow phase was not saved')
+  t.equal(r.bus.listening(), 1, 'still listening for pairs')
+  fail = false
+  sendPairs(r.bus, 300, () => 200, r.random)
+  await r.clock.advance(INTERVAL)
+  t.equal(r.c.record.phase, 'steps')
+  t.equal(r.bus.listening(), 0, 'the listener goes once the change is saved')
+})
+
+t.test('review: a rollback or abort puts the canary\'s previous origins back (canaryUpstream undone)', async (t) => {
+  for (const end of ['abort', 'rollback'] as const) {
+    const r = await rig(t, { steps: [10, 50] }, { start: { canaryUpstream: ['http://127.0.0.1:2002'] } })
+    t.same(r.m.route.upstreams.canary, ['http://127.0.0.1:2002'], 'the new build is in place')
+    if (end === 'abort') await r.c.abort()
+    else for (let i = 0; i < 3 && r.c.active; i++) await r.interval(BAD)
+    t.equal(r.c.state, end === 'abort' ? 'aborted' : 'rolled-back')
+    t.same(r.m.applied.at(-1)!.extras?.upstreams, { canary: UPSTREAMS().canary }, `${end}: the previous origins in the same change`)
+    t.same(r.m.route.upstreams.canary, UPSTREAMS().canary)
+  }
+})
