@@ -205,3 +205,32 @@ t.test('cluster mode: the rollout controller runs once, in the primary, on sampl
   t.ok(view.checks.some((ch) => ch.canary.requests >= 20), 'checks saw the workers\' canary requests')
   t.equal(canary.seen.length > 0, true)
 })
+
+t.test('cluster mode: a shadow phase is judged in the primary on pairs from every worker, and rolls a failing canary back', async (t) => {
+  const stable = await startUpstream('stable')
+  let n = 0
+  // every fifth copy fails: a 20 % error rate the users never see
+  const canary = await startUpstream('canary', (_req, res) => {
+    res.writeHead(++n % 5 === 0 ? 500 : 200, { 'content-type': 'text/plain' })
+    res.end('canary')
+  })
+  const c = await startCluster({ stable: stable.origin, canary: canary.origin }, [100, 0])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
+  const plan = { canary: 'canary', shadow: { percent: 100, durationMs: 60_000 }, steps: [10, 50], intervalMs: 400, analysis: { minRequests: 20, maxFailedChecks: 2 } }
+  const started = await send(`${c.admin}/api/v1/routes/web/rollout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(plan) })
+  t.equal(started.status, 201, String(started.body))
+  let view = { state: '', phase: '', reason: '', checks: [] as Array<{ shadow?: { pairs: number } }> }
+  const deadline = Date.now() + 15_000
+  let i = 0
+  let users = 0
+  while (Date.now() < deadline && view.state !== 'rolled-back' && view.state !== 'promoted') {
+    const got = await Promise.all(Array.from({ length: 20 }, async () => await send(`${c.proxy}/`, { headers: { 'x-user-id': `s${i++}` } })))
+    users += got.filter((r) => r.status === 200 && r.headers['x-canaryd-version'] === 'stable').length
+    view = (await send(`${c.admin}/api/v1/routes/web/rollout`)).json()
+  }
+  t.equal(view.state, 'rolled-back', `the shadow judge ended it (${view.reason})`)
+  t.match(view.reason, /shadow phase/)
+  t.ok(view.checks.some((ch) => (ch.shadow?.pairs ?? 0) >= 20), 'checks saw pairs forwarded by the workers')
+  t.equal(users, i, 'every user got 200 from stable')
+  t.equal(canary.seen.filter((s) => s.headers['x-canaryd-mirror'] !== '1').length, 0, 'the canary saw copies only')
+})
