@@ -22,6 +22,8 @@ const MAX_SEGMENTS = 32
 const MAX_VALUES = 64
 /** Longest RE2 pattern accepted. */
 const MAX_PATTERN = 1024
+/** Largest RE2 program a segment regex may compile to (Envoy's max_program_size idea; the issue's patterns are under 50). */
+export const MAX_PROGRAM_SIZE = 200
 /** Most CIDRs one segment may list. */
 const MAX_CIDRS = 256
 
@@ -80,11 +82,14 @@ function checkValueMatch (v: unknown, at: string): ValueMatch {
     const p = v.regex
     if (typeof p !== 'string' || p.length === 0) throw new ConfigError(`${at}.regex`, `must be a non-empty RE2 pattern, got ${shown(p)}`)
     if (p.length > MAX_PATTERN) throw new ConfigError(`${at}.regex`, `pattern is ${p.length} characters, at most ${MAX_PATTERN}`)
+    let size: number
     try {
-      RE2JS.compile(p)
+      size = RE2JS.compile(p).programSize()
     } catch (err) {
       throw new ConfigError(`${at}.regex`, `invalid RE2 pattern: ${(err as Error).message} (RE2 has no backreferences or lookaround)`)
     }
+    // RE2 is linear in the value, times the program: a large program (a[ab]{900}) costs milliseconds a request (Envoy caps it too)
+    if (size > MAX_PROGRAM_SIZE) throw new ConfigError(`${at}.regex`, `pattern compiles to ${size} RE2 instructions, at most ${MAX_PROGRAM_SIZE} (a large repetition such as {900} is the usual cause; match a shorter pattern or use a list of values)`)
     return { regex: p }
   }
   throw new ConfigError(at, `${expected}, got ${shown(v)}${typeof v === 'number' || typeof v === 'boolean' ? ' (quote it in YAML)' : ''}`)

@@ -292,6 +292,8 @@ export class MirrorCopy implements Dispatcher.DispatchHandler {
     const slot = ep.slot
     // copies use spare connections only: with requests already queued for the origin, a copy would queue users behind it
     if (slot.pool.stats.queued !== 0) {
+      // never sent: no evidence about the mirror version, so no shadow pair (it would read as a canary failure)
+      this.#noPair = true
       this.#settle('dropped', 0, true)
       return
     }

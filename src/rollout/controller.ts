@@ -141,6 +141,12 @@ export interface RolloutHost {
   applyWeights (route: string, weights: Record<string, number>, reason: string, record: RolloutRecord, extras?: RouteExtras): Promise<void> | void
   /** The route in force; needed by plans with segment steps, a shadow phase or finalize. */
   view? (route: string): RouteNow | undefined
+  /**
+   * A change of segments, mirror or upstreams without weights, with the
+   * record in the same write (a rollout a reload ended puts back what it
+   * changed; the reload already set the weights).
+   */
+  applyExtras? (route: string, extras: RouteExtras, reason: string, record: RolloutRecord): Promise<void> | void
   /** Persists the record (the state file): called after every transition and check. */
   persist (route: string, record: RolloutRecord): Promise<void> | void
 }
@@ -779,6 +785,9 @@ export class RolloutController {
   #leaving (r: RolloutRecord, phase: Phase, weightReason: string): { weightReason: string; extras?: RouteExtras } {
     // the listener is dropped once the change is saved (tick's finally): a failed save keeps the phase, and its pairs
     if (phase !== 'shadow') return { weightReason }
+    // a reload that brought the file's own mirror meanwhile replaced the phase's: the file's stays
+    const now = this.#deps.host.view?.(this.route)
+    if (now !== undefined && !jsonEqual(now.mirror, shadowMirror(r))) return { weightReason }
     return { weightReason, extras: { mirror: r.mirrorBefore ?? null } }
   }
 
@@ -930,18 +939,62 @@ export class RolloutController {
   async abandon (reason: string): Promise<void> {
     await this.#serial(async () => {
       if (!this.active) return
+      const phase = this.#record.phase ?? 'steps'
       await this.#transact((r) => {
         this.#end(r, 'aborted', 0, reason)
         return { result: undefined }
       })
       this.#finish()
+      try {
+        await this.#putBack(phase, reason)
+      } catch (err) {
+        this.#deps.onError?.(err, 'putting back what the rollout changed')
+      }
     })
+  }
+
+  /**
+   * After a reload ended the rollout: puts back what it changed beyond the
+   * weights, as far as the reloaded route still allows (a version the
+   * reload removed cannot be pointed at): the route's own mirror (if the
+   * phase's is still the one in force), the canary's previous origins, the
+   * targeted segments' definitions.
+   */
+  async #putBack (phase: Phase, reason: string): Promise<void> {
+    const host = this.#deps.host
+    const view = host.view?.(this.route)
+    if (view === undefined || host.applyExtras === undefined) return
+    const r = this.#record
+    const has = (v: string): boolean => view.upstreams[v] !== undefined
+    const extras: RouteExtras = {}
+    if (phase === 'shadow' && jsonEqual(view.mirror, shadowMirror(r))) {
+      const before = r.mirrorBefore ?? null
+      extras.mirror = before !== null && has(before.version) ? before : null
+    }
+    if (r.canaryUpstreamBefore !== undefined && has(r.plan.canary)) extras.upstreams = { [r.plan.canary]: [...r.canaryUpstreamBefore] }
+    const restored = this.#segmentsOf(r, view.segments)
+    if (restored !== undefined) {
+      // a definition naming a version the reload removed cannot come back: that segment stays as it is
+      const fits = (s: SegmentSpec): boolean => (s.version === undefined || has(s.version)) && Object.entries(s.weights ?? {}).every(([v, w]) => w === 0 || has(v))
+      const segments = restored.map((s, i) => fits(s) ? s : view.segments[i]!)
+        .map((s) => s.weights === undefined ? s : { ...s, weights: Object.fromEntries(Object.entries(s.weights).filter(([v]) => has(v))) })
+      if (!jsonEqual(segments, view.segments)) {
+        extras.segments = segments
+        extras.segmentsFrom = view.segments
+      }
+    }
+    if (Object.keys(extras).length === 0) return
+    await host.applyExtras(this.route, extras, `rollout aborted (${reason}): its segments, mirror and canary upstream put back`, structuredClone(r))
   }
 
   /** Stops the timer and listeners without changing the record (process shutdown). */
   close (): void {
     this.#finish()
   }
+}
+
+function jsonEqual (a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b)
 }
 
 /** The mirror a shadow phase puts on the route: the plan's share and methods, to the canary. */

@@ -211,6 +211,11 @@ export class RolloutManager {
           } else throw new TypeError('this store cannot change segments, mirror or upstreams')
         },
         persist: async (route, record) => { await store.setRolloutState(route, record) },
+        applyExtras: async (route, extras, reason, record) => {
+          if (store.update === undefined) return
+          const { segmentsFrom, ...rest } = extras
+          await store.update(route, { ...rest, ...(segmentsFrom === undefined ? {} : { expectSegments: segmentsFrom }) }, { reason, source: ROLLOUT_SOURCE, rollout: record })
+        },
         view: (route) => {
           const spec = store.specs?.find((s) => s.name === route)
           return spec === undefined ? undefined : routeNow(spec)

@@ -32,16 +32,15 @@ export function findQuery (url: string, name: string): string {
   if (q === -1) return ''
   const n = name.length
   let i = q + 1
-  const len = url.length
+  // a fragment (never sent by clients, but possible in a raw target) ends the query: found once, not per parameter
+  const hash = url.indexOf('#', q)
+  const len = hash === -1 ? url.length : hash
   while (i < len) {
     let stop = url.indexOf('&', i)
-    if (stop === -1) stop = len
-    const hash = url.indexOf('#', i)
-    if (hash !== -1 && hash < stop) stop = hash
+    if (stop === -1 || stop > len) stop = len
     if (url.startsWith(name, i) && url.charCodeAt(i + n) === 61 /* = */ && i + n < stop) {
       return url.slice(i + n + 1, stop)
     }
-    if (stop === hash) return ''
     i = stop + 1
   }
   return ''

@@ -37,15 +37,19 @@ function compileValue (m: ValueMatch): ValueTest {
     return plain[2] === '$' ? (v) => v === lit : (v) => v.startsWith(lit)
   }
   const re = RE2JS.compile(m.regex)
-  return (v) => re.test(v)
+  // linear, but in value length × program size: a value this long is no user attribute, and never matches a regex
+  return (v) => v.length <= MAX_REGEX_INPUT && re.test(v)
 }
+
+/** Longest value a segment regex is run on (longer values never match one): bounds a request's regex work with the program size cap. */
+export const MAX_REGEX_INPUT = 4096
 
 function headerTest (name: string, test: ValueTest): RequestTest {
   return (headers) => {
     const h = headers[name]
-    if (h === undefined) return false
+    // Node's header object has a prototype: `constructor` or `__proto__` read through it are functions, not values
+    const v = typeof h === 'string' ? h : Array.isArray(h) ? h.join(', ') : ''
     // a repeated header is one value, as readStickyKey reads it
-    const v = typeof h === 'string' ? h : h.join(', ')
     return v.length !== 0 && test(v)
   }
 }

@@ -16,7 +16,8 @@ export function readStickyKey (route: Route, headers: IncomingHttpHeaders, url: 
     switch (src.kind) {
       case KeyKind.Header: {
         const h = headers[src.name]
-        v = h === undefined ? '' : typeof h === 'string' ? h : h.join(', ')
+        // Node's header object has a prototype: a `constructor` key read through it is a function, not a value
+        v = typeof h === 'string' ? h : Array.isArray(h) ? h.join(', ') : ''
         break
       }
       case KeyKind.Cookie:

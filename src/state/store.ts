@@ -366,11 +366,35 @@ export class RuntimeStore {
   #keptFields (base: RouteSpec, segments: FieldOverride<SegmentSpec[]> | undefined, mirror: FieldOverride<MirrorSpec | null> | undefined): { segments?: FieldOverride<SegmentSpec[]>; mirror?: FieldOverride<MirrorSpec | null> } {
     const names = base.versions.map((v) => v.name)
     const out: { segments?: FieldOverride<SegmentSpec[]>; mirror?: FieldOverride<MirrorSpec | null> } = {}
-    const s = keptField(segments, base.segments ?? [], (v) => v.length === 0 ? [] : this.#checkSegments(v, names))
+    const s = keptField(segments, base.segments ?? [], (v) => v.length === 0 ? [] : this.#fitSegments(base.name, v, names))
     if (s !== undefined) out.segments = s
     const m = keptField(mirror, base.mirror ?? null, (v) => v === null ? null : this.#checkMirror(v, names))
     if (m !== undefined) out.mirror = m
     return out
+  }
+
+  /**
+   * Saved runtime segments fitted to the route's versions now: a version the
+   * file removed is dropped from weights that gave it 0 (validation had
+   * written it in), and only segments that no longer fit (pinned to it, or
+   * giving it traffic) are dropped, each with a warning. Throws when none
+   * is left (the file's segments then apply).
+   */
+  #fitSegments (route: string, saved: readonly SegmentSpec[], names: readonly string[]): SegmentSpec[] {
+    const kept: SegmentSpec[] = []
+    for (const seg of saved) {
+      const s = structuredClone(seg)
+      if (s.weights !== undefined) {
+        for (const [n, w] of Object.entries(s.weights)) if (!names.includes(n) && w === 0) delete s.weights[n]
+      }
+      try {
+        kept.push(...this.#checkSegments([s], names))
+      } catch (err) {
+        this.#log.warn({ route, segment: seg.name, err: (err as Error).message }, 'runtime segment no longer fits the route\'s versions: dropped')
+      }
+    }
+    if (kept.length === 0) throw new TypeError('no runtime segment fits the route')
+    return this.#checkSegments(kept, names)
   }
 
   /** Runs `fn` after every earlier change has finished (success or failure). */

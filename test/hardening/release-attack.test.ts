@@ -5,11 +5,11 @@
  * bytes matter, the built CLI in a child process where the attack could
  * kill the process).
  *
- * The first block ("bug:") are bugs found: each asserts the correct
- * behaviour, so it fails until fixed, and says what was seen (all of them
- * still fail at 8b3168a). The block "was a bug at 73d0468" are bugs found
- * against that commit and fixed by 1d92619 while this file was written: they
- * stay as regression tests. The rest are attacks that held.
+ * The first block ("was a bug at 8b3168a") are bugs this pass found; each
+ * asserts the correct behaviour and says what was seen before the fix. The
+ * block "was a bug at 73d0468" are bugs found against that commit and fixed
+ * by 1d92619 while this file was written. Both stay as regression tests.
+ * The rest are attacks that held.
  *
  * Every loop is bounded in count and time; the file runs in well under 90 s.
  */
@@ -98,9 +98,9 @@ function upstreamOf (view: Record<string, unknown>, version: string): string[] {
 
 const MIRROR = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ version: 'canary', percent: 100, methods: ['GET', 'HEAD', 'POST'], maxInFlight: 4, maxBodyBytes: 4096, timeoutMs: 1000, ...extra })
 
-// ---------------------------------------------------------------- bugs
+// ---------------------------------------------------------------- bugs at 8b3168a, fixed
 
-t.test('bug (critical): a segment matching header "constructor" (or "__proto__") passes validation, then kills the process on the next request of the route', async (t) => {
+t.test('was a bug at 8b3168a (critical): a segment matching header "constructor" (or "__proto__") passes validation, then kills the process on the next request of the route', async (t) => {
   // Seen at 73d0468 and 8b3168a: PUT …/segments answers 200, the next request of the
   // route throws `TypeError: h.join is not a function` in headerTest
   // (src/routing/segments.ts: `headers[name]` on IncomingMessage's plain-object
@@ -136,7 +136,7 @@ t.test('bug (critical): a segment matching header "constructor" (or "__proto__")
   if (exited) t.comment(s.log().split('\n').filter((l) => l.includes('TypeError')).slice(0, 2).join('\n'))
 })
 
-t.test('bug: a reload that removes stable in the shadow phase aborts the rollout but leaves its shadow mirror (and the canaryUpstream build) on the route, persisted', async (t) => {
+t.test('was a bug at 8b3168a: a reload that removes stable in the shadow phase aborts the rollout but leaves its shadow mirror (and the canaryUpstream build) on the route, persisted', async (t) => {
   // Seen at 73d0468 and 8b3168a: RolloutManager.reloaded → controller.abandon() saves the
   // record only (no weightReason, so no extras): the shadow mirror the phase
   // put on the route (a runtime override whose config value, null, the file
@@ -166,7 +166,7 @@ t.test('bug: a reload that removes stable in the shadow phase aborts the rollout
   t.equal(build2.seen.filter((s) => s.headers['x-canaryd-mirror'] === '1').length, 0, 'no copy reaches the canary after the rollout ended')
 })
 
-t.test('bug: a reload that drops an unused version (weight 0, named by no segment) silently drops every runtime segment of the route', async (t) => {
+t.test('was a bug at 8b3168a: a reload that drops an unused version (weight 0, named by no segment) silently drops every runtime segment of the route', async (t) => {
   // Seen at 73d0468 and 8b3168a: validateSegments normalises `weights` to name every
   // version of the route (`old: 0`), so after the file drops `old` the saved
   // override no longer validates and keptField drops the whole override — the
@@ -187,7 +187,7 @@ t.test('bug: a reload that drops an unused version (weight 0, named by no segmen
   t.equal(r.headers['x-canaryd-version'], 'canary', 'staff still pinned to canary')
 })
 
-t.test('bug: ending a shadow phase writes mirrorBefore back over a mirror the config file added during the phase', async (t) => {
+t.test('was a bug at 8b3168a: ending a shadow phase writes mirrorBefore back over a mirror the config file added during the phase', async (t) => {
   // Seen at 73d0468 and 8b3168a: the phase's end (here an abort) sends `mirror:
   // mirrorBefore` (null) unconditionally; the reload had already replaced the
   // shadow mirror with the file's own (the file wins), so the abort removes the
@@ -207,7 +207,7 @@ t.test('bug: ending a shadow phase writes mirrorBefore back over a mirror the co
   t.match((await routeView(p)).mirror, { version: 'canary', percent: 1 }, 'the abort leaves the configured mirror in place')
 })
 
-t.test('bug: a validated RE2 pattern stalls the event loop for seconds: the cost is value length × program size × segments', async (t) => {
+t.test('was a bug at 8b3168a: a validated RE2 pattern stalls the event loop for seconds: the cost is value length × program size × segments', async (t) => {
   // Seen at 73d0468 and 8b3168a (2-core box): `a[ab]{900}$` (11 characters, well under the
   // 1024 limit) takes ~300 ms per search of a 12-16 KB header value (re2js
   // falls back from its DFA: the classic "n-th character from the end"
@@ -249,7 +249,7 @@ t.test('bug: a validated RE2 pattern stalls the event loop for seconds: the cost
   t.ok(ms < 300, `one request with a 12 KB header costs ${Math.round(ms)} ms of event loop (4 segments)`)
 })
 
-t.test('bug (high): copies dropped because the canary\'s pool has a queue are paired as canary failures, so the shadow judge rolls back a healthy canary', async (t) => {
+t.test('was a bug at 8b3168a (high): copies dropped because the canary\'s pool has a queue are paired as canary failures, so the shadow judge rolls back a healthy canary', async (t) => {
   // Seen at 8b3168a (introduced by 1d92619, "copies use spare connections
   // only"): MirrorCopy#send settles a copy `dropped` when the mirror origin's
   // pool has queued requests, but unlike maxInFlight drops (begin returns
@@ -312,7 +312,7 @@ t.test('held: in cluster mode (2 workers) shadow pairs reach the primary\'s judg
   t.ok(checks.some((c) => c.verdict === 'pass' && (c.shadow?.pairs ?? 0) > 0), 'a passing shadow check counted pairs')
 })
 
-// ---------------------------------------------------------------- bugs at 73d0468, fixed in the working tree
+// ---------------------------------------------------------------- bugs at 73d0468, fixed
 
 t.test('was a bug at 73d0468: a next release past its numeric steps whose last step is a segment step moved every user back to stable', async (t) => {
   // At 73d0468 the canary at 30 % with steps [10, 20, {staff: 100}] started at

@@ -244,7 +244,11 @@ t.test('regex safety: RE2 is linear, backreferences are refused', async (t) => {
   const ms = performance.now() - t0
   t.equal(got, undefined, '(a+)+$ does not hold for a…ab')
   t.ok(ms < 200, `(a+)+$ against 30,001 characters took ${ms.toFixed(1)} ms (a backtracking engine would not finish)`)
-  t.equal(matchSegment(r, { 'x-q': 'a'.repeat(30_000) }, '/', '')?.name, 's', 'and it holds for a…a')
+  t.equal(matchSegment(r, { 'x-q': 'a'.repeat(4096) }, '/', '')?.name, 's', 'and it holds for a…a')
+  t.equal(matchSegment(r, { 'x-q': 'a'.repeat(4097) }, '/', ''), undefined, 'a value over MAX_REGEX_INPUT (4096) never matches a regex')
+  t.equal(matchSegment(one({ header: { 'x-q': ['a'.repeat(5000)] } }), { 'x-q': 'a'.repeat(5000) }, '/', '')?.name, 's', 'exact values have no such limit')
+  const big = t.throws(() => validateSegments([{ name: 's', match: { header: { 'x-q': { regex: 'a[ab]{900}$' } } }, version: 'canary' }], ['stable', 'canary'], 'routes[0].segments')) as ConfigError
+  t.match(big.message, /^routes\[0\]\.segments\[0\]\.match\.header\.x-q\.regex: pattern compiles to \d+ RE2 instructions, at most 200/, 'a large program is refused (it would cost milliseconds a request)')
 
   const err = t.throws(() => validateSegments([{ name: 's', match: { header: { 'x-q': { regex: '(a)\\1' } } }, version: 'canary' }], ['stable', 'canary'], 'routes[0].segments')) as ConfigError
   t.type(err, ConfigError)
@@ -326,5 +330,16 @@ t.test('regex fast path: ^prefix and ^exact$ of plain characters answer exactly 
       const want = v.length !== 0 && re.test(v) // an empty cookie never matches
       t.equal(matchSegment(r, { cookie: `plan=${v}` }, '/', '127.0.0.1') !== undefined, want, `${p} on ${JSON.stringify(v)}`)
     }
+  }
+})
+
+t.test('headers named like Object.prototype members are read as values, never through the prototype', async (t) => {
+  for (const name of ['constructor', '__proto__', 'tostring', 'hasownproperty']) {
+    const r = one({ header: { [name]: ['v'] } })
+    // Node's IncomingMessage headers object is an ordinary object
+    const headers: IncomingHttpHeaders = {}
+    t.equal(matchSegment(r, headers, '/', '127.0.0.1'), undefined, `${name}: absent, no throw`)
+    Object.defineProperty(headers, name, { value: 'v', enumerable: true })
+    t.equal(matchSegment(r, headers, '/', '127.0.0.1')?.name, 's', `${name}: present as an own value, it matches`)
   }
 })
