@@ -109,10 +109,7 @@ class Worker {
       this.#flush() // samples already taken still belong to the window that asked for them
       cur.off()
       this.#subs.delete(key)
-      if (this.#subs.size === 0 && this.#shadows.size === 0 && this.#timer !== undefined) {
-        clearInterval(this.#timer)
-        this.#timer = undefined
-      }
+      this.#idle()
       return
     }
     const metrics = this.#data.metrics
@@ -125,6 +122,13 @@ class Worker {
     this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
   }
 
+  /** Stops the flush timer once nothing is forwarded any more. */
+  #idle (): void {
+    if (this.#subs.size !== 0 || this.#shadows.size !== 0 || this.#timer === undefined) return
+    clearInterval(this.#timer)
+    this.#timer = undefined
+  }
+
   /** Forwards a route's shadow pairs to the primary, batched with the samples. */
   #shadow (route: string, on: boolean): void {
     const cur = this.#shadows.get(route)
@@ -133,10 +137,7 @@ class Worker {
       this.#flush()
       cur.off()
       this.#shadows.delete(route)
-      if (this.#subs.size === 0 && this.#shadows.size === 0 && this.#timer !== undefined) {
-        clearInterval(this.#timer)
-        this.#timer = undefined
-      }
+      this.#idle()
       return
     }
     const metrics = this.#data.metrics

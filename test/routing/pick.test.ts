@@ -4,6 +4,7 @@ import { pickVersion } from '../../src/routing/pick.js'
 import type { RouteSpec } from '../../src/routing/spec.js'
 import { buildRoutingTable } from '../../src/routing/table.js'
 import type { Route } from '../../src/routing/types.js'
+import { seededKeys } from '../helpers/keys.js'
 
 function route (weights: Record<string, number>, name = 'web', salt?: string): Route {
   const spec: RouteSpec = {
@@ -17,15 +18,9 @@ function route (weights: Record<string, number>, name = 'web', salt?: string): R
   return buildRoutingTable([spec]).routes[0]!
 }
 
-/** Deterministic pseudo-random keys (a seeded LCG): the same 100,000 keys every run. */
+/** The same keys every run (see test/helpers/keys.ts). */
 function keys (n: number, seed = 12345): string[] {
-  const out: string[] = []
-  let s = seed >>> 0
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    out.push(`user-${s.toString(36)}-${i}`)
-  }
-  return out
+  return seededKeys(n, seed)
 }
 
 function assign (r: Route, ks: readonly string[]): string[] {

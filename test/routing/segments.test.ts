@@ -10,6 +10,7 @@ import { matchSegment } from '../../src/routing/segments.js'
 import type { RouteSpec, SegmentMatch, SegmentSpec } from '../../src/routing/spec.js'
 import { buildRoutingTable } from '../../src/routing/table.js'
 import type { Route, Segment } from '../../src/routing/types.js'
+import { seededKeys } from '../helpers/keys.js'
 
 function route (segments: SegmentSpec[] | undefined, weights: Record<string, number> = { stable: 90, canary: 10 }): Route {
   const spec: RouteSpec = {
@@ -28,15 +29,9 @@ function one (m: SegmentMatch): Route {
   return route([{ name: 's', match: m, version: 'canary' }])
 }
 
-/** Deterministic pseudo-random keys (a seeded LCG), as in pick.test.ts. */
+/** The same keys every run (see test/helpers/keys.ts). */
 function keys (n: number, seed = 777): string[] {
-  const out: string[] = []
-  let s = seed >>> 0
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    out.push(`user-${s.toString(36)}-${i}`)
-  }
-  return out
+  return seededKeys(n, seed)
 }
 
 type Case = [what: string, headers: IncomingHttpHeaders, url: string, ip: string, want: boolean]
