@@ -14,9 +14,9 @@ const root = join(here, '..')
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
 /** Every target startTargets knows, in the order it starts them. */
-export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
+export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'canaryd-segments', 'canaryd-mirror', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
 /** Started only when asked for by name (not part of the full run). */
-export const OPT_IN = ['http-bare', 'canaryd-base']
+export const OPT_IN = ['http-bare', 'canaryd-base', 'canaryd-segments', 'canaryd-mirror']
 
 const children = new Set()
 const tmpDirs = []
@@ -201,7 +201,7 @@ export async function startTargets ({ names, log = () => {} } = {}) {
   const stable = `http://127.0.0.1:${portA}`
   const canary = `http://127.0.0.1:${portB}`
 
-  const config = (extra = {}) => {
+  const config = (extra = {}, route = {}) => {
     const file = join(tmp, `canaryd-${Math.random().toString(36).slice(2)}.json`)
     writeFileSync(file, JSON.stringify({
       listen: { host: '127.0.0.1', port: 0 },
@@ -212,7 +212,8 @@ export async function startTargets ({ names, log = () => {} } = {}) {
         name: 'web',
         sticky: { keys: ['header:x-user-id', 'cookie:session'], cookie: { name: 'canaryd_id', maxAge: 86400 } },
         override: { header: 'x-canary', cookie: 'canary' },
-        versions: [{ name: 'stable', upstream: stable, weight: 90 }, { name: 'canary', upstream: canary, weight: 10 }]
+        versions: [{ name: 'stable', upstream: stable, weight: 90 }, { name: 'canary', upstream: canary, weight: 10 }],
+        ...route
       }],
       ...extra
     }))
@@ -238,6 +239,28 @@ export async function startTargets ({ names, log = () => {} } = {}) {
       const port = await freePort()
       const file = config({ listen: { host: '127.0.0.1', port } })
       const pid = await forkReady(peer, [file])
+      return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
+    },
+    // issue 15: the same route with the issue's four segments, none of which the bench's
+    // requests match (every matcher runs on every request: the worst plain case)
+    'canaryd-segments': async () => {
+      const port = await freePort()
+      const file = config({ listen: { host: '127.0.0.1', port } }, {
+        segments: [
+          { name: 'staff', match: { header: { 'x-employee': 'true' } }, version: 'canary' },
+          { name: 'kr', match: { header: { 'cf-ipcountry': ['KR'] } }, weights: { stable: 50, canary: 50 } },
+          { name: 'office', match: { ip: ['10.20.0.0/16'] }, version: 'canary' },
+          { name: 'beta', match: { cookie: { plan: { regex: '^beta-' } } }, weights: { stable: 0, canary: 100 } }
+        ]
+      })
+      const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
+      return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
+    },
+    // issue 15: 10 % of GETs copied to the canary (a healthy target): the copies' cost
+    'canaryd-mirror': async () => {
+      const port = await freePort()
+      const file = config({ listen: { host: '127.0.0.1', port } }, { mirror: { version: 'canary', percent: 10 } })
+      const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
       return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
     },
     'canaryd-nometrics': async () => {
