@@ -16,7 +16,7 @@
  * says what was seen. The rest are attacks that held.
  */
 import { randomBytes } from 'node:crypto'
-import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net'
+import { connect as netConnect, type Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { connect as tlsConnect } from 'node:tls'
 import t, { type Test } from 'tap'
@@ -26,7 +26,8 @@ import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { proxyV1, proxyV2 } from '../helpers/proxy-protocol.js'
 import { serve } from '../helpers/reload.js'
-import { startWireUpstream, type WireUpstream } from '../helpers/wire.js'
+import { freePort } from '../helpers/upstream.js'
+import { h2Frame, startWireUpstream, type WireUpstream } from '../helpers/wire.js'
 import { sleep } from './raw.js'
 
 // the crash test runs the built CLI in a child process (a crash there must not take tap with it)
@@ -130,14 +131,7 @@ const F = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST: 3, SETTINGS: 4, PUSH: 5, PING
 const END_STREAM = 0x1
 const END_HEADERS = 0x4
 
-function frame (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(9)
-  h.writeUIntBE(payload.length, 0, 3)
-  h[3] = type
-  h[4] = flags
-  h.writeUInt32BE(id, 5)
-  return Buffer.concat([h, payload])
-}
+const frame = h2Frame
 
 /** An HPACK integer with an N-bit prefix (RFC 7541 §5.1). */
 function hpackInt (n: number, bits: number, first: number): Buffer {
@@ -381,14 +375,6 @@ const tlsListen = (extra: Record<string, unknown> = {}): Record<string, unknown>
   tls: { certificates: [{ certFile: pki().app.certPath, keyFile: pki().app.keyPath }, { certFile: pki().other.certPath, keyFile: pki().other.keyPath }] },
   ...extra
 })
-
-async function freePort (): Promise<number> {
-  const s = createNetServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
-}
 
 const H2C = { host: '127.0.0.1', port: 0, h2c: true }
 

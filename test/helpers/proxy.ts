@@ -71,3 +71,16 @@ export async function adminJson (p: TestProxy, method: string, path: string, bod
   })
   return { status: res.statusCode, json: await res.body.json() as Record<string, unknown> }
 }
+
+/**
+ * A rollout plan quick enough for integration tests (300 ms checks, 20
+ * requests a check): a canary failing a quarter of its requests is rolled
+ * back within seconds, a healthy one promoted through 10 % and 50 %.
+ */
+export const QUICK_PLAN = Object.freeze({
+  canary: 'canary',
+  steps: [10, 50, 100],
+  intervalMs: 300,
+  analysis: { minRequests: 20, maxFailedChecks: 2, successRate: { min: 95 }, baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: 3 } },
+  promotion: 'auto'
+})

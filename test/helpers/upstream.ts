@@ -76,10 +76,35 @@ export async function startUpstreams (t: { teardown: (fn: () => Promise<void>) =
   return out
 }
 
-export async function refusedOrigin (): Promise<string> {
+/** A loopback port nothing listens on now (bound on 0, then closed). */
+export async function freePort (): Promise<number> {
   const s = createNetServer()
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
   const port = (s.address() as AddressInfo).port
   await new Promise<void>((resolve) => s.close(() => resolve()))
-  return `http://127.0.0.1:${port}`
+  return port
+}
+
+/** An origin nothing listens on (connections refused). */
+export async function refusedOrigin (): Promise<string> {
+  return `http://127.0.0.1:${await freePort()}`
+}
+
+/**
+ * An upstream handler whose answer exercises the response path: a custom
+ * status text and header, two Set-Cookie, and hop-by-hop headers
+ * (Connection naming X-Up-Secret, Keep-Alive) the proxy must drop.
+ */
+export function richResponse (_req: IncomingMessage, res: import('node:http').ServerResponse): void {
+  res.writeHead(201, 'Made It', [
+    'X-Custom', 'resp-value',
+    'Set-Cookie', 'a=1; Path=/',
+    'Set-Cookie', 'b=2; Path=/',
+    'Connection', 'X-Up-Secret',
+    'X-Up-Secret', 'hide me',
+    'Keep-Alive', 'timeout=5',
+    'Content-Type', 'text/plain',
+    'Content-Length', '11'
+  ])
+  res.end('hello world')
 }

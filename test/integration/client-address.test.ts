@@ -72,6 +72,21 @@ function accessLines (p: Proxy): LogLine[] {
 }
 
 /** Runs `fn` (one request) and returns the access line it wrote. */
+/** One HTTP/1.1 GET over an already connected (TLS) socket, `Connection: close`; the status and body. */
+async function getOver (socket: Duplex, path: string): Promise<{ status: number, body: string }> {
+  return await new Promise((resolve, reject) => {
+    const req = httpRequest({ createConnection: () => socket, path, headers: { host: 'localhost', connection: 'close' } }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (c: string) => { body += c })
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
 async function accessOf<T> (p: Proxy, fn: () => Promise<T>): Promise<{ result: T, line: LogLine }> {
   const before = accessLines(p).length
   const result = await fn()
@@ -462,17 +477,7 @@ t.test('PROXY + TLS: the v2 header, then TLS on the same socket (HTTP/1.1 and h2
   // HTTP/1.1 over the TLS socket
   const tls1 = await proxiedTls(header, ['http/1.1'])
   t.equal(tls1.alpnProtocol, 'http/1.1')
-  const { result: r1, line: l1 } = await accessOf(p, async () => await new Promise<{ status: number, body: string }>((resolve, reject) => {
-    const req = httpRequest({ createConnection: () => tls1, path: '/tls1', headers: { host: 'localhost', connection: 'close' } }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => { body += c })
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end()
-  }))
+  const { result: r1, line: l1 } = await accessOf(p, async () => await getOver(tls1, '/tls1'))
   t.equal(r1.status, 200, 'https GET through PROXY v2 + TLS: 200')
   const e1 = JSON.parse(r1.body) as Echo
   t.equal(e1.headers['x-forwarded-for'], '198.51.100.77', 'upstream XFF is the PROXY source')
@@ -522,17 +527,7 @@ t.test('PROXY + TLS: the v2 header, then TLS on the same socket (HTTP/1.1 and h2
   t.teardown(() => { raw.destroy() })
   await once(tls3, 'secureConnect')
   t.equal(first, false, 'the header went out glued to the ClientHello')
-  const { result: r3, line: l3 } = await accessOf(p, async () => await new Promise<{ status: number, body: string }>((resolve, reject) => {
-    const req = httpRequest({ createConnection: () => tls3, path: '/tls3', headers: { host: 'localhost', connection: 'close' } }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => { body += c })
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end()
-  }))
+  const { result: r3, line: l3 } = await accessOf(p, async () => await getOver(tls3, '/tls3'))
   t.equal(r3.status, 200, 'header + ClientHello in one write: 200')
   t.equal((JSON.parse(r3.body) as Echo).headers['x-forwarded-for'], '198.51.100.77', 'and the PROXY source is the client')
   t.equal(l3.client, '198.51.100.77')

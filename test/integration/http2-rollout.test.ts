@@ -6,16 +6,10 @@
  */
 import { connect } from 'node:http2'
 import t from 'tap'
-import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, QUICK_PLAN, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
-const PLAN = {
-  canary: 'canary',
-  steps: [10, 50, 100],
-  intervalMs: 300,
-  analysis: { minRequests: 20, maxFailedChecks: 2, successRate: { min: 95 }, baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: 3 } },
-  promotion: 'auto'
-}
+const PLAN = QUICK_PLAN
 
 /** h2 traffic only: 8 concurrent streams on one session, distinct user ids, until the rollout ends or 15 s pass. */
 async function driveH2 (p: TestProxy): Promise<string> {

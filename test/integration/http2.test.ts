@@ -23,7 +23,8 @@ import { pickVersion } from '../../src/routing/pick.js'
 import { makeCa, makeLeaf, opensslSkip } from '../helpers/certs.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
-import { startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { richResponse, startUpstream, type TestUpstream } from '../helpers/upstream.js'
+import { h2Frame } from '../helpers/wire.js'
 import { scrape, sum } from '../metrics/scrape.js'
 
 const H2C = { host: '127.0.0.1', port: 0, h2c: true }
@@ -148,17 +149,7 @@ t.test('h2c: the request reaches the upstream over HTTP/1.1, the response comes 
   const versions: string[] = []
   const up = await startUpstream('stable', (req, res) => {
     versions.push(req.httpVersion)
-    res.writeHead(201, 'Made It', [
-      'X-Custom', 'resp-value',
-      'Set-Cookie', 'a=1; Path=/',
-      'Set-Cookie', 'b=2; Path=/',
-      'Connection', 'X-Up-Secret',
-      'X-Up-Secret', 'hide me',
-      'Keep-Alive', 'timeout=5',
-      'Content-Type', 'text/plain',
-      'Content-Length', '11'
-    ])
-    res.end('hello world')
+    richResponse(req, res)
   })
   t.teardown(up.close)
   const proxy = await proxyOf(t, [twoVersionRoute(up.origin, up.origin, [100, 0])])
@@ -737,14 +728,7 @@ class RawH2 {
   }
 }
 
-function frame (type: number, flags: number, id: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9)
-  h.writeUIntBE(payload.length, 0, 3)
-  h[3] = type
-  h[4] = flags
-  h.writeUInt32BE(id, 5)
-  return Buffer.concat([h, payload])
-}
+const frame = h2Frame
 
 /** HPACK literal header field without indexing, indexed name (< 15), raw string value (< 127 bytes). */
 function literal (nameIndex: number, value: string): Buffer {

@@ -6,22 +6,10 @@ import { hashKey } from '../../src/routing/hash.js'
 import { pickVersion } from '../../src/routing/pick.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
-import { refusedOrigin, startUpstream, type SeenRequest } from '../helpers/upstream.js'
+import { refusedOrigin, richResponse, startUpstream, type SeenRequest } from '../helpers/upstream.js'
 
 t.test('every part of a request and response passes through; hop-by-hop headers do not', async (t) => {
-  const stable = await startUpstream('stable', (_req, res) => {
-    res.writeHead(201, 'Made It', [
-      'X-Custom', 'resp-value',
-      'Set-Cookie', 'a=1; Path=/',
-      'Set-Cookie', 'b=2; Path=/',
-      'Connection', 'X-Up-Secret',
-      'X-Up-Secret', 'hide me',
-      'Keep-Alive', 'timeout=5',
-      'Content-Type', 'text/plain',
-      'Content-Length', '11'
-    ])
-    res.end('hello world')
-  })
+  const stable = await startUpstream('stable', richResponse)
   const canary = await startUpstream('canary')
   const proxy = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, [100, 0])]))
   t.teardown(async () => { await proxy.close(); await stable.close(); await canary.close() })

@@ -1,15 +1,9 @@
 import t from 'tap'
 import { request } from 'undici'
-import { adminJson as admin, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
+import { adminJson as admin, QUICK_PLAN, startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream } from '../helpers/upstream.js'
 
-const PLAN = {
-  canary: 'canary',
-  steps: [10, 50, 100],
-  intervalMs: 300,
-  analysis: { minRequests: 20, maxFailedChecks: 2, successRate: { min: 95 }, baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: 3 } },
-  promotion: 'auto'
-}
+const PLAN = QUICK_PLAN
 
 /** Real traffic: 8 concurrent clients with distinct user ids until the rollout ends or 15 s pass. */
 async function drive (p: TestProxy): Promise<string> {

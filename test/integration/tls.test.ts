@@ -3,7 +3,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { X509Certificate } from 'node:crypto'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { connect as h2connect } from 'node:http2'
-import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net'
+import { connect as netConnect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls'
@@ -15,7 +15,7 @@ import { ensureBuilt, runCli } from '../helpers/cli.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, testLogger, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { configDir, fileProxy, metricSamples, postReload, rawConfig, serve, sleep, until, writeConfig } from '../helpers/reload.js'
-import { startUpstreams, type TestUpstream } from '../helpers/upstream.js'
+import { freePort, startUpstreams, type TestUpstream } from '../helpers/upstream.js'
 
 // Issue 14, black-box: TLS termination on the proxy listener (SNI, minimum
 // version, resumption, ALPN), certificates reloaded without a restart (admin
@@ -118,15 +118,6 @@ async function httpsGet (port: number, path = '/', o: { agent?: HttpsAgent, head
 async function connectionErrors (adminUrl: string, reason: string): Promise<number> {
   const text = (await send(`${adminUrl}/metrics`)).body.toString()
   return metricSamples(text, 'canaryd_connection_errors_total').find((s) => s.labels.reason === reason)?.value ?? 0
-}
-
-/** A loopback port nothing listens on now (bound on 0, then closed). */
-async function freePort (): Promise<number> {
-  const s = createNetServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
 }
 
 /** Copies `c` over the live cert/key files (in place, as a renewal job writing files does). */
@@ -274,16 +265,24 @@ t.test('curl --cacert: https 200, --http2 negotiates HTTP/2', { skip: opensslSki
   t.not(untrusted.code, 0, 'without --cacert curl does not trust it')
 })
 
-t.test('certificates reload without a restart: new handshakes get the new one, established connections stay; a bad file keeps it', { skip: opensslSkip }, async (t) => {
+/**
+ * A proxy started from a config file whose listener certificate lives in
+ * files the test rewrites (`live`), serving certificate A of the test PKI.
+ */
+async function liveCertProxy (t: Test, tag: string): Promise<{ ra: CertPair, rb: CertPair, live: { cert: string, key: string }, p: Awaited<ReturnType<typeof fileProxy>>, port: number }> {
   const { ra, rb } = pki()
   const u = await startUpstreams(t, ['stable', 'canary'])
-  const d = mkdtempSync(join(tmpdir(), 'canaryd-tls-live-'))
+  const d = mkdtempSync(join(tmpdir(), `canaryd-tls-${tag}-`))
   t.teardown(() => { rmSync(d, { recursive: true, force: true }) })
   const live = { cert: join(d, 'live.pem'), key: join(d, 'live-key.pem') }
   install(ra, live)
   const p = await fileProxy(t, [twoVersionRoute(u.stable!.origin, u.canary!.origin, [100, 0])],
     { listen: { host: '127.0.0.1', port: 0, tls: { certFile: live.cert, keyFile: live.key } } })
-  const port = p.app.proxyAddress!.port
+  return { ra, rb, live, p, port: p.app.proxyAddress!.port }
+}
+
+t.test('certificates reload without a restart: new handshakes get the new one, established connections stay; a bad file keeps it', { skip: opensslSkip }, async (t) => {
+  const { ra, rb, live, p, port } = await liveCertProxy(t, 'live')
   const A = /reload-a\.test/
   const B = /reload-b\.test/
   t.match((await handshake(port)).san, A, 'starts with certificate A')
@@ -370,15 +369,7 @@ t.test('canaryd serve: SIGHUP reloads the certificate files; a bad one keeps the
 })
 
 t.test('certificate reloads under https load: 0 failed requests', { skip: opensslSkip }, async (t) => {
-  const { ra, rb } = pki()
-  const u = await startUpstreams(t, ['stable', 'canary'])
-  const d = mkdtempSync(join(tmpdir(), 'canaryd-tls-load-'))
-  t.teardown(() => { rmSync(d, { recursive: true, force: true }) })
-  const live = { cert: join(d, 'live.pem'), key: join(d, 'live-key.pem') }
-  install(ra, live)
-  const p = await fileProxy(t, [twoVersionRoute(u.stable!.origin, u.canary!.origin, [100, 0])],
-    { listen: { host: '127.0.0.1', port: 0, tls: { certFile: live.cert, keyFile: live.key } } })
-  const port = p.app.proxyAddress!.port
+  const { ra, rb, live, p, port } = await liveCertProxy(t, 'load')
   const agent = new HttpsAgent({ keepAlive: true, maxSockets: 2, ca: pki().ca.cert })
   t.teardown(() => { agent.destroy() })
 
