@@ -37,7 +37,7 @@ export function registerSegmentRoutes (admin: Pick<AdminServer, 'addRoute'>, sto
     const versions = store.specs.find((s) => s.name === route)!.versions.map((v) => v.name)
     let segments
     try {
-      segments = Array.isArray(body.segments) && body.segments.length === 0 ? [] : validateSegments(body.segments, versions, 'segments')
+      segments = validateSegments(body.segments, versions, 'segments')
     } catch (err) {
       if (err instanceof ConfigError) throw new CanarydError('CANARYD_ERR_INVALID_SEGMENTS', err.message, { cause: err })
       throw err

@@ -119,6 +119,11 @@ class Worker {
     const offEjected = metrics.onEjected(route, version, () => { sub.ejections++ })
     sub.off = () => { offFinish(); offEjected() }
     this.#subs.set(key, sub)
+    this.#busy()
+  }
+
+  /** Starts the flush timer with the first thing forwarded. */
+  #busy (): void {
     this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
   }
 
@@ -145,7 +150,7 @@ class Worker {
     const sub = { off: () => {}, buf: [] as ShadowPair[] }
     sub.off = metrics.subscribeShadow(route, (p) => { if (sub.buf.length < MAX_PAIRS_PER_BATCH) sub.buf.push(p) })
     this.#shadows.set(route, sub)
-    this.#timer ??= setInterval(() => { this.#flush() }, SAMPLE_FLUSH_MS).unref()
+    this.#busy()
   }
 
   #flush (): void {

@@ -7,6 +7,7 @@
  */
 import { CanarydError } from '../errors.js'
 import { checkWeight } from '../routing/weights.js'
+import { MIRROR_DEFAULTS } from './segments.js'
 
 /** The states of a rollout. The last four are terminal except `paused` and `awaiting-promotion`. */
 export const ROLLOUT_STATES = ['progressing', 'paused', 'awaiting-promotion', 'promoted', 'rolled-back', 'aborted'] as const
@@ -138,7 +139,7 @@ const PLAN_DEFAULTS = Object.freeze({
 const PLAN_LIMITS = Object.freeze({ minIntervalMs: 100, maxIntervalMs: 86_400_000, maxSteps: 100, maxWebhooks: 10, maxPhaseMs: 7 * 86_400_000 })
 
 /** Shadow-phase defaults (docs/release.md). */
-export const SHADOW_DEFAULTS = Object.freeze({ methods: ['GET', 'HEAD'], maxBodyBytes: 65_536, maxMismatchRate: 5 })
+export const SHADOW_DEFAULTS = Object.freeze({ methods: MIRROR_DEFAULTS.methods, maxBodyBytes: MIRROR_DEFAULTS.maxBodyBytes, maxMismatchRate: 5 })
 
 /** Blue/green: the rollback window is this many intervals unless given. */
 const ROLLBACK_WINDOW_INTERVALS = 3

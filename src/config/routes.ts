@@ -1,7 +1,7 @@
 import { ConfigError } from '../errors.js'
 import type { Balance, RouteSpec, TlsSpec, VersionSpec } from '../routing/spec.js'
 import { PlanError, validatePlan } from './plan.js'
-import { validateMirror, validateSegments } from './segments.js'
+import { isObj, type Obj, onlyKeys, shown, validateMirror, validateSegments } from './segments.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 
@@ -9,20 +9,8 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const HOST_RE = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i
 
-type Obj = Record<string, unknown>
-
-function isObj (v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-function onlyKeys (o: Obj, allowed: readonly string[], at: string): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) throw new ConfigError(`${at}.${k}`, `unknown key (allowed: ${allowed.join(', ')})`)
-  }
-}
-
 function str (v: unknown, at: string, re?: RegExp, what?: string): string {
-  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(at, `must be a non-empty string, got ${JSON.stringify(v) ?? String(v)}`)
+  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(at, `must be a non-empty string, got ${shown(v)}`)
   if (re !== undefined && !re.test(v)) throw new ConfigError(at, `${JSON.stringify(v)} is not a valid ${what ?? 'value'}`)
   return v
 }

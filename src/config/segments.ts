@@ -38,17 +38,21 @@ export const MIRROR_DEFAULTS: Readonly<{ methods: readonly string[]; maxBodyByte
   timeoutMs: 5000
 })
 
-type Obj = Record<string, unknown>
+/** A JSON object as the validators see it. */
+export type Obj = Record<string, unknown>
 
-function isObj (v: unknown): v is Obj {
+/** A plain object (not null, not an array). */
+export function isObj (v: unknown): v is Obj {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-function shown (v: unknown): string {
+/** A value as an error message shows it. */
+export function shown (v: unknown): string {
   return JSON.stringify(v) ?? String(v)
 }
 
-function onlyKeys (o: Obj, allowed: readonly string[], at: string): void {
+/** Throws a ConfigError naming the first key of `o` not in `allowed`. */
+export function onlyKeys (o: Obj, allowed: readonly string[], at: string): void {
   for (const k of Object.keys(o)) {
     if (!allowed.includes(k)) throw new ConfigError(`${at}.${k}`, `unknown key (allowed: ${allowed.join(', ')})`)
   }

@@ -341,7 +341,7 @@ export class PrometheusMetrics implements ObserverFactory {
     const next = new Map<string, MirrorSeries>(this.#mirrors)
     const out = mirrors.map((m) => {
       const key = `${m.route}\u0000${m.version}`
-      let s = next.get(key) ?? this.#mirrors.get(key)
+      let s = next.get(key)
       if (s === undefined) s = new MirrorSeries(m.route, m.version, this.#shadowList(m.route))
       next.set(key, s)
       return s

@@ -206,6 +206,8 @@ export function buildUpstreamHeaders (req: IncomingMessage, h2: boolean, version
       continue
     }
     if (kind === SET_BY_PROXY) {
+      // a client's own values are replaced, not extended, unless its hop is trusted: nothing to collect then
+      if (!conn.trusted) continue
       const v = raw[i + 1]!
       if (lower === 'x-forwarded-for') xff = xff.length === 0 ? v : `${xff}, ${v}`
       else if (lower === 'x-forwarded-proto' && proto.length === 0) proto = v
@@ -241,11 +243,6 @@ export function buildUpstreamHeaders (req: IncomingMessage, h2: boolean, version
       out.push('host', host)
     }
     if (cookie !== undefined) out.push('cookie', cookie)
-  }
-  if (!conn.trusted) {
-    xff = ''
-    proto = ''
-    fhost = ''
   }
   const peer = conn.address
   out.push(

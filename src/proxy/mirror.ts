@@ -61,7 +61,7 @@ type TeedRequest = IncomingMessage & { [kTeed]?: MirrorCopy }
  * flight (close() abandons them), and the bind of a table's mirrors.
  */
 export class MirrorSender {
-  readonly #gates = new Map<string, Gate>()
+  #gates = new Map<string, Gate>()
   readonly #live = new Set<MirrorCopy>()
   #closed = false
 
@@ -82,8 +82,7 @@ export class MirrorSender {
       gates.set(r.name, gate)
       return Object.freeze({ route: r.name, mirror: m, version: m.version.name, group: groupOf(r, m.version.index), observer: observers[i++]!, gate })
     })
-    this.#gates.clear()
-    for (const [k, g] of gates) this.#gates.set(k, g)
+    this.#gates = gates
     return out
   }
 

@@ -9,10 +9,10 @@
 import { CanarydError } from '../errors.js'
 import type { Clock } from './clock.js'
 import { judgeCheck, type CheckResult, type Verdict } from './judge.js'
-import { ACTIVE_STATES, type RolloutEvent, type RolloutPlan, type RolloutStateName, type Step, type WebhookSpec } from '../config/plan.js'
+import { ACTIVE_STATES, stepWeight, type RolloutEvent, type RolloutPlan, type RolloutStateName, type Step, type WebhookSpec } from '../config/plan.js'
 import { MIRROR_DEFAULTS } from '../config/segments.js'
 import type { ShadowPair, SubscribeShadow } from '../metrics/observer.js'
-import type { MirrorSpec, SegmentSpec } from '../routing/spec.js'
+import { jsonEqual, type MirrorSpec, type SegmentSpec } from '../routing/spec.js'
 import { SampleWindow, type WindowSnapshot } from './window.js'
 
 /** How many recent checks and history entries a record keeps (the state file stays small). */
@@ -116,7 +116,7 @@ export interface RouteExtras {
    * change (409) when they changed meanwhile (an operator's PUT queued
    * before this step), so a rollout step never overwrites it.
    */
-  segmentsFrom?: SegmentSpec[]
+  expectSegments?: SegmentSpec[]
   mirror?: MirrorSpec | null
   upstreams?: Record<string, string[]>
 }
@@ -210,11 +210,6 @@ function statusClass (status: number): number {
   return status === 0 ? 0 : Math.floor(status / 100)
 }
 
-/** The weight of a numeric step (segment steps do not move everyone). */
-function numberStep (s: Step | undefined): number | undefined {
-  return typeof s === 'number' ? s : undefined
-}
-
 /**
  * Where a rollout starts when the canary already has `weight` (the next
  * release after a paused or earlier rollout): the first numeric step >= it,
@@ -223,12 +218,20 @@ function numberStep (s: Step | undefined): number | undefined {
  * everyone already has at least their share.
  */
 export function startStep (steps: readonly Step[], weight: number): { index: number; weight: number } {
-  if (weight <= 0) return { index: 0, weight: numberStep(steps[0]) ?? 0 }
+  if (weight <= 0) return { index: 0, weight: steps[0] === undefined ? 0 : stepWeight(steps[0]) ?? 0 }
   for (let i = 0; i < steps.length; i++) {
-    const w = numberStep(steps[i])
+    const w = stepWeight(steps[i]!)
     if (w !== undefined && w >= weight) return { index: i, weight: w }
   }
   return { index: steps.length - 1, weight }
+}
+
+/**
+ * Blue/green: whether the preview phase may switch: a preview needs a pass
+ * after its duration; without one (a baseline interval) only no failure.
+ */
+function readyToSwitch (plan: RolloutPlan, verdict: Verdict, done: boolean): boolean {
+  return plan.preview === undefined ? verdict !== 'fail' : verdict === 'pass' && done
 }
 
 /** A segment's share for the canary as it stands in `s` (pinned canary 100, pinned other 0, else its weight). */
@@ -544,7 +547,6 @@ export class RolloutController {
   /** The route weights the record stands for: the canary weight, or after a blue/green switch-back the weights before it. */
   #weightsOf (r: RolloutRecord): Record<string, number> {
     if ((r.state === 'rolled-back' || r.state === 'aborted') && r.switchedFrom !== undefined && r.phase === 'rollback-window') return { ...r.switchedFrom }
-    if (r.state === 'promoted' && r.finalized === true) return weightsFor(r, 0)
     return weightsFor(r, r.weight)
   }
 
@@ -592,7 +594,7 @@ export class RolloutController {
       const segments = this.#segmentsOf(copy, current)
       if (segments !== undefined) {
         all.segments = segments
-        all.segmentsFrom = current
+        all.expectSegments = current
       }
       // a rollback or abort also takes the new build off the canary (segments pinned to it return to the old one)
       if ((copy.state === 'rolled-back' || copy.state === 'aborted') && copy.canaryUpstreamBefore !== undefined && all.upstreams === undefined) {
@@ -682,7 +684,7 @@ export class RolloutController {
       // the gate is asked before the transaction: a slow gate must not hold a half-made change
       const r0 = this.#record
       const done = this.#phaseDone(r0)
-      const switching = phase === 'preview' && (r0.plan.preview === undefined ? result.verdict !== 'fail' : result.verdict === 'pass' && done)
+      const switching = phase === 'preview' && readyToSwitch(r0.plan, result.verdict, done)
       const wouldPromote = r0.state === 'progressing' && r0.plan.promotion === 'auto' &&
         ((result.verdict === 'pass' && phase === 'steps' && r0.stepIndex >= r0.plan.steps.length - 1) || switching)
       const gate = wouldPromote ? await this.#askGate() : { ok: true, detail: '' }
@@ -722,9 +724,7 @@ export class RolloutController {
       return this.#promotion(r, `no failed check in the ${r.plan.rollbackWindowMs ?? 0} ms rollback window`)
     }
     if (phase === 'preview' && r.state === 'progressing') {
-      // a preview needs a pass after its duration; without one (a baseline interval) the switch needs only no failure
-      const ready = r.plan.preview === undefined || (result.verdict === 'pass' && done)
-      if (!ready) return {}
+      if (!readyToSwitch(r.plan, result.verdict, done)) return {}
       if (r.plan.promotion === 'manual') {
         r.state = 'awaiting-promotion'
         this.#event('awaiting-promotion', `blue/green rollout of ${r.plan.canary} on ${this.route}: preview passed, awaiting the switch`)
@@ -980,7 +980,7 @@ export class RolloutController {
         .map((s) => s.weights === undefined ? s : { ...s, weights: Object.fromEntries(Object.entries(s.weights).filter(([v]) => has(v))) })
       if (!jsonEqual(segments, view.segments)) {
         extras.segments = segments
-        extras.segmentsFrom = view.segments
+        extras.expectSegments = view.segments
       }
     }
     if (Object.keys(extras).length === 0) return
@@ -991,10 +991,6 @@ export class RolloutController {
   close (): void {
     this.#finish()
   }
-}
-
-function jsonEqual (a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b)
 }
 
 /** The mirror a shadow phase puts on the route: the plan's share and methods, to the canary. */

@@ -8,7 +8,7 @@ import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
 import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type RouteExtras, type RouteNow, type SubscribeEjection, type SubscribeFinish } from './controller.js'
-import { PlanError, validatePlan } from '../config/plan.js'
+import { ACTIVE_STATES, PlanError, validatePlan } from '../config/plan.js'
 import { checkUpstreams } from '../config/routes.js'
 import type { SubscribeShadow } from '../metrics/observer.js'
 import type { MirrorSpec, RouteSpec, SegmentSpec } from '../routing/spec.js'
@@ -71,7 +71,7 @@ export function rolloutView (r: RolloutRecord): Record<string, unknown> {
     route: r.route,
     state: r.state,
     strategy: r.plan.strategy ?? 'canary',
-    phase: ACTIVE.has(r.state) ? r.phase ?? 'steps' : 'done',
+    phase: phaseOf(r),
     canary: r.plan.canary,
     stable: r.stable,
     step: r.stepIndex + 1,
@@ -90,7 +90,10 @@ export function rolloutView (r: RolloutRecord): Record<string, unknown> {
   }
 }
 
-const ACTIVE: ReadonlySet<string> = new Set(['progressing', 'paused', 'awaiting-promotion'])
+/** The phase a view shows: the record's while active (a record older than phases is in steps), `done` once final. */
+function phaseOf (r: RolloutRecord): string {
+  return ACTIVE_STATES.has(r.state) ? r.phase ?? 'steps' : 'done'
+}
 
 /** The route in force as the controller reads it. */
 function routeNow (spec: RouteSpec): RouteNow {
@@ -206,15 +209,13 @@ export class RolloutManager {
         applyWeights: async (route, weights, reason, record, extras?: RouteExtras) => {
           if (extras === undefined) await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record })
           else if (store.update !== undefined) {
-            const { segmentsFrom, ...rest } = extras
-            await store.update(route, { weights, ...rest, ...(segmentsFrom === undefined ? {} : { expectSegments: segmentsFrom }) }, { reason, source: ROLLOUT_SOURCE, rollout: record })
+            await store.update(route, { weights, ...extras }, { reason, source: ROLLOUT_SOURCE, rollout: record })
           } else throw new TypeError('this store cannot change segments, mirror or upstreams')
         },
         persist: async (route, record) => { await store.setRolloutState(route, record) },
         applyExtras: async (route, extras, reason, record) => {
           if (store.update === undefined) return
-          const { segmentsFrom, ...rest } = extras
-          await store.update(route, { ...rest, ...(segmentsFrom === undefined ? {} : { expectSegments: segmentsFrom }) }, { reason, source: ROLLOUT_SOURCE, rollout: record })
+          await store.update(route, extras, { reason, source: ROLLOUT_SOURCE, rollout: record })
         },
         view: (route) => {
           const spec = store.specs?.find((s) => s.name === route)
@@ -385,7 +386,7 @@ export class RolloutManager {
     const c = this.#controllers.get(route)
     if (c === undefined) return null
     const r = c.record
-    return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks, phase: ACTIVE.has(r.state) ? r.phase ?? 'steps' : 'done' }
+    return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks, phase: phaseOf(r) }
   }
 
   /** Stops every timer (process shutdown); records stay as saved. */

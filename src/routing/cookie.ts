@@ -1,3 +1,5 @@
+import type { IncomingHttpHeaders } from 'node:http'
+
 /**
  * Finds one cookie's value in a `Cookie` header without building a map of all
  * cookies: the hot path asks for at most two names, so a scan is cheaper than
@@ -24,6 +26,17 @@ export function findCookie (header: string | undefined, name: string): string {
     i = stop + 1
   }
   return ''
+}
+
+/**
+ * One header's value as a string: a repeated header is its values joined
+ * with ", "; '' when absent. Node's header object has a prototype, so a name
+ * like `constructor` read through it is a function, not a value: only
+ * strings and arrays count.
+ */
+export function headerValue (headers: IncomingHttpHeaders, name: string): string {
+  const h = headers[name]
+  return typeof h === 'string' ? h : Array.isArray(h) ? h.join(', ') : ''
 }
 
 /** Finds one query parameter's raw value in a request target; '' when absent. */

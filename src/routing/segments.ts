@@ -12,7 +12,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import ipaddr from 'ipaddr.js'
 import { RE2JS } from 're2js'
-import { findCookie, findQuery } from './cookie.js'
+import { findCookie, findQuery, headerValue } from './cookie.js'
 import type { RouteSpec, SegmentMatch, SegmentSpec, ValueMatch } from './spec.js'
 import type { Route, Segment, Version } from './types.js'
 import { toPpm } from './weights.js'
@@ -46,10 +46,8 @@ export const MAX_REGEX_INPUT = 4096
 
 function headerTest (name: string, test: ValueTest): RequestTest {
   return (headers) => {
-    const h = headers[name]
-    // Node's header object has a prototype: `constructor` or `__proto__` read through it are functions, not values
-    const v = typeof h === 'string' ? h : Array.isArray(h) ? h.join(', ') : ''
     // a repeated header is one value, as readStickyKey reads it
+    const v = headerValue(headers, name)
     return v.length !== 0 && test(v)
   }
 }

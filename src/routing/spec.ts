@@ -144,3 +144,8 @@ export function endpointsKey (v: VersionSpec): string {
 export function upstreamView (upstream: readonly string[]): string | string[] {
   return upstream.length === 1 ? upstream[0]! : [...upstream]
 }
+
+/** Equality of plain JSON data (specs, segments, a mirror) as the state file would store it. */
+export function jsonEqual (a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b)
+}

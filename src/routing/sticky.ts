@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import { findCookie, findQuery } from './cookie.js'
+import { findCookie, findQuery, headerValue } from './cookie.js'
 import { KeyKind, type KeySource, type Route, type Version } from './types.js'
 
 /**
@@ -14,12 +14,9 @@ export function readStickyKey (route: Route, headers: IncomingHttpHeaders, url: 
     const src = keys[i]!
     let v: string
     switch (src.kind) {
-      case KeyKind.Header: {
-        const h = headers[src.name]
-        // Node's header object has a prototype: a `constructor` key read through it is a function, not a value
-        v = typeof h === 'string' ? h : Array.isArray(h) ? h.join(', ') : ''
+      case KeyKind.Header:
+        v = headerValue(headers, src.name)
         break
-      }
       case KeyKind.Cookie:
         v = findCookie(headers.cookie, src.name)
         break

@@ -1,7 +1,7 @@
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
-import { upstreamView, withWeights, type MirrorSpec, type RouteSpec, type SegmentSpec, type VersionSpec } from '../routing/spec.js'
+import { jsonEqual, upstreamView, withWeights, type MirrorSpec, type RouteSpec, type SegmentSpec, type VersionSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
@@ -164,8 +164,12 @@ function withMirror (spec: RouteSpec, mirror: MirrorSpec | null): RouteSpec {
   return mirror === null ? rest : { ...rest, mirror: structuredClone(mirror) }
 }
 
-function jsonEqual (a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b)
+/** The override map with `route`'s field at `value`: no override when it equals the file's `config` (the file then says it). */
+function overridden<T> (map: ReadonlyMap<string, FieldOverride<T>>, route: string, value: T, config: T): Map<string, FieldOverride<T>> {
+  const out = new Map(map)
+  if (jsonEqual(value, config)) out.delete(route)
+  else out.set(route, { value: structuredClone(value), config })
+  return out
 }
 
 /**
@@ -330,19 +334,9 @@ export class RuntimeStore {
         upstreams.set(spec.name, kept)
         this.#log.info({ route: spec.name, upstreams: Object.fromEntries(Object.entries(kept).map(([k, o]) => [k, o.upstream])) }, 'runtime upstreams restored from state file')
       }
-      let current = withUpstreams(spec, kept)
-      const fields = this.#keptFields(spec, saved.segments, saved.mirror)
-      if (fields.segments !== undefined) {
-        segments.set(spec.name, fields.segments)
-        current = withSegments(current, fields.segments.value)
-        this.#log.info({ route: spec.name, segments: fields.segments.value.map((x) => x.name) }, 'runtime segments restored from state file')
-      } else if (saved.segments !== undefined) {
-        this.#log.warn({ route: spec.name }, 'the config file changed this route\'s segments (or its versions) since they were changed at runtime: the file wins')
-      }
-      if (fields.mirror !== undefined) {
-        mirror.set(spec.name, fields.mirror)
-        current = withMirror(current, fields.mirror.value)
-      }
+      const { spec: current, segments: restored } = this.#applyKept(spec, withUpstreams(spec, kept), saved.segments, saved.mirror, { segments, mirror })
+      if (restored !== undefined) this.#log.info({ route: spec.name, segments: restored.map((x) => x.name) }, 'runtime segments restored from state file')
+      else if (saved.segments !== undefined) this.#log.warn({ route: spec.name }, 'the config file changed this route\'s segments (or its versions) since they were changed at runtime: the file wins')
       if (!sameVersions(spec.versions, saved.versions)) {
         this.#log.warn({
           route: spec.name,
@@ -360,6 +354,26 @@ export class RuntimeStore {
     }
     this.#ov = { upstreams, segments, mirror }
     this.#audit.restore(parseAuditEntries(doc.audit))
+  }
+
+  /**
+   * Puts the segment and mirror overrides that still hold for the file's
+   * route `base` (keptField) on `spec` and into `into`; returns the spec and
+   * the runtime segments kept (undefined when none).
+   */
+  #applyKept (base: RouteSpec, spec: RouteSpec, segments: FieldOverride<SegmentSpec[]> | undefined, mirror: FieldOverride<MirrorSpec | null> | undefined,
+    into: { segments: Map<string, FieldOverride<SegmentSpec[]>>; mirror: Map<string, FieldOverride<MirrorSpec | null>> }): { spec: RouteSpec; segments: SegmentSpec[] | undefined } {
+    const fields = this.#keptFields(base, segments, mirror)
+    let out = spec
+    if (fields.segments !== undefined) {
+      into.segments.set(base.name, fields.segments)
+      out = withSegments(out, fields.segments.value)
+    }
+    if (fields.mirror !== undefined) {
+      into.mirror.set(base.name, fields.mirror)
+      out = withMirror(out, fields.mirror.value)
+    }
+    return { spec: out, segments: fields.segments?.value }
   }
 
   /** The segment and mirror overrides that still apply to the file's route `base` (see keptField). */
@@ -505,21 +519,13 @@ export class RuntimeStore {
         extra.upstreams = changes
       }
       if (patch.segments !== undefined) {
-        const config = base.segments ?? []
-        const segments = new Map(ov.segments)
-        if (jsonEqual(patch.segments, config)) segments.delete(route)
-        else segments.set(route, { value: structuredClone(patch.segments), config })
-        ov = { ...ov, segments }
+        ov = { ...ov, segments: overridden(ov.segments, route, patch.segments, base.segments ?? []) }
         // a rollout step re-sends the segments it owns: the audit says segments only when they changed
         if (!jsonEqual(spec.segments ?? [], patch.segments)) extra.segments = { previous: spec.segments ?? [], next: structuredClone(patch.segments) }
         changed = withSegments(changed, patch.segments)
       }
       if (patch.mirror !== undefined) {
-        const config = base.mirror ?? null
-        const mirror = new Map(ov.mirror)
-        if (jsonEqual(patch.mirror, config)) mirror.delete(route)
-        else mirror.set(route, { value: structuredClone(patch.mirror), config })
-        ov = { ...ov, mirror }
+        ov = { ...ov, mirror: overridden(ov.mirror, route, patch.mirror, base.mirror ?? null) }
         if (!jsonEqual(spec.mirror ?? null, patch.mirror)) extra.mirror = { previous: spec.mirror ?? null, next: patch.mirror }
         changed = withMirror(changed, patch.mirror)
       }
@@ -644,20 +650,9 @@ export class RuntimeStore {
         const { kept, dropped } = keptOverrides(spec, this.#ov.upstreams.get(spec.name))
         if (kept !== undefined) overrides.set(spec.name, kept)
         if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'reload: the file changed these versions\' upstream (or removed them): their runtime upstream is dropped')
-        let next = withUpstreams(spec, kept)
         const oldSeg = this.#ov.segments.get(spec.name)
-        const oldMirror = this.#ov.mirror.get(spec.name)
-        const fields = this.#keptFields(spec, oldSeg, oldMirror)
-        if (fields.segments !== undefined) {
-          segOverrides.set(spec.name, fields.segments)
-          next = withSegments(next, fields.segments.value)
-        } else if (oldSeg !== undefined) {
-          this.#log.warn({ route: spec.name }, 'reload: the file changed this route\'s segments (or versions they name): its runtime segments are dropped')
-        }
-        if (fields.mirror !== undefined) {
-          mirrorOverrides.set(spec.name, fields.mirror)
-          next = withMirror(next, fields.mirror.value)
-        }
+        const { spec: next, segments: keptSegments } = this.#applyKept(spec, withUpstreams(spec, kept), oldSeg, this.#ov.mirror.get(spec.name), { segments: segOverrides, mirror: mirrorOverrides })
+        if (keptSegments === undefined && oldSeg !== undefined) this.#log.warn({ route: spec.name }, 'reload: the file changed this route\'s segments (or versions they name): its runtime segments are dropped')
         if (sameVersions(cur.versions, spec.versions)) return withWeights(next, weightsOf(cur))
         pending.push({ route: spec.name, previous: weightsOf(cur), weights: weightsOf(spec), reason: `reload changed the versions (${cur.versions.map((v) => v.name).join(', ')} → ${spec.versions.map((v) => v.name).join(', ')}): the file's weights apply` })
         return next
