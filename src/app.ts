@@ -1,7 +1,9 @@
 import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
 import { isAbsolute } from 'node:path'
 import { createSecureContext } from 'node:tls'
 import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
+import { registerFleetRoutes } from './admin/fleet-routes.js'
 import { registerRolloutRoutes } from './admin/rollout-routes.js'
 import { registerSegmentRoutes } from './admin/segment-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
@@ -20,7 +22,9 @@ import { RolloutManager } from './rollout/manager.js'
 import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
 import type { TableHolder } from './routing/holder.js'
-import { RuntimeStore } from './state/store.js'
+import { defaultInstanceId, FleetLink } from './store/fleet.js'
+import { RedisStore, redactUrl, type Heartbeat } from './store/redis.js'
+import { fleetSnapshotPath, RuntimeStore } from './store/store.js'
 import type { RouteSpec } from './routing/spec.js'
 import { Upstreams } from './upstream/pools.js'
 import { loadTls, mergeTls, type UpstreamTls } from './upstream/tls.js'
@@ -252,11 +256,35 @@ export function addLogReadout (metrics: PrometheusMetrics): void {
   metrics.addReadout(METRIC_NAMES.logDropped, 'Log lines dropped because stdout was closed or more than log.maxBufferBytes were waiting (the proxy never blocks on its log).', 'counter', droppedLogLines)
 }
 
+/**
+ * The runtime store of `config.store`: the state file (one instance), or
+ * the fleet's state in Redis with the local snapshot next to the state
+ * file. The same for a single process and a cluster primary.
+ */
+export function createStore (config: Config, logger: Logger, prepare?: (specs: readonly RouteSpec[]) => Promise<void>): RuntimeStore {
+  const base = { routes: config.routes, file: config.state.file, logger, ...(prepare === undefined ? {} : { prepare }), ...RUNTIME_CHECKS }
+  const st = config.store
+  if (st.type !== 'redis') return new RuntimeStore(base)
+  const redis = new RedisStore({ url: st.url, prefix: st.prefix, instanceId: st.instanceId === '' ? defaultInstanceId() : st.instanceId, logger: logger.child({ component: 'store' }) })
+  return new RuntimeStore({ ...base, fleet: redis, snapshot: fleetSnapshotPath(config.state.file), syncMs: st.syncMs })
+}
+
 /** The control plane: runtime state, the admin server and the rollouts. */
 export interface ControlPlane {
   state: RuntimeStore
   admin: AdminServer
   rollouts: RolloutManager
+  /**
+   * Fleet mode: connects to the store and adopts the fleet's state (or
+   * starts from the local snapshot; throws a ConfigError naming store.url
+   * without one), then joins the fleet (heartbeat, rollout leases). Call
+   * before the listeners start. A no-op with the file store.
+   */
+  open: () => Promise<void>
+  /** Says where this instance listens (its heartbeat carries it), once listening. */
+  listening: (admin: string, proxy: string) => void
+  /** Leaves the fleet (leases given up, heartbeat removed) and stops following the store. */
+  close: () => Promise<void>
   /**
    * Re-reads the config file and applies its routes (SIGHUP, POST
    * /api/v1/reload, serve --watch). Throws the ConfigError naming the key
@@ -282,6 +310,8 @@ export interface ControlPlaneSources {
   isReady: () => boolean
   /** Serves reloaded listener certificates (this process's listener, or every worker's). Throws when they are refused: the reload then changes nothing. */
   applyCertificates?: (certs: ListenerCertificate[]) => void
+  /** Where the store gauges are exposed (canaryd_store_up, …). */
+  gauges?: Pick<PrometheusMetrics, 'addReadout'>
 }
 
 /**
@@ -299,8 +329,14 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
     metrics: src.metrics,
     isReady: src.isReady
   })
+  const addresses = { admin: '', proxy: '' }
+  const redis = state.redis
+  // read at each heartbeat, once `rollouts` below exists
+  const describe = (): Omit<Heartbeat, 'id' | 'hostname' | 'pid' | 'startedAt' | 'lastHeartbeat'> => ({ ...addresses, generation: state.generation, leader: rollouts.leading, config: state.configHash })
+  const link = redis === undefined ? undefined : new FleetLink({ redis, logger: logger.child({ component: 'fleet' }), leaseTtlMs: config.store.leaseTtlMs, heartbeatMs: config.store.heartbeatMs, describe })
   const rollouts = new RolloutManager({
     store: state,
+    ...(link === undefined ? {} : { fleet: link }),
     logger: logger.child({ component: 'rollout' }),
     notifier: new WebhookNotifier({ logger }),
     observer: src.registry === undefined ? undefined : new RolloutMetrics(src.registry, state.routeNames),
@@ -312,12 +348,49 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
   registerSegmentRoutes(admin, state)
+  const self = (): Heartbeat => {
+    const now = new Date().toISOString()
+    return { id: redis?.instanceId ?? 'local', hostname: hostname(), pid: process.pid, startedAt: STARTED_AT, lastHeartbeat: now, ...describe() }
+  }
+  registerFleetRoutes(admin, { store: state, self, ...(link === undefined ? {} : { instances: async () => await link.instances() }) })
+  if (src.gauges !== undefined) {
+    src.gauges.addReadout(METRIC_NAMES.storeUp, 'Whether the runtime store can be reached (1) or not (0); always 1 with the file store. While 0 the proxy serves the last applied state, admin writes answer 503 and rollouts hold.', 'gauge', () => state.up ? 1 : 0)
+    src.gauges.addReadout(METRIC_NAMES.storeConfigMismatch, 'Fleet mode: 1 when this instance\'s routes config differs from the fleet\'s (the config it was seeded or last reloaded with); the fleet state then applies only to routes with the same versions.', 'gauge', () => state.configMismatch ? 1 : 0)
+    src.gauges.addReadout(METRIC_NAMES.storeGeneration, 'The runtime store generation this instance has applied (fleet mode: the same on every instance once a change has spread).', 'gauge', () => state.generation)
+  }
   const reload = reloader(config, logger, state, rollouts, src.applyCertificates)
   registerReloadRoute(admin, reload)
-  // a restart resumes rollouts at their step (and keeps finished ones finished)
-  rollouts.restore()
-  return { state, admin, rollouts, reload }
+  // a restart resumes rollouts at their step (and keeps finished ones finished); a fleet does it once it has the fleet's state
+  if (link === undefined) rollouts.restore()
+  return {
+    state,
+    admin,
+    rollouts,
+    reload,
+    listening: (a, p) => {
+      addresses.admin = a
+      addresses.proxy = p
+      link?.beat()
+    },
+    open: async () => {
+      if (link === undefined) return
+      await state.open(config.store.connectTimeoutMs)
+      await link.start()
+      state.onGeneration(() => { link.beat() })
+      rollouts.restore()
+    },
+    close: async () => {
+      rollouts.close()
+      await rollouts.leave()
+      await state.close()
+      await link?.close()
+      await redis?.close()
+    }
+  }
 }
+
+/** When this process started (the heartbeat says it). */
+const STARTED_AT = new Date().toISOString()
 
 /**
  * The reload of one instance: read the file again (without blocking),
@@ -408,7 +481,9 @@ function describeRoutes (holder: TableHolder): unknown[] {
 export async function announceStarted (logger: Logger, config: Config, holder: TableHolder, rollouts: RolloutManager, addresses: Record<string, unknown>): Promise<void> {
   logger.info({
     ...addresses,
-    stateFile: config.state.file === '' ? '(none: runtime changes are not persisted)' : config.state.file,
+    ...(config.store.type === 'redis'
+      ? { store: `redis ${redactUrl(config.store.url)} (prefix ${config.store.prefix})`, snapshot: fleetSnapshotPath(config.state.file) || '(none: state.file is "")' }
+      : { stateFile: config.state.file === '' ? '(none: runtime changes are not persisted)' : config.state.file }),
     config: config.source,
     routes: describeRoutes(holder)
   }, 'canaryd started')
@@ -451,7 +526,7 @@ export class App {
     // the state file's weights (where still valid) override the config's before the first table is built
     warnInsecure(this.logger, config)
     // a change's new DNS names are resolved before its table is swapped in (see Upstreams.warm)
-    this.state = new RuntimeStore({ routes: config.routes, file: config.state.file, logger: this.logger, prepare: async (specs) => { await this.upstreams.warm(versionsOf(specs)) }, ...RUNTIME_CHECKS })
+    this.state = createStore(config, this.logger, async (specs) => { await this.upstreams.warm(versionsOf(specs)) })
     this.holder = this.state.holder
     const data = this.data = createDataPlane(config, this.holder, this.logger, opts.metrics ?? true)
     this.upstreams = data.upstreams
@@ -464,6 +539,7 @@ export class App {
       subscribe: metrics === undefined ? undefined : (route, version, l) => metrics.onFinish(route, version, l),
       subscribeEjection: metrics === undefined ? undefined : (r, v, l) => metrics.onEjected(r, v, l),
       subscribeShadow: metrics === undefined ? undefined : (r, l) => metrics.subscribeShadow(r, l),
+      gauges: metrics,
       isReady: () => !this.draining && this.proxyAddress !== undefined,
       applyCertificates: (certs) => {
         // a reload before the listener is up (the admin API starts first): the listener starts with them
@@ -474,7 +550,10 @@ export class App {
     this.admin = control.admin
     this.rollouts = control.rollouts
     this.reload = control.reload
+    this.#control = control
   }
+
+  readonly #control: ControlPlane
 
   /** Re-reads the config file and applies its routes; see ControlPlane.reload. */
   readonly reload: ControlPlane['reload']
@@ -485,13 +564,17 @@ export class App {
    * token) is refused before any traffic is accepted.
    */
   async start (): Promise<void> {
+    // fleet mode: the fleet's state (or the local snapshot) is in force before any listener opens
+    await this.#control.open()
     this.adminAddress = await this.admin.listen()
     // DNS-discovered versions get their first endpoints before traffic (Envoy's cluster warming); bounded by the resolver's timeout
     await this.upstreams.settled()
     const addr = await startListener(this.data, this.config, this.logger, { certs: this.#pendingCerts })
     this.proxyAddress = addr.main
     this.redirectAddress = addr.redirect
+    this.#control.listening(`${this.adminAddress.address}:${this.adminAddress.port}`, `${addr.main.address}:${addr.main.port}`)
     await announceStarted(this.logger, this.config, this.holder, this.rollouts, {
+      ...(this.state.redis === undefined ? {} : { instance: this.state.redis.instanceId }),
       ...listenerSummary(this.config, addr),
       admin: `${this.adminAddress.address}:${this.adminAddress.port}`
     })
@@ -505,7 +588,7 @@ export class App {
       const clean = await this.proxy.drain(drainMs)
       await this.upstreams.close()
       // admin last: /readyz answers 503 during the drain; a change in flight finishes its write
-      this.rollouts.close()
+      await this.#control.close()
       await this.state.flush()
       await this.admin.close()
       return clean

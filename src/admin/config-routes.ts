@@ -6,7 +6,7 @@
 import { applyEndpoints } from '../config/routes.js'
 import { CanarydError, ConfigError, createError } from '../errors.js'
 import type { VersionSpec } from '../routing/spec.js'
-import type { ReloadSummary, RuntimeStore } from '../state/store.js'
+import type { ReloadSummary, RuntimeStore } from '../store/store.js'
 import { isObj, parseReason, type AdminServer } from './server.js'
 
 /** What a reload answers: the store's summary plus the static keys that changed (they need a restart). */

@@ -5,7 +5,7 @@
  */
 import { validateSegments } from '../config/segments.js'
 import { CanarydError, ConfigError, createError } from '../errors.js'
-import type { RuntimeStore } from '../state/store.js'
+import type { RuntimeStore } from '../store/store.js'
 import { isObj, parseReason, type AdminServer } from './server.js'
 
 /**

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { CanarydError, ConfigError, createError } from '../errors.js'
 import { listenError } from '../config/load.js'
 import type { Logger } from '../logger.js'
-import type { RuntimeStore } from '../state/store.js'
+import type { RuntimeStore } from '../store/store.js'
 import { checkBearer, isLoopbackHost, readJsonBody, tokenDigest } from './http.js'
 import { AdminRouter, type AdminHandler, type AdminMethod, type AdminReply, type AdminRequest } from './router.js'
 

@@ -19,15 +19,14 @@ import cluster, { type Worker } from 'node:cluster'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { AggregatorRegistry } from 'prom-client'
-import { addLogReadout, announceStarted, createControlPlane, listenerSummary, loadListenerCertificates, warnInsecure, type ControlPlane } from '../app.js'
+import { addLogReadout, announceStarted, createControlPlane, createStore, listenerSummary, loadListenerCertificates, warnInsecure, type ControlPlane } from '../app.js'
 import type { ListenerCertificate } from '../listener/certs.js'
 import type { Config } from '../config/load.js'
-import { RUNTIME_CHECKS } from '../config/segments.js'
 import type { ShadowPair } from '../metrics/observer.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics } from '../metrics/prometheus.js'
 import type { SubscribeFinish } from '../rollout/controller.js'
-import { RuntimeStore } from '../state/store.js'
+import { RuntimeStore } from '../store/store.js'
 import { isOurs, toWire, type ToPrimary, type ToWorker } from './messages.js'
 
 type FinishListener = Parameters<SubscribeFinish>[2]
@@ -85,12 +84,13 @@ export class ClusterPrimary {
     this.#own = this.#metricsOn ? new PrometheusMetrics() : undefined
     if (this.#own !== undefined) addLogReadout(this.#own)
     warnInsecure(opts.logger, opts.config)
-    this.state = new RuntimeStore({ routes: opts.config.routes, file: opts.config.state.file, logger: opts.logger, ...RUNTIME_CHECKS })
+    this.state = createStore(opts.config, opts.logger)
     this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', routes: [...this.state.specs], generation: table.generation }) })
     const own = this.#own
     this.control = createControlPlane(opts.config, opts.logger, this.state, {
       metrics: own === undefined ? undefined : { expose: async () => await this.metricsText(), registry: { contentType: own.registry.contentType } },
       registry: own?.registry,
+      gauges: own,
       subscribe: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, l, undefined) : undefined,
       subscribeEjection: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, undefined, l) : undefined,
       subscribeShadow: this.#metricsOn ? (route, l) => this.#subscribeShadow(route, l) : undefined,
@@ -128,6 +128,8 @@ export class ClusterPrimary {
 
   /** Starts the admin server, forks the workers and waits until all listen; logs the start-up line. */
   async start (): Promise<void> {
+    // fleet mode: the fleet's state (or the local snapshot) is in force before the workers get their first table
+    await this.control.open()
     const admin = await this.control.admin.listen()
     this.#certs = await loadListenerCertificates(this.config, this.#log)
     const ready = new Promise<void>((resolve, reject) => {
@@ -138,7 +140,9 @@ export class ClusterPrimary {
     await ready
     this.#started = true
     const a = this.#address!
+    this.control.listening(`${admin.address}:${admin.port}`, `${a.address}:${a.port}`)
     await announceStarted(this.#log, this.config, this.state.holder, this.control.rollouts, {
+      ...(this.state.redis === undefined ? {} : { instance: this.state.redis.instanceId }),
       ...listenerSummary(this.config, { main: a, redirect: a.redirect }),
       admin: `${admin.address}:${admin.port}`,
       workers: this.workerPids
@@ -327,7 +331,7 @@ export class ClusterPrimary {
     killer.unref()
     await Promise.all(exits)
     clearTimeout(killer)
-    this.control.rollouts.close()
+    await this.control.close()
     await this.state.flush()
     await this.control.admin.close()
   }

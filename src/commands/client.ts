@@ -105,6 +105,34 @@ export function rolloutCell (r: unknown, versions: ReadonlyArray<{ name: string;
   return s.length > 40 ? `${s.slice(0, 39)}…` : s
 }
 
+/** GET /api/v1/fleet as the CLI reads it. */
+interface FleetJson {
+  store: string
+  self: string
+  storeUp: boolean
+  generation: number
+  configMismatch: boolean
+  error?: string
+  instances: Array<{ id: string; admin: string; proxy: string; generation: number; leader: string[]; lastHeartbeat: string; configMismatch: boolean; self: boolean }>
+}
+
+/** The instances table of `canaryd status` in fleet mode. */
+export function formatFleet (f: FleetJson, now: number = Date.now()): string {
+  const lines = [`\nfleet: ${f.instances.length} instance${f.instances.length === 1 ? '' : 's'}, generation ${f.generation}${f.storeUp ? '' : ' (store unreachable from this instance: serving its last applied state)'}${f.configMismatch ? ' (this instance\'s routes config differs from the fleet\'s)' : ''}`]
+  if (f.error !== undefined) lines.push(`  (${f.error})`)
+  const rows = f.instances.map((i) => [
+    `${i.self ? '*' : ' '} ${i.id}`,
+    i.admin,
+    String(i.generation),
+    i.leader.length === 0 ? '-' : i.leader.join(','),
+    `${Math.max(0, Math.round((now - Date.parse(i.lastHeartbeat)) / 1000))}s ago${i.configMismatch ? ', config differs' : ''}`
+  ])
+  const head = ['  instance', 'admin', 'generation', 'leads', 'heartbeat']
+  const width = head.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c]!.length)))
+  for (const r of [head, ...rows]) lines.push(r.map((x, c) => x.padEnd(width[c]!)).join('  ').trimEnd())
+  return `${lines.join('\n')}\n`
+}
+
 /** Renders routes as an aligned text table: route, version, weight, upstream, rollout. */
 export function formatRoutes (routes: readonly RouteJson[]): string {
   const rows: string[][] = [['ROUTE', 'VERSION', 'WEIGHT', 'UPSTREAM', 'ROLLOUT']]
@@ -246,7 +274,11 @@ export async function runClient (cmd: string, argv: string[]): Promise<void> {
     const res = route === undefined
       ? await callAdmin(base, token, 'GET', 'api/v1/routes') as { routes: RouteJson[] }
       : { routes: [await callAdmin(base, token, 'GET', `api/v1/routes/${encodeURIComponent(route)}`) as RouteJson] }
-    out(values.json === true ? `${JSON.stringify(route === undefined ? res : res.routes[0], null, 2)}\n` : formatRoutes(res.routes))
+    // fleet mode: the instances under the table (an older server without /api/v1/fleet just has none)
+    const fleet = route === undefined ? await callAdmin(base, token, 'GET', 'api/v1/fleet').catch(() => undefined) as FleetJson | undefined : undefined
+    const inFleet = fleet?.store === 'redis' ? fleet : undefined
+    if (values.json === true) out(`${JSON.stringify(route === undefined ? { ...res, ...(inFleet === undefined ? {} : { fleet: inFleet }) } : res.routes[0], null, 2)}\n`)
+    else out(formatRoutes(res.routes) + (inFleet === undefined ? '' : formatFleet(inFleet)))
   } catch (err) {
     if (err instanceof ClientError) {
       process.stderr.write(`canaryd ${cmd}: ${err.message}\n`)

@@ -12,7 +12,7 @@ import { checkAdminBinding } from '../admin/server.js'
 import { ConfigFileError, configPath, DEFAULT_CONFIG_PATH, parseWorkers, EnvConfigError, listenerCertificates, loadConfig, schemaLeaves, type Config } from '../config/load.js'
 import { CanarydError, ConfigError } from '../errors.js'
 import { resolveLogLevel } from '../logger.js'
-import { checkStateDir } from '../state/file.js'
+import { checkStateDir } from '../store/file.js'
 
 /** Usage of `validate` and `config print`. */
 export const CONFIG_USAGE = `Usage:
@@ -127,10 +127,26 @@ export function printableConfig (config: Config): Record<string, unknown> {
     const leaf = parts.at(-1)!
     if (parent !== undefined && parent[leaf] !== '' && parent[leaf] !== undefined) parent[leaf] = MASK
   }
+  // the Redis URL stays a URL (host and db are worth seeing), its credentials do not
+  const store = out.store as { url: string }
+  store.url = maskCredentials(store.url)
   for (const r of out.routes as Array<{ rollout?: { webhooks?: Array<{ url: unknown }> } }>) {
     for (const w of r.rollout?.webhooks ?? []) w.url = maskUrl(w.url)
   }
   return out
+}
+
+/** A URL with its user name and password masked (redis://:MASK@host:6379/0); anything else unchanged. */
+function maskCredentials (url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password === '' && u.username === '') return url
+    if (u.password !== '') u.password = MASK
+    if (u.username !== '') u.username = MASK
+    return u.toString()
+  } catch {
+    return url
+  }
 }
 
 /** A usage error: the message, the usage, exit code 2. */

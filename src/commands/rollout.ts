@@ -48,7 +48,7 @@ export function formatRollout (r: Record<string, unknown>): string {
     const st = c.stable as Record<string, unknown>
     const sh = c.shadow as Record<string, unknown> | undefined
     const where = sh === undefined ? `step ${String(c.step)}` : `shadow (${String(sh.pairs)} copies, ${String(sh.mismatchRate)}% mismatched)`
-    lines.push(`  ${String(c.at)} ${where} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
+    lines.push(`  ${String(c.at)} ${where} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${typeof c.instances === 'number' ? ` | ${c.instances} instance${c.instances === 1 ? '' : 's'}` : ''}${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
   }
   return `${lines.join('\n')}\n`
 }

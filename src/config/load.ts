@@ -428,6 +428,7 @@ export function configFromObject (raw: unknown, source: string = '', env: NodeJS
   }
   const props = c.getProperties() as Omit<Config, 'routes' | 'source'> & { routes: unknown }
   checkListen(props)
+  checkStore(props)
   const routes = validateRoutes(props.routes)
   return { ...props, routes, source }
 }
@@ -481,6 +482,27 @@ function checkListen (props: Omit<Config, 'routes' | 'source'>): void {
     if (problem !== undefined) throw new ConfigError(`listen.proxyProtocolTrustedIPs[${i}]`, problem)
   })
   if (l.proxyProtocolTrustedIPs.length !== 0 && !l.proxyProtocol) throw new ConfigError('listen.proxyProtocolTrustedIPs', 'names who may send PROXY headers: it needs listen.proxyProtocol: true')
+}
+
+/**
+ * The store settings convict cannot check: a Redis URL the client can use
+ * (scheme, host, a numeric db), checked only with `store.type` redis. The
+ * password is never echoed in the message.
+ */
+function checkStore (props: Omit<Config, 'routes' | 'source'>): void {
+  const st = props.store
+  if (st.type !== 'redis') return
+  let u: URL
+  try {
+    u = new URL(st.url)
+  } catch {
+    throw new ConfigError('store.url', 'must be a URL like redis://host:6379/0 (rediss:// for TLS) when store.type is redis')
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new ConfigError('store.url', `must start with redis:// or rediss://, got ${u.protocol}//…`)
+  if (u.hostname === '') throw new ConfigError('store.url', 'names no host (redis://host:6379/0)')
+  const db = u.pathname.replace(/^\//, '')
+  if (db !== '' && !/^\d{1,5}$/.test(db)) throw new ConfigError('store.url', `the path is the database number (redis://host:6379/0), got /${db}`)
+  if (st.leaseTtlMs < 1000) throw new ConfigError('store.leaseTtlMs', `must be at least 1000 ms (renewed every third of it), got ${st.leaseTtlMs}`)
 }
 
 /** The keywords trustedProxies accepts beside CIDRs and addresses (listener/trust.ts expands them). */

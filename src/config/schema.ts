@@ -72,7 +72,17 @@ export const schema = {
     token: { doc: 'Bearer token required on /api/ when set.', format: String, default: '', env: 'CANARYD_ADMIN_TOKEN', sensitive: true }
   },
   state: {
-    file: { doc: 'File holding runtime state (weights, rollouts), written atomically.', format: String, default: './data/state.json', env: 'CANARYD_STATE_FILE' }
+    file: { doc: 'File holding runtime state (weights, rollouts), written atomically. With `store.type` redis, the local snapshot of the fleet state is written next to it (`state.json` → `state.fleet.json`).', format: String, default: './data/state.json', env: 'CANARYD_STATE_FILE' }
+  },
+  store: {
+    type: { doc: 'Where runtime state lives: `file` (the state file; one instance) or `redis` (a fleet: every instance holds the same weights, segments, upstreams and rollouts; see docs/fleet.md).', format: ['file', 'redis'], default: 'file', env: 'CANARYD_STORE_TYPE' },
+    url: { doc: 'With `store.type` redis: the Redis (6+) or Valkey URL, `redis://[:password@]host:port/db`, or `rediss://…` for TLS. `canaryd config print` masks its password.', format: String, default: 'redis://127.0.0.1:6379/0', env: 'CANARYD_REDIS_URL' },
+    prefix: { doc: 'With `store.type` redis: the prefix of every key canaryd writes (fleets sharing one Redis use different prefixes).', format: String, default: 'canaryd:', env: 'CANARYD_REDIS_PREFIX' },
+    instanceId: { doc: 'This instance\'s name in the fleet ("" = the host name and 6 random hex digits). In Kubernetes, the pod name.', format: String, default: '', env: 'CANARYD_INSTANCE_ID' },
+    leaseTtlMs: { doc: 'A rollout leader\'s lease: renewed every third of it; when its leader dies another instance takes the rollout over after at most this long (plus one renewal period).', format: 'positive-ms', default: 10000, env: 'CANARYD_STORE_LEASE_TTL_MS' },
+    syncMs: { doc: 'How often an instance checks the fleet\'s generation besides the change notifications (catches a lost notification).', format: 'positive-ms', default: 1000, env: 'CANARYD_STORE_SYNC_MS' },
+    heartbeatMs: { doc: 'How often an instance refreshes its heartbeat (GET /api/v1/fleet); an instance silent for 3 periods drops out of the list.', format: 'positive-ms', default: 2000, env: 'CANARYD_STORE_HEARTBEAT_MS' },
+    connectTimeoutMs: { doc: 'At start, how long to wait for Redis before starting from the local snapshot (or refusing to start without one).', format: 'positive-ms', default: 5000, env: 'CANARYD_STORE_CONNECT_TIMEOUT_MS' }
   },
   timeouts: {
     upstreamConnectMs: { doc: 'TCP (and TLS) connect timeout to an upstream.', format: 'ms', default: 5000, env: 'CANARYD_UPSTREAM_CONNECT_MS' },

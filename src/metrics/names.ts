@@ -20,7 +20,10 @@ export const METRIC_NAMES = Object.freeze({
   connectionErrors: 'canaryd_connection_errors_total',
   certificateExpiry: 'canaryd_tls_certificate_expiry_timestamp_seconds',
   segmentRequests: 'canaryd_segment_requests_total',
-  mirrorRequests: 'canaryd_mirror_requests_total'
+  mirrorRequests: 'canaryd_mirror_requests_total',
+  storeUp: 'canaryd_store_up',
+  storeConfigMismatch: 'canaryd_store_config_mismatch',
+  storeGeneration: 'canaryd_store_generation'
 })
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */

@@ -51,6 +51,8 @@ export interface CheckRecord extends CheckResult {
   phase?: Phase
   /** Shadow phase: the paired figures (the canary/stable sides above are the copies and stable's answers to them). */
   shadow?: ShadowFigures
+  /** Fleet mode: how many instances' traffic the check counted (every instance publishes its windows; the leader merges them). */
+  instances?: number
 }
 
 /** One transition or notable event. */
@@ -67,6 +69,8 @@ export interface HistoryEntry {
 export interface RolloutRecord {
   v: 1
   route: string
+  /** Raised by every save (absent in records written before it): a fleet's leader never writes over a record it has not seen. */
+  revision?: number
   plan: RolloutPlan
   /** Resolved stable version (the plan's, or chosen at start). */
   stable: string
@@ -173,6 +177,9 @@ export type SubscribeFinish = (route: string, version: string, listener: (status
 /** Subscribes a listener to outlier-detection ejections of (route, version); returns the unsubscribe function. */
 export type SubscribeEjection = (route: string, version: string, listener: () => void) => () => void
 
+/** Subscribes a listener to every instance's window snapshots of (route, version) (fleet mode); returns the unsubscribe function. */
+export type SubscribeSnapshots = (route: string, version: string, listener: (snapshot: WindowSnapshot, instance: string) => void) => () => void
+
 /** Dependencies of a controller. */
 export interface ControllerDeps {
   host: RolloutHost
@@ -188,6 +195,14 @@ export interface ControllerDeps {
   reservoir?: number
   /** Mirrored-copy pairs of a route (the shadow phase's evidence). */
   subscribeShadow?: SubscribeShadow
+  /**
+   * Fleet mode: every instance's windows, merged here, instead of this
+   * process's finished requests and ejections (`subscribe` and
+   * `subscribeEjection` are then not used).
+   */
+  subscribeSnapshots?: SubscribeSnapshots
+  /** Fleet mode: false while the store cannot be reached; a check then decides nothing (the windows keep filling). */
+  canDecide?: () => boolean
 }
 
 /** How a rollout starts (the next-release rules). */
@@ -321,6 +336,7 @@ export class RolloutController {
   readonly #preSwitch: SampleWindow
   #baseline: WindowSnapshot | undefined
   #stopped = false
+  #busy = 0
 
   private constructor (record: RolloutRecord, deps: ControllerDeps) {
     this.route = record.route
@@ -444,9 +460,19 @@ export class RolloutController {
 
   /** Runs `fn` after every queued operation: one operation at a time. */
   async #serial<T> (fn: () => Promise<T>): Promise<T> {
+    this.#busy++
     const run = this.#chain.then(fn, fn)
     this.#chain = run.catch(() => {})
-    return await run
+    try {
+      return await run
+    } finally {
+      this.#busy--
+    }
+  }
+
+  /** True while an operation (a check, an action, a put-back) is queued or running: its writes are not all made yet. */
+  get busy (): boolean {
+    return this.#busy !== 0
   }
 
   #arm (): void {
@@ -455,8 +481,17 @@ export class RolloutController {
     if (!ACTIVE_STATES.has(this.#record.state) || this.#record.state === 'paused') return
     if (this.#unsubscribe.length === 0) {
       const { canary, stable } = this.windows
-      const { subscribe, subscribeEjection } = this.#deps
-      if (subscribe !== undefined) {
+      const { subscribe, subscribeEjection, subscribeSnapshots } = this.#deps
+      if (subscribeSnapshots !== undefined) {
+        const preSwitch = this.#preSwitch
+        const watchPreSwitch = this.#record.plan.strategy === 'blue-green'
+        this.#unsubscribe.push(
+          subscribeSnapshots(this.route, this.#record.plan.canary, (s, i) => canary.merge(s, i)),
+          subscribeSnapshots(this.route, this.#record.stable, watchPreSwitch
+            ? (s, i) => { stable.merge(s, i); preSwitch.merge(s, i) }
+            : (s, i) => stable.merge(s, i))
+        )
+      } else if (subscribe !== undefined) {
         const preSwitch = this.#preSwitch
         const watchPreSwitch = this.#record.plan.strategy === 'blue-green'
         this.#unsubscribe.push(
@@ -466,7 +501,7 @@ export class RolloutController {
             : (s, sec, f) => stable.record(s, sec, f))
         )
       }
-      if (subscribeEjection !== undefined) {
+      if (subscribeEjection !== undefined && subscribeSnapshots === undefined) {
         this.#unsubscribe.push(
           subscribeEjection(this.route, this.#record.plan.canary, () => canary.recordEjection()),
           subscribeEjection(this.route, this.#record.stable, () => stable.recordEjection())
@@ -585,6 +620,7 @@ export class RolloutController {
    * transition only once it is saved.
    */
   async #save (weightReason?: string, extras: RouteExtras = {}): Promise<void> {
+    this.#record.revision = (this.#committed.revision ?? 0) + 1
     const copy = structuredClone(this.#record)
     if (weightReason === undefined) {
       await this.#deps.host.persist(this.route, copy)
@@ -656,6 +692,19 @@ export class RolloutController {
   }
 
   /**
+   * Starts the windows afresh (fleet mode, when the store comes back: what
+   * arrived while it was away is part of the traffic only). Queued after a
+   * check in progress.
+   */
+  async refresh (): Promise<void> {
+    await this.#serial(async () => {
+      this.windows.canary.reset()
+      this.windows.stable.reset()
+      this.#resetShadow()
+    })
+  }
+
+  /**
    * One check (the timer calls this every intervalMs; tests may call it
    * directly). Returns the recorded check, or undefined when the rollout is
    * not in a checking state.
@@ -663,6 +712,8 @@ export class RolloutController {
   async tick (): Promise<CheckRecord | undefined> {
     return await this.#serial(async () => {
       if (this.#record.state !== 'progressing' && this.#record.state !== 'awaiting-promotion') return undefined
+      // the fleet store is away: other instances' windows cannot arrive, so nothing is decided on part of the traffic
+      if (this.#deps.canDecide?.() === false) return undefined
       const phase = this.#record.phase ?? 'steps'
       let result: CheckResult
       let shadow: ShadowFigures | undefined
@@ -675,6 +726,7 @@ export class RolloutController {
       } else {
         result = judgeCheck(this.windows.canary.peek(), this.windows.stable.peek(), this.#record.plan.analysis)
       }
+      const instances = this.#deps.subscribeSnapshots === undefined ? undefined : new Set([...this.windows.canary.sources, ...this.windows.stable.sources]).size
       // inconclusive: keep accumulating so a quiet route eventually reaches minRequests
       if (result.verdict !== 'inconclusive') {
         this.windows.canary.reset()
@@ -693,6 +745,7 @@ export class RolloutController {
         const check: CheckRecord = { at: new Date(this.#deps.clock.now()).toISOString(), step: this.#step(), weight: r.weight, failedChecks: r.failedChecks, ...result }
         if (phase !== 'steps') check.phase = phase
         if (shadow !== undefined) check.shadow = shadow
+        if (instances !== undefined) check.instances = instances
         r.checks.push(check)
         if (r.checks.length > RECORD_LIMITS.checks) r.checks.splice(0, r.checks.length - RECORD_LIMITS.checks)
         const out = this.#decide(r, phase, result, done, gate)

@@ -5,27 +5,66 @@
  * rollout metrics. The admin endpoints and the CLI go through here.
  */
 import { CanarydError, createError } from '../errors.js'
+import { LeaseLostError, StaleRolloutError, type Fence } from '../store/store.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
 import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type RouteExtras, type RouteNow, type SubscribeEjection, type SubscribeFinish } from './controller.js'
+import { FleetStats, type StatsTransport } from './fleet.js'
 import { ACTIVE_STATES, PlanError, validatePlan } from '../config/plan.js'
 import { checkUpstreams } from '../config/routes.js'
 import type { SubscribeShadow } from '../metrics/observer.js'
 import type { MirrorSpec, RouteSpec, SegmentSpec } from '../routing/spec.js'
 
-/** What the manager needs of the runtime store (src/state/store.ts RuntimeStore fits). */
+/** Who made a change, and (fleet mode) the rollout leader's fencing token. */
+interface WriteOptions {
+  reason?: string | null
+  source: string
+  rollout?: unknown
+  fence?: Fence
+  expectRevision?: number
+}
+
+/** What the manager needs of the runtime store (src/store/store.ts RuntimeStore fits). */
 export interface RolloutStore {
-  setWeights (route: string, weights: unknown, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  setWeights (route: string, weights: unknown, opts: WriteOptions): Promise<unknown>
   /** One atomic change of weights and, optionally, segments, mirror and version upstreams (RuntimeStore.update). */
-  update? (route: string, patch: { weights?: unknown; segments?: SegmentSpec[]; expectSegments?: SegmentSpec[]; mirror?: MirrorSpec | null; upstreams?: Record<string, string[]> }, opts: { reason?: string | null; source: string; rollout?: unknown }): Promise<unknown>
+  update? (route: string, patch: { weights?: unknown; segments?: SegmentSpec[]; expectSegments?: SegmentSpec[]; mirror?: MirrorSpec | null; upstreams?: Record<string, string[]> }, opts: WriteOptions): Promise<unknown>
   /** The routes in force (segments, mirror, upstreams: read by plans that move segments, shadow or finalize). */
   readonly specs?: readonly RouteSpec[]
-  setRolloutState (route: string, data: unknown): Promise<void>
+  setRolloutState (route: string, data: unknown, fence?: Fence, expectRevision?: number): Promise<void>
   getRolloutState (route: string): unknown
   weights (route: string): Record<string, number> | undefined
   readonly routeNames: string[]
   setRolloutSummary (fn: (route: string) => unknown): void
   onChange (listener: (entry: { route: string; source: string; version?: string }) => void): void
+  /** Fleet mode: applies the fleet's latest state now. */
+  sync? (): Promise<void>
+  /** Fleet mode: called after the fleet's state is applied, with the routes whose rollout record changed. */
+  onSync? (listener: (routes: string[]) => void): void
+}
+
+/**
+ * The fleet, as rollouts use it (store/fleet.ts FleetLink fits): one
+ * instance leads each rollout under a lease whose fencing token every
+ * write carries; actions reach the leader wherever they are sent.
+ */
+export interface RolloutFleet {
+  readonly self: string
+  readonly leaseTtlMs: number
+  /** False while the store cannot be reached. */
+  readonly up: boolean
+  onUp (fn: (up: boolean) => void): void
+  /** The fencing token of a lease just taken, or 0 when another instance holds it. */
+  acquire (route: string): Promise<number>
+  renew (route: string, token: number): Promise<boolean>
+  release (route: string, token: number): Promise<void>
+  holder (route: string): Promise<{ token: number; instance: string } | undefined>
+  /** Runs an action on another instance; its result, or its error re-raised. */
+  call (instance: string, c: { op: string; route: string }): Promise<unknown>
+  serve (fn: (c: { op: string; route: string }) => Promise<unknown>): void
+  /** Refreshes this instance's heartbeat now (after a lease changed hands). */
+  beat (): void
+  readonly stats: StatsTransport
 }
 
 /** The `source` of weight changes made by rollouts, in the audit. */
@@ -43,6 +82,22 @@ export interface RolloutManagerOptions {
   clock?: Clock
   /** Mirrored-copy pairs per route, for shadow phases. */
   subscribeShadow?: SubscribeShadow
+  /** Fleet mode: leases, forwarded actions and fleet-wide windows (the store must then be the fleet's). */
+  fleet?: RolloutFleet
+}
+
+/** The rollout actions an instance carries out for another (forwarded to the rollout's leader). */
+const ACTIONS: Readonly<Record<string, (c: RolloutController) => Promise<unknown>>> = {
+  pause: async (c) => await c.pause(),
+  resume: async (c) => await c.resume(),
+  promote: async (c) => await c.promote(),
+  abort: async (c) => await c.abort()
+}
+
+/** A lease this instance holds: its fencing token and when it was last renewed. */
+interface Held {
+  token: number
+  renewedAt: number
 }
 
 /** Options of a start beyond the plan (query parameters of POST …/rollout, CLI flags). */
@@ -151,11 +206,26 @@ export class RolloutManager {
    */
   readonly #starting = new Set<string>()
   readonly #clock: Clock
+  readonly #fleet: RolloutFleet | undefined
+  readonly #stats: FleetStats | undefined
+  /** Fleet mode: the rollout leases this instance holds, by route. */
+  readonly #held = new Map<string, Held>()
+  #leaseTimer: NodeJS.Timeout | undefined
+  #renewing = false
+  #takingOver = false
 
   constructor (opts: RolloutManagerOptions) {
     this.#opts = opts
     this.#clock = opts.clock ?? systemClock
+    this.#fleet = opts.fleet
     opts.store.setRolloutSummary((route) => this.summary(route))
+    if (opts.fleet !== undefined) {
+      const fleet = opts.fleet
+      this.#stats = new FleetStats({ transport: fleet.stats, subscribe: opts.subscribe, subscribeEjection: opts.subscribeEjection, subscribeShadow: opts.subscribeShadow })
+      opts.store.onSync?.((routes) => { this.#synced(routes) })
+      fleet.onUp((up) => { this.#storeUp(up) })
+      fleet.serve(async (c) => await this.#serveCall(c))
+    }
     // someone else set the weights of a route under rollout: hold, let a human decide (resume or abort)
     opts.store.onChange((e) => {
       const c = this.#controllers.get(e.route)
@@ -184,6 +254,7 @@ export class RolloutManager {
   async reloaded (removed: readonly string[]): Promise<void> {
     const ending: Array<Promise<void>> = []
     for (const route of removed) {
+      this.#releaseLease(route)
       const c = this.#controllers.get(route)
       if (c === undefined) continue
       c.close()
@@ -196,44 +267,278 @@ export class RolloutManager {
       if (gone.length === 0) continue
       const reason = `reload removed version ${gone.join(' and ')} from route ${route}`
       this.#opts.logger.warn({ route, versions: gone }, `rollout aborted: ${reason}`)
-      ending.push(c.abandon(reason).catch((err: unknown) => this.#opts.logger.error({ err, route }, 'cannot record the aborted rollout')))
+      ending.push(c.abandon(reason).then(() => { this.#releaseLease(route) }, (err: unknown) => this.#opts.logger.error({ err, route }, 'cannot record the aborted rollout')))
     }
     await Promise.all(ending)
+  }
+
+  /** Fleet mode: the fence a led rollout's writes carry (token 0, refused, when the lease is not held). */
+  #fence (route: string): Fence | undefined {
+    if (this.#fleet === undefined) return undefined
+    return { route, token: this.#held.get(route)?.token ?? 0, instance: this.#fleet.self }
+  }
+
+  /**
+   * Runs a rollout's write; in fleet mode with its fence, then: a lost
+   * lease stops the controller here (another instance runs the rollout),
+   * a final record gives the lease up, and every instance's windows
+   * follow the rollouts in force.
+   */
+  async #write (route: string, record: RolloutRecord, fn: (w: { fence?: Fence; expectRevision?: number }) => Promise<unknown>): Promise<void> {
+    if (this.#fleet === undefined) {
+      await fn({})
+      return
+    }
+    // the record this one replaces: a write after one answered as failed but applied is refused (StaleRolloutError)
+    const expectRevision = record.revision !== undefined && record.revision > 1 ? record.revision - 1 : undefined
+    try {
+      await fn({ fence: this.#fence(route), ...(expectRevision === undefined ? {} : { expectRevision }) })
+    } catch (err) {
+      if (err instanceof LeaseLostError) this.#lost(route, 'a write was refused: the lease is gone')
+      if (err instanceof StaleRolloutError) this.#rebuild(route).catch(() => {})
+      throw err
+    }
+    this.#follow()
   }
 
   #deps (): ControllerDeps {
     const store = this.#opts.store
     const log = this.#opts.logger
+    const fleet = this.#fleet
     return {
       host: {
         applyWeights: async (route, weights, reason, record, extras?: RouteExtras) => {
-          if (extras === undefined) await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record })
-          else if (store.update !== undefined) {
-            await store.update(route, { weights, ...extras }, { reason, source: ROLLOUT_SOURCE, rollout: record })
-          } else throw new TypeError('this store cannot change segments, mirror or upstreams')
+          await this.#write(route, record, async (w) => {
+            if (extras === undefined) await store.setWeights(route, weights, { reason, source: ROLLOUT_SOURCE, rollout: record, ...w })
+            else if (store.update !== undefined) {
+              await store.update(route, { weights, ...extras }, { reason, source: ROLLOUT_SOURCE, rollout: record, ...w })
+            } else throw new TypeError('this store cannot change segments, mirror or upstreams')
+          })
         },
-        persist: async (route, record) => { await store.setRolloutState(route, record) },
+        persist: async (route, record) => { await this.#write(route, record, async (w) => { await store.setRolloutState(route, record, w.fence, w.expectRevision) }) },
         applyExtras: async (route, extras, reason, record) => {
           if (store.update === undefined) return
-          await store.update(route, extras, { reason, source: ROLLOUT_SOURCE, rollout: record })
+          // the put-back after a rollback or abort writes the record already saved: no revision to check
+          await this.#write(route, record, async (w) => { await store.update!(route, extras, { reason, source: ROLLOUT_SOURCE, rollout: record, ...(w.fence === undefined ? {} : { fence: w.fence }) }) })
         },
         view: (route) => {
           const spec = store.specs?.find((s) => s.name === route)
           return spec === undefined ? undefined : routeNow(spec)
         }
       },
-      subscribeShadow: this.#opts.subscribeShadow,
+      // fleet mode: every instance's shadow pairs, not this one's share
+      subscribeShadow: this.#stats?.subscribeShadow ?? this.#opts.subscribeShadow,
       clock: this.#clock,
       notifier: this.#opts.notifier,
       observer: this.#opts.observer,
       subscribe: this.#opts.subscribe,
       subscribeEjection: this.#opts.subscribeEjection,
-      onError: (err, what) => log.error({ err }, `${what} failed`)
+      ...(fleet === undefined || this.#stats === undefined ? {} : { subscribeSnapshots: this.#stats.subscribeSnapshots, canDecide: () => fleet.up }),
+      onError: (err, what) => {
+        // a write the fence refused already stopped the controller (#lost): not an error of this instance
+        if (err instanceof LeaseLostError) log.warn({ err: err.message }, `${what}: not applied`)
+        else log.error({ err }, `${what} failed`)
+      }
     }
   }
 
-  /** Rebuilds controllers from the records in the state file (call once at start-up). */
+  /** Fleet mode: the versions of every active rollout in the fleet state are counted (and published) by this instance. */
+  #follow (): void {
+    if (this.#stats === undefined) return
+    const pairs: Array<[string, string]> = []
+    const shadows: string[] = []
+    for (const route of this.#opts.store.routeNames) {
+      const r = this.#opts.store.getRolloutState(route)
+      if (!isRecord(r) || !ACTIVE_STATES.has(r.state)) continue
+      pairs.push([route, r.plan.canary], [route, r.stable])
+      if (r.phase === 'shadow') shadows.push(route)
+    }
+    this.#stats.follow(pairs)
+    this.#stats.followShadow(shadows)
+  }
+
+  /** Fleet mode: another instance's change was applied; followers' rollout metrics show the fleet's records. */
+  #synced (routes: readonly string[]): void {
+    for (const route of routes) {
+      const r = this.#opts.store.getRolloutState(route)
+      if (this.#held.has(route)) {
+        // only this instance writes a record it leads: another revision means a write of its own landed unseen
+        const c = this.#controllers.get(route)
+        if (c !== undefined && !c.busy && isRecord(r) && r.revision !== c.record.revision) this.#rebuild(route).catch(() => {})
+        continue
+      }
+      if (isRecord(r)) this.#opts.observer?.update(r)
+    }
+    this.#follow()
+  }
+
+  /** Fleet mode: the store came back: led rollouts start their windows afresh (what came in while it was away is partial), leases are checked at once. */
+  #storeUp (up: boolean): void {
+    if (!up) return
+    for (const [route, c] of this.#controllers) {
+      if (this.#held.has(route) && c.active) c.refresh().catch(() => {})
+    }
+    this.#leaseTick()
+  }
+
+  /**
+   * Fleet mode, every third of the lease TTL: renews the leases held (one
+   * not renewed for a whole TTL, e.g. while Redis was away, is given up:
+   * another instance may hold it by now) and gives up those whose rollout
+   * has finished (after its last write, put-backs included); then, in a
+   * loop of its own so a slow takeover never delays a renewal, takes over
+   * the active rollouts nobody leads (their leader died or left).
+   */
+  #leaseTick (): void {
+    const fleet = this.#fleet
+    if (fleet === undefined) return
+    if (!this.#renewing) {
+      this.#renewing = true
+      this.#renew(fleet).catch(() => {}).finally(() => { this.#renewing = false })
+    }
+    if (!this.#takingOver && fleet.up) {
+      this.#takingOver = true
+      this.#takeOverAll().catch(() => {}).finally(() => { this.#takingOver = false })
+    }
+  }
+
+  async #renew (fleet: RolloutFleet): Promise<void> {
+    for (const [route, h] of [...this.#held]) {
+      const c = this.#controllers.get(route)
+      if (c !== undefined && !c.active && !c.busy) {
+        this.#releaseLease(route)
+        continue
+      }
+      if (!fleet.up) {
+        if (Date.now() - h.renewedAt > fleet.leaseTtlMs) this.#lost(route, `not renewed for ${fleet.leaseTtlMs} ms (the store is unreachable)`)
+        continue
+      }
+      try {
+        if (await fleet.renew(route, h.token)) h.renewedAt = Date.now()
+        else this.#lost(route, 'the lease expired or another instance took it')
+      } catch {
+        if (Date.now() - h.renewedAt > fleet.leaseTtlMs) this.#lost(route, `not renewed for ${fleet.leaseTtlMs} ms`)
+      }
+    }
+  }
+
+  async #takeOverAll (): Promise<void> {
+    for (const route of this.#opts.store.routeNames) {
+      if (this.#held.has(route) || this.#starting.has(route)) continue
+      const r = this.#opts.store.getRolloutState(route)
+      if (!isRecord(r) || !ACTIVE_STATES.has(r.state)) continue
+      try {
+        await this.#takeOver(route)
+      } catch (err) {
+        this.#opts.logger.debug({ err, route }, 'rollout takeover attempt failed')
+      }
+    }
+  }
+
+  /**
+   * Fleet mode: the fleet's record of a rollout this instance leads is not
+   * the one its controller last saved (a write answered as failed was
+   * applied after all): the controller is rebuilt from the fleet's record,
+   * so the rollout continues from what every instance sees.
+   */
+  async #rebuild (route: string): Promise<void> {
+    if (!this.#held.has(route)) return
+    await this.#opts.store.sync?.()
+    const r = this.#opts.store.getRolloutState(route)
+    const record = isRecord(r) && ACTIVE_STATES.has(r.state) ? this.#checked(route, r) : undefined
+    this.#controllers.get(route)?.close()
+    if (record === undefined) {
+      this.#controllers.delete(route)
+      this.#releaseLease(route)
+      return
+    }
+    this.#controllers.set(route, RolloutController.restore(record, this.#deps()))
+    this.#opts.logger.warn({ route, state: record.state, step: record.stepIndex + 1, revision: record.revision }, 'the fleet holds a newer record of the rollout this instance leads (a write answered as failed was applied): continuing from it')
+  }
+
+  /**
+   * Takes the route's lease if nobody holds it and runs its active rollout
+   * here, from the fleet's latest record: the same step, the same failed
+   * checks, fresh windows. True when this instance leads it now.
+   */
+  async #takeOver (route: string): Promise<boolean> {
+    const fleet = this.#fleet!
+    const token = await fleet.acquire(route)
+    if (token === 0) return false
+    this.#held.set(route, { token, renewedAt: Date.now() })
+    try {
+      await this.#opts.store.sync?.()
+      const r = this.#opts.store.getRolloutState(route)
+      const record = isRecord(r) && ACTIVE_STATES.has(r.state) ? this.#checked(route, r) : undefined
+      if (record === undefined) {
+        this.#releaseLease(route)
+        return false
+      }
+      this.#controllers.get(route)?.close()
+      this.#controllers.set(route, RolloutController.restore(record, this.#deps()))
+      this.#opts.logger.info({ route, state: record.state, step: record.stepIndex + 1, weight: record.weight, token }, 'this instance leads the rollout now (took its lease over)')
+      fleet.beat()
+      this.#follow()
+      return true
+    } catch (err) {
+      this.#releaseLease(route)
+      throw err
+    }
+  }
+
+  /** Fleet mode: this instance no longer leads the route's rollout; its controller stops (the record stays as saved). */
+  #lost (route: string, why: string): void {
+    if (!this.#held.delete(route)) return
+    const c = this.#controllers.get(route)
+    c?.close()
+    this.#controllers.delete(route)
+    this.#opts.logger.warn({ route }, `this instance no longer leads the rollout: ${why}`)
+    this.#fleet?.beat()
+  }
+
+  /** Fleet mode: gives a held lease up (a finished rollout; shutdown). */
+  #releaseLease (route: string): void {
+    const h = this.#held.get(route)
+    if (h === undefined || this.#fleet === undefined) return
+    this.#held.delete(route)
+    this.#fleet.release(route, h.token).catch(() => {})
+    this.#fleet.beat()
+  }
+
+  /** The routes whose rollout this instance leads (fleet mode; the heartbeat says them). */
+  get leading (): string[] {
+    return [...this.#held.keys()]
+  }
+
+  /** A saved record with its plan validated again, or undefined (logged) when it no longer is. */
+  #checked (route: string, saved: RolloutRecord): RolloutRecord | undefined {
+    try {
+      saved.plan = validatePlan(saved.plan)
+      return saved
+    } catch (err) {
+      this.#opts.logger.warn({ route, err: (err as Error).message }, 'saved rollout plan is no longer valid: ignored')
+      return undefined
+    }
+  }
+
+  /**
+   * Rebuilds controllers from the records in the state file (call once at
+   * start-up). Fleet mode: no controller is rebuilt here; active rollouts
+   * are taken over by lease (at once when their leader is gone), and this
+   * instance starts counting their versions for the fleet's windows.
+   */
   restore (): void {
+    if (this.#fleet !== undefined) {
+      for (const route of this.#opts.store.routeNames) {
+        const r = this.#opts.store.getRolloutState(route)
+        if (isRecord(r)) this.#opts.observer?.update(r)
+      }
+      this.#follow()
+      this.#leaseTimer = setInterval(() => { this.#leaseTick() }, Math.max(100, Math.floor(this.#fleet.leaseTtlMs / 3)))
+      this.#leaseTimer.unref()
+      this.#leaseTick()
+      return
+    }
     for (const route of this.#opts.store.routeNames) {
       const saved = this.#opts.store.getRolloutState(route)
       if (saved === null || saved === undefined) continue
@@ -241,12 +546,7 @@ export class RolloutManager {
         this.#opts.logger.warn({ route }, 'unreadable rollout state in the state file: ignored')
         continue
       }
-      try {
-        saved.plan = validatePlan(saved.plan)
-      } catch (err) {
-        this.#opts.logger.warn({ route, err: (err as Error).message }, 'saved rollout plan is no longer valid: ignored')
-        continue
-      }
+      if (this.#checked(route, saved) === undefined) continue
       const c = RolloutController.restore(saved, this.#deps())
       this.#controllers.set(route, c)
       this.#opts.logger.info({ route, state: saved.state, step: saved.stepIndex + 1, weight: saved.weight }, 'rollout restored')
@@ -261,9 +561,12 @@ export class RolloutManager {
   async startFromConfig (plans: ReadonlyArray<{ route: string; plan: unknown }>): Promise<void> {
     for (const { route, plan } of plans) {
       if (this.#controllers.has(route) || this.#starting.has(route)) continue
+      // fleet: the route's record (any instance's) says it was started already
+      if (this.#fleet !== undefined && this.#opts.store.getRolloutState(route) !== null) continue
       try {
         await this.start(route, plan)
       } catch (err) {
+        if (this.#fleet !== undefined && err instanceof CanarydError && err.code === 'CANARYD_ERR_ROLLOUT_CONFLICT') continue
         this.#opts.logger.error({ err, route }, 'cannot start the rollout of the config')
       }
     }
@@ -294,6 +597,45 @@ export class RolloutManager {
    * through segments that pin or weight the canary.
    */
   async begin (route: string, rawPlan: unknown, req: StartRequest = {}): Promise<{ record: RolloutRecord; warnings: string[] }> {
+    const fleet = this.#fleet
+    if (fleet === undefined) return await this.#begin(route, rawPlan, req)
+    // fleet: the instance that starts a rollout leads it; the lease makes sure only one does
+    if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
+    this.#activeElsewhere(route)
+    if (this.#starting.has(route) || this.#held.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting or running; pause, promote or abort it first`)
+    if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', 'the fleet store (Redis) cannot be reached: a rollout cannot start; nothing was changed')
+    this.#starting.add(route)
+    let token: number
+    try {
+      token = await fleet.acquire(route)
+    } finally {
+      this.#starting.delete(route)
+    }
+    if (token === 0) {
+      const h = await fleet.holder(route).catch(() => undefined)
+      throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `instance ${h?.instance ?? '(another)'} leads a rollout of route ${route}; pause, promote or abort it first`)
+    }
+    this.#held.set(route, { token, renewedAt: Date.now() })
+    try {
+      await this.#opts.store.sync?.()
+      this.#activeElsewhere(route)
+      const out = await this.#begin(route, rawPlan, req)
+      fleet.beat()
+      this.#follow()
+      return out
+    } catch (err) {
+      this.#releaseLease(route)
+      throw err
+    }
+  }
+
+  /** Fleet mode: 409 when the fleet state holds an active rollout of the route. */
+  #activeElsewhere (route: string): void {
+    const r = this.#opts.store.getRolloutState(route)
+    if (isRecord(r) && ACTIVE_STATES.has(r.state)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout ${r.state}; pause, promote or abort it first`)
+  }
+
+  async #begin (route: string, rawPlan: unknown, req: StartRequest): Promise<{ record: RolloutRecord; warnings: string[] }> {
     const weights = this.#opts.store.weights(route)
     if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
@@ -351,9 +693,65 @@ export class RolloutManager {
     return c
   }
 
-  /** The rollout record of a route (404 when none). */
+  /** The rollout record of a route (404 when none); in fleet mode the fleet's, whichever instance leads it. */
   get (route: string): RolloutRecord {
+    if (this.#fleet !== undefined) return this.#fleetRecord(route)
     return this.#get(route).record
+  }
+
+  #fleetRecord (route: string): RolloutRecord {
+    const r = this.#opts.store.getRolloutState(route)
+    if (isRecord(r)) return r
+    if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
+    throw createError('CANARYD_ERR_NO_ROLLOUT', { route })
+  }
+
+  /**
+   * Fleet mode: carries an action out where the rollout runs. Here when
+   * this instance leads it; at its leader (forwarded) when another does;
+   * when nobody does (a finished rollout, or a leader gone), here after
+   * taking the lease, so an operator never waits for the takeover timer.
+   */
+  async #act<T> (route: string, op: string, local: (c: RolloutController) => Promise<T>): Promise<T> {
+    const fleet = this.#fleet
+    const mine = this.#controllers.get(route)
+    if (fleet === undefined) return await local(this.#get(route))
+    if (mine !== undefined && this.#held.has(route)) return await this.#settled(route, mine, local)
+    const record = this.#fleetRecord(route)
+    if (!ACTIVE_STATES.has(record.state)) {
+      // a finished rollout: the controller says why the action does not apply (409), writing nothing
+      const c = RolloutController.restore(record, this.#deps())
+      try {
+        return await local(c)
+      } finally {
+        c.close()
+      }
+    }
+    if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', `the fleet store (Redis) cannot be reached: the rollout of route ${route} cannot be ${op}d now; nothing was changed`)
+    for (let i = 0; i < 2; i++) {
+      const h = await fleet.holder(route)
+      if (h !== undefined && h.instance !== fleet.self) return await fleet.call(h.instance, { op, route }) as T
+      if (h === undefined && await this.#takeOver(route)) return await this.#settled(route, this.#controllers.get(route)!, local)
+    }
+    throw new CanarydError('CANARYD_ERR_STORE_CONFLICT', `the lead of the rollout of route ${route} is changing hands; retry`)
+  }
+
+  /** Runs an action on the controller this instance leads; a rollout it finished gives its lease up (after every write of the action). */
+  async #settled<T> (route: string, c: RolloutController, fn: (c: RolloutController) => Promise<T>): Promise<T> {
+    try {
+      return await fn(c)
+    } finally {
+      if (!c.active) this.#releaseLease(route)
+    }
+  }
+
+  /** An action another instance forwarded: carried out only while this instance leads the rollout. */
+  async #serveCall (c: { op: string; route: string }): Promise<unknown> {
+    const ctl = this.#controllers.get(c.route)
+    if (ctl === undefined || !this.#held.has(c.route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `instance ${this.#fleet?.self ?? ''} no longer leads the rollout of route ${c.route}; retry`)
+    const op = ACTIONS[c.op]
+    if (op === undefined) throw new CanarydError('CANARYD_ERR_INVALID_BODY', `unknown rollout action ${c.op}`)
+    return await this.#settled(c.route, ctl, op)
   }
 
   /** The controller of a route (tests feed its windows). */
@@ -363,34 +761,53 @@ export class RolloutManager {
 
   /** Pauses (409 unless progressing or awaiting promotion). */
   async pause (route: string): Promise<RolloutRecord> {
-    return await this.#get(route).pause()
+    return await this.#act(route, 'pause', ACTIONS.pause!) as RolloutRecord
   }
 
   /** Resumes (409 unless paused). */
   async resume (route: string): Promise<RolloutRecord> {
-    return await this.#get(route).resume()
+    return await this.#act(route, 'resume', ACTIONS.resume!) as RolloutRecord
   }
 
   /** Promotes now; `held` when the confirm-promotion gate said no. */
   async promote (route: string): Promise<{ record: RolloutRecord; held: boolean }> {
-    return await this.#get(route).promote()
+    return await this.#act(route, 'promote', ACTIONS.promote!) as { record: RolloutRecord; held: boolean }
   }
 
   /** Aborts: canary to 0, `aborted`. */
   async abort (route: string): Promise<RolloutRecord> {
-    return await this.#get(route).abort()
+    return await this.#act(route, 'abort', ACTIONS.abort!) as RolloutRecord
   }
 
   /** The summary for GET /api/v1/routes, or null. */
   summary (route: string): RolloutSummary | null {
-    const c = this.#controllers.get(route)
-    if (c === undefined) return null
-    const r = c.record
+    let r: RolloutRecord
+    if (this.#fleet !== undefined) {
+      const saved = this.#opts.store.getRolloutState(route)
+      if (!isRecord(saved)) return null
+      r = saved
+    } else {
+      const c = this.#controllers.get(route)
+      if (c === undefined) return null
+      r = c.record
+    }
     return { state: r.state, canary: r.plan.canary, step: r.stepIndex + 1, steps: r.plan.steps.length, weight: r.weight, failedChecks: r.failedChecks, phase: phaseOf(r) }
   }
 
   /** Stops every timer (process shutdown); records stay as saved. */
   close (): void {
+    if (this.#leaseTimer !== undefined) clearInterval(this.#leaseTimer)
+    this.#leaseTimer = undefined
     for (const c of this.#controllers.values()) c.close()
+    this.#stats?.close()
+  }
+
+  /** Fleet mode, on shutdown: gives up the leases held, so another instance takes the rollouts over at once (not after their TTL). */
+  async leave (): Promise<void> {
+    const fleet = this.#fleet
+    if (fleet === undefined) return
+    const held = [...this.#held]
+    this.#held.clear()
+    await Promise.all(held.map(async ([route, h]) => { await fleet.release(route, h.token).catch(() => {}) }))
   }
 }

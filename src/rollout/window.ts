@@ -42,6 +42,10 @@ export class SampleWindow {
   #stillEjected = false
   #seen = 0
   #latencies: number[] = []
+  /** Fleet mode: the instances whose snapshots this window merged since its last reset. */
+  #sources = new Set<string>()
+  /** Fleet mode: the merged sample holds each success with probability 1/#thin (see merge). */
+  #thin = 1
   readonly #capacity: number
   #rng: number
 
@@ -97,6 +101,60 @@ export class SampleWindow {
     this.#stillEjected = true
   }
 
+  /**
+   * Fleet mode: adds another instance's window (`source` names it). Counts
+   * add up. Its latencies are a uniform sample of its successes, each
+   * standing for successes/sampled of them; the merged sample must stay
+   * uniform over every instance's successes, so it keeps each success with
+   * the same probability 1/#thin: a busier (more subsampled) instance
+   * raises #thin and thins what is held, a quieter one's latencies are
+   * thinned on the way in, and a sample over capacity is thinned uniformly
+   * (raising #thin by as much). The sample is smaller than the reservoir
+   * when instances subsample differently; it is never biased towards the
+   * quiet ones. Ejections: the version is still out when an instance says
+   * so; an instance that saw it answer well since says it is back.
+   */
+  merge (s: WindowSnapshot, source: string): void {
+    this.#sources.add(source)
+    this.#requests += s.requests
+    this.#failures += s.failures
+    this.#ejections += s.ejections
+    const ok = s.requests - s.failures
+    if (s.stillEjected) this.#stillEjected = true
+    else if (ok > 0) this.#stillEjected = false
+    const n = s.latenciesMs.length
+    if (n === 0) return
+    const w = Math.max(1, ok / n)
+    if (w > this.#thin) {
+      this.#keep(this.#thin / w)
+      this.#thin = w
+    }
+    const p = w / this.#thin
+    for (const ms of s.latenciesMs) if (p >= 1 || this.#random() < p) this.#latencies.push(ms)
+    const over = this.#latencies.length
+    if (over > this.#capacity) {
+      // a uniform subset of a uniform sample is uniform: drop at random (partial Fisher-Yates)
+      for (let i = 0; i < this.#capacity; i++) {
+        const j = i + Math.floor(this.#random() * (over - i))
+        const t = this.#latencies[i]!
+        this.#latencies[i] = this.#latencies[j]!
+        this.#latencies[j] = t
+      }
+      this.#latencies.length = this.#capacity
+      this.#thin *= over / this.#capacity
+    }
+  }
+
+  /** Keeps each held latency with probability `p` (fleet merges). */
+  #keep (p: number): void {
+    this.#latencies = this.#latencies.filter(() => this.#random() < p)
+  }
+
+  /** Fleet mode: the instances merged since the last reset. */
+  get sources (): ReadonlySet<string> {
+    return this.#sources
+  }
+
   /** Requests counted so far in this window. */
   get requests (): number {
     return this.#requests
@@ -124,5 +182,7 @@ export class SampleWindow {
     this.#ejections = 0
     this.#seen = 0
     this.#latencies = []
+    this.#sources = new Set()
+    this.#thin = 1
   }
 }

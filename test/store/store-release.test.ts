@@ -4,7 +4,7 @@ import { RUNTIME_CHECKS } from '../../src/config/segments.js'
 import { CanarydError } from '../../src/errors.js'
 import { RolloutManager } from '../../src/rollout/manager.js'
 import type { SegmentSpec } from '../../src/routing/spec.js'
-import { RuntimeStore } from '../../src/state/store.js'
+import { RuntimeStore } from '../../src/store/store.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 import { captureLog } from '../helpers/log.js'
 

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { configFromObject } from '../../src/config/load.js'
 import { CanarydError } from '../../src/errors.js'
-import { RuntimeStore } from '../../src/state/store.js'
+import { RuntimeStore } from '../../src/store/store.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 import { captureLog } from '../helpers/log.js'
 

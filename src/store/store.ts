@@ -1,11 +1,16 @@
-import { CanarydError, createError } from '../errors.js'
+import { createHash } from 'node:crypto'
+import { CanarydError, ConfigError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { jsonEqual, upstreamView, withWeights, type MirrorSpec, type RouteSpec, type SegmentSpec, type VersionSpec } from '../routing/spec.js'
 import { buildRoutingTable } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
 import { AuditLog, parseAuditEntries, type AuditEntry } from './audit.js'
-import { checkStateDir, isOrigin, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type FieldOverride, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
+import { checkStateDir, checkStateDoc, isOrigin, readStateFile, STATE_FORMAT_VERSION, writeFileAtomic, type FieldOverride, type RouteState, type StateDoc, type UpstreamOverride } from './file.js'
+import type { FleetRead, RedisStore } from './redis.js'
+import { readSnapshot, snapshotText } from './snapshot.js'
+
+export { fleetSnapshotPath } from './snapshot.js'
 
 /** Options of the runtime store. */
 export interface RuntimeStoreOptions {
@@ -34,7 +39,57 @@ export interface RuntimeStoreOptions {
   checkSegments?: (segments: unknown, versions: readonly string[]) => SegmentSpec[]
   /** Re-validates a saved runtime mirror the same way. */
   checkMirror?: (mirror: unknown, versions: readonly string[]) => MirrorSpec
+  /**
+   * Fleet mode (`store.type` redis): the runtime state lives in Redis and
+   * `file` is not read; `open()` adopts (or seeds) the fleet's state.
+   */
+  fleet?: RedisStore
+  /** Fleet mode: the local snapshot of the last applied fleet state ('' = none); see fleetSnapshotPath. */
+  snapshot?: string
+  /** Fleet mode: how often the fleet's generation is checked besides the notifications (default 1000 ms). */
+  syncMs?: number
 }
+
+/**
+ * The fingerprint of a config's routes and their versions (names): the
+ * part of the dynamic config a fleet's state is keyed by. Instances whose
+ * fingerprints differ read the fleet's route states differently; other
+ * differences (an upstream address per zone, a timeout) do not matter to
+ * the shared state and are not flagged.
+ */
+export function configFingerprint (routes: readonly RouteSpec[]): string {
+  const shape = routes.map((r) => [r.name, r.versions.map((v) => v.name)])
+  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 16)
+}
+
+/** A write refused because this instance no longer holds the route's rollout lease (fencing): nothing changed. */
+export class LeaseLostError extends CanarydError {
+  constructor (route: string) {
+    super('CANARYD_ERR_ROLLOUT_CONFLICT', `this instance no longer leads the rollout of route ${route} (its lease expired or another instance took it over); nothing was changed`)
+    this.name = 'LeaseLostError'
+  }
+}
+
+/** The fleet moved on while a change was being made: it is made again on the newer state. */
+class StaleGenerationError extends Error {}
+
+/**
+ * A rollout write based on a record the fleet no longer holds (an earlier
+ * write of the leader's was applied although it was answered as failed):
+ * refused; the leader rebuilds its controller from the fleet's record.
+ */
+export class StaleRolloutError extends CanarydError {
+  constructor (route: string) {
+    super('CANARYD_ERR_ROLLOUT_CONFLICT', `the rollout record of route ${route} changed since this instance last wrote it; nothing was changed (the rollout continues from the fleet's record)`)
+    this.name = 'StaleRolloutError'
+  }
+}
+
+/** How often a change is made again after losing the compare-and-set race, before 409. */
+const COMMIT_ATTEMPTS = 5
+
+/** Audit entries kept in the local snapshot. */
+const SNAPSHOT_AUDIT = 100
 
 /**
  * One atomic runtime change of a route: whichever parts are given change
@@ -83,6 +138,24 @@ export interface ChangeOptions {
    * can never be saved apart. Leave undefined to keep the rollout state.
    */
   rollout?: unknown
+  /**
+   * Fleet mode: the rollout leader's fencing token for the route; the
+   * write is refused (LeaseLostError) unless the lease still holds it.
+   */
+  fence?: Fence
+  /**
+   * The revision of the route's rollout record this write replaces: the
+   * write is refused (StaleRolloutError) when the record in force has
+   * another (a rollout leader never writes over a record it has not seen).
+   */
+  expectRevision?: number
+}
+
+/** A rollout leader's lease on a route, checked by every write it makes. */
+export interface Fence {
+  route: string
+  token: number
+  instance: string
 }
 
 /** A version as the admin API shows it. */
@@ -285,6 +358,25 @@ export class RuntimeStore {
   #queue: Promise<unknown> = Promise.resolve()
   #summary: (route: string) => unknown = () => null
   readonly #listeners: Array<(entry: AuditEntry) => void> = []
+  /** Warnings of the last #fromDoc, so a fleet synced many times says each problem once. */
+  #said = ''
+  readonly #fleet: RedisStore | undefined
+  readonly #snapshot: string
+  readonly #syncMs: number
+  /** The store generation applied: the fleet's (Redis), or this process's count of changes (file). */
+  #gen = 0
+  /** The fleet's route states as last read or written (JSON as stored), by route. */
+  #fleetRoutes = new Map<string, string>()
+  /** The fleet's config fingerprint, and this instance's. */
+  #fleetConfig = ''
+  #configHash: string
+  #syncing: Promise<void> | undefined
+  #again = false
+  #timer: NodeJS.Timeout | undefined
+  #snapshotChain: Promise<void> = Promise.resolve()
+  #snapshotFailed = false
+  readonly #syncListeners: Array<(routes: string[]) => void> = []
+  readonly #generationListeners: Array<() => void> = []
 
   constructor (opts: RuntimeStoreOptions) {
     this.file = opts.file
@@ -297,17 +389,266 @@ export class RuntimeStore {
     this.#prepare = opts.prepare
     this.#checkSegments = opts.checkSegments ?? ((v) => v as SegmentSpec[])
     this.#checkMirror = opts.checkMirror ?? ((v) => v as MirrorSpec)
+    this.#fleet = opts.fleet
+    this.#snapshot = opts.snapshot ?? ''
+    this.#syncMs = opts.syncMs ?? 1000
+    this.#configHash = configFingerprint(this.#base)
+    // fleet mode too: a new fleet is seeded with this state (moving from one instance to a fleet keeps its weights); an existing fleet's state replaces it at open()
     if (this.file !== '') this.#load()
     this.holder = new TableHolder(buildRoutingTable(this.#specs, 1))
   }
 
+  /**
+   * Fleet mode: connects to Redis and adopts the fleet's state (seeding it
+   * from this instance's config when the fleet is new); when Redis cannot
+   * be reached within `connectTimeoutMs`, starts from the local snapshot
+   * (said in the log) or, without one, throws a ConfigError naming
+   * store.url. Then follows the fleet: pub/sub notifications plus a
+   * generation check every syncMs. A no-op with the file store.
+   */
+  async open (connectTimeoutMs: number): Promise<void> {
+    const fleet = this.#fleet
+    if (fleet === undefined) return
+    if (this.#snapshot !== '') {
+      try {
+        checkStateDir(this.#snapshot)
+      } catch (err) {
+        this.#log.error({ snapshot: this.#snapshot }, `${(err as Error).message}; the local snapshot of the fleet state cannot be written (a restart while Redis is down would then refuse to start)`)
+      }
+    }
+    let up = await fleet.connect(connectTimeoutMs)
+    await fleet.listen('changes', (m) => { if (Number(m) !== this.#gen) this.#requestSync() })
+    if (up) {
+      try {
+        await this.#serialize(async () => {
+          // an empty Redis (new, or restarted without persistence) is seeded with the freshest state this instance has: its snapshot, else its state file, else its config
+          const snap = await fleet.generation() === 0 ? readSnapshot(this.#snapshot) : undefined
+          if (snap?.kind === 'ok') await this.#adopt(snap.read, true)
+          await this.#syncOnce(true)
+        })
+      } catch (err) {
+        // Redis went away between the connection and the first read: as if it had never answered
+        if (!(err instanceof CanarydError) || err.code !== 'CANARYD_ERR_STORE_UNAVAILABLE') throw err
+        up = false
+      }
+    }
+    if (!up) {
+      const why = fleet.lastError === '' ? `within ${connectTimeoutMs} ms` : `within ${connectTimeoutMs} ms (${fleet.lastError})`
+      const found = readSnapshot(this.#snapshot)
+      if (found.kind !== 'ok') {
+        await fleet.close()
+        const none = this.#snapshot === '' ? 'there is no local snapshot of the fleet state (state.file is "")' : found.kind === 'absent' ? `there is no local snapshot of the fleet state (${this.#snapshot})` : `the local snapshot of the fleet state (${this.#snapshot}) is unusable: ${found.reason}`
+        throw new ConfigError('store.url', `cannot reach Redis at ${fleet.where} ${why} and ${none} to start from: start Redis or fix store.url (CANARYD_REDIS_URL), then start again`)
+      }
+      const snap = found.read
+      await this.#serialize(async () => { await this.#adopt(snap, true) })
+      this.#log.warn({ redis: fleet.where, err: fleet.lastError === '' ? undefined : fleet.lastError, snapshot: this.#snapshot, generation: snap.generation, savedAt: snap.savedAt },
+        `starting from the local snapshot of the fleet state: Redis could not be used ${why}; admin writes answer 503 until it is, then this instance resyncs`)
+    }
+    fleet.onUp((u) => { if (u) this.#requestSync() })
+    this.#timer = setInterval(() => { this.#check() }, this.#syncMs)
+    this.#timer.unref()
+  }
+
+  /** The periodic generation check: catches a lost notification, and a Redis that came back empty. */
+  #check (): void {
+    const fleet = this.#fleet
+    if (fleet === undefined || !fleet.up || this.#syncing !== undefined) return
+    fleet.generation().then((g) => { if (g !== this.#gen || g === 0) this.#requestSync() }, () => {})
+  }
+
+  /** Runs a sync now, or once more after the one running (notifications coalesce). */
+  #requestSync (): void {
+    if (this.#syncing !== undefined) {
+      this.#again = true
+      return
+    }
+    this.#syncing = (async () => {
+      do {
+        this.#again = false
+        try {
+          await this.#serialize(async () => { await this.#syncOnce(false) })
+        } catch (err) {
+          this.#log.debug({ err }, 'fleet sync failed (retried on the next notification or check)')
+        }
+      } while (this.#again && this.#fleet?.up === true)
+    })().finally(() => { this.#syncing = undefined })
+  }
+
+  /** Fleet mode: applies the fleet's latest generation now (a new rollout leader does, before acting). */
+  async sync (): Promise<void> {
+    if (this.#fleet === undefined) return
+    await this.#serialize(async () => { await this.#syncOnce(false) })
+  }
+
+  /**
+   * Reads the fleet's state and applies it when its generation differs
+   * from the one applied. A fleet never seeded (or a Redis that lost its
+   * data) is seeded with this instance's state: the last applied fleet
+   * state when there is one (a restart of Redis without persistence loses
+   * nothing the fleet had applied), else its config.
+   */
+  async #syncOnce (first: boolean): Promise<void> {
+    const fleet = this.#fleet!
+    const lastId = this.#audit.nextId - 1
+    let read = await fleet.read(first ? 1000 : 50)
+    if (read === undefined) {
+      const routes = this.#fleetRoutes.size !== 0 ? new Map(this.#fleetRoutes) : this.#ownRoutes()
+      const gen = Math.max(1, this.#gen)
+      const config = this.#fleetConfig !== '' ? this.#fleetConfig : this.#configHash
+      if (await fleet.seed(gen, config, routes, this.#audit.tail(1000))) {
+        this.#log.info({ redis: fleet.where, generation: gen, routes: [...routes.keys()] }, this.#gen === 0 ? 'fleet state seeded from this instance\'s config' : 'Redis held no fleet state: seeded it again from this instance\'s last applied state')
+        this.#gen = gen
+        this.#fleetRoutes = routes
+        this.#fleetConfig = config
+        this.#applied()
+        return
+      }
+      read = await fleet.read(1000)
+      if (read === undefined) return
+    }
+    if (!first && read.generation === this.#gen) return
+    const ids = parseAuditEntries(read.audit)
+    // the tail read may have missed entries: read the whole capped list once
+    if (!first && ids.length !== 0 && ids[0]!.id > lastId + 1 && read.audit.length < 1000) read = await fleet.read(1000) ?? read
+    if (read.generation < this.#gen) this.#log.warn({ redis: fleet.where, applied: this.#gen, fleet: read.generation }, 'the fleet state in Redis is older than the one this instance applied (Redis restored from an older copy?): adopting it')
+    await this.#adopt(read, first)
+  }
+
+  /** This instance's route states as the fleet stores them (JSON by route): what it seeds a new fleet with. */
+  #ownRoutes (): Map<string, string> {
+    const doc = this.#doc(this.#specs, this.#rollouts, [])
+    return new Map(Object.entries(doc.routes).map(([k, v]) => [k, JSON.stringify(v)]))
+  }
+
+  /**
+   * Applies a fleet state (read from Redis, or the local snapshot): the
+   * routes it gives this instance's config (#fromDoc), one swap when the
+   * routes in force changed, the audit entries not seen yet (listeners
+   * hear of them, so a rollout leader pauses on a change made through
+   * another instance), and the sync listeners with the routes whose rollout
+   * record changed.
+   */
+  async #adopt (read: FleetRead & { savedAt?: string }, first: boolean): Promise<void> {
+    const routes: Record<string, RouteState> = {}
+    for (const [name, json] of read.routes) {
+      let r: unknown
+      try {
+        r = JSON.parse(json)
+      } catch {
+        continue
+      }
+      if (checkStateDoc({ version: STATE_FORMAT_VERSION, routes: { [name]: r } }) === undefined) routes[name] = r as RouteState
+      else if (first) this.#log.warn({ route: name }, 'the fleet state holds an unreadable state for this route: ignored')
+    }
+    const r = this.#fromDoc({ version: STATE_FORMAT_VERSION, savedAt: '', routes, audit: [] }, 'fleet state', first)
+    const specsChanged = JSON.stringify(r.specs) !== JSON.stringify(this.#specs)
+    if (specsChanged) await this.#prepare?.(r.specs)
+    const lastId = this.#audit.nextId - 1
+    const entries = parseAuditEntries(read.audit)
+    const changedRollouts = [...new Set([...r.rollouts.keys(), ...this.#rollouts.keys()])]
+      .filter((k) => JSON.stringify(r.rollouts.get(k) ?? null) !== JSON.stringify(this.#rollouts.get(k) ?? null))
+    this.#specs = r.specs
+    this.#ov = r.ov
+    this.#rollouts = r.rollouts
+    if (specsChanged) this.holder.swap(buildRoutingTable(r.specs, this.holder.current.generation + 1))
+    const wasMismatch = this.configMismatch
+    this.#gen = read.generation
+    this.#fleetRoutes = new Map(read.routes)
+    this.#fleetConfig = read.config
+    if (this.configMismatch !== wasMismatch || (first && this.configMismatch)) {
+      if (this.configMismatch) this.#log.warn({ config: this.#configHash, fleetConfig: read.config, routes: r.mismatched }, 'this instance\'s routes differ from the fleet\'s (the config the fleet was seeded or last reloaded with): the fleet state applies only to routes with the same versions; nothing is merged. Give every instance the same config (and reload)')
+      else this.#log.info({ config: this.#configHash }, 'this instance\'s routes match the fleet\'s again')
+    }
+    if (first) this.#audit.restore(entries)
+    else for (const e of entries) if (e.id > lastId) this.#record(e, 'change applied from the fleet', 'debug')
+    for (const l of this.#syncListeners) {
+      try {
+        l(changedRollouts)
+      } catch (err) {
+        this.#log.error({ err }, 'fleet sync listener failed')
+      }
+    }
+    this.#applied()
+  }
+
+  /** A fleet generation was applied: tells the generation listeners and writes the local snapshot, atomically, after the ones queued before it (never on the request path). */
+  #applied (): void {
+    for (const l of this.#generationListeners) l()
+    if (this.#snapshot === '') return
+    const text = snapshotText(this.#gen, this.#fleetConfig, this.#fleetRoutes, this.#audit.tail(SNAPSHOT_AUDIT), this.#now())
+    this.#snapshotChain = this.#snapshotChain.then(async () => {
+      await writeFileAtomic(this.#snapshot, text)
+      this.#snapshotFailed = false
+    }).catch((err: unknown) => {
+      if (!this.#snapshotFailed) this.#log.error({ err, snapshot: this.#snapshot }, 'cannot write the local snapshot of the fleet state (a restart while Redis is down would use an older one, or refuse to start)')
+      this.#snapshotFailed = true
+    })
+  }
+
+  /** Called after each fleet generation is applied (written here, or read from the fleet). */
+  onGeneration (listener: () => void): void {
+    this.#generationListeners.push(listener)
+  }
+
+  /** Called after the fleet's state is applied, with the routes whose rollout record changed (fleet mode). */
+  onSync (listener: (routes: string[]) => void): void {
+    this.#syncListeners.push(listener)
+  }
+
+  /** The store generation this instance has applied. */
+  get generation (): number {
+    return this.#gen
+  }
+
+  /** Fleet mode: the Redis side (membership and leases use the same connection). */
+  get redis (): RedisStore | undefined {
+    return this.#fleet
+  }
+
+  /** True in fleet mode (`store.type` redis). */
+  get fleet (): boolean {
+    return this.#fleet !== undefined
+  }
+
+  /** False while the fleet store cannot be reached (always true with the file store). */
+  get up (): boolean {
+    return this.#fleet?.up ?? true
+  }
+
+  /** True when this instance's routes config differs from the fleet's. */
+  get configMismatch (): boolean {
+    return this.#fleet !== undefined && this.#fleetConfig !== '' && this.#fleetConfig !== this.#configHash
+  }
+
+  /** This instance's config fingerprint. */
+  get configHash (): string {
+    return this.#configHash
+  }
+
+  /** The fleet's config fingerprint (the config it was seeded or last reloaded with); '' with the file store. */
+  get fleetConfigHash (): string {
+    return this.#fleetConfig
+  }
+
+  /** Stops following the fleet (shutdown); waits for the snapshot being written. */
+  async close (): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer)
+    this.#timer = undefined
+    await this.flush()
+    await this.#snapshotChain
+  }
+
   #load (): void {
     // `canaryd serve` refuses to start on this (cli.ts); an embedded store only logs it, so
-    // tests and library users can still exercise the CANARYD_ERR_STATE_PERSIST path
-    try {
-      checkStateDir(this.file)
-    } catch (err) {
-      this.#log.error({ stateFile: this.file }, `${(err as Error).message}; weight changes will fail (CANARYD_ERR_STATE_PERSIST) until it is writable`)
+    // tests and library users can still exercise the CANARYD_ERR_STATE_PERSIST path.
+    // A fleet never writes the state file (it only seeds a new fleet from it); open() checks the snapshot's directory
+    if (this.#fleet === undefined) {
+      try {
+        checkStateDir(this.file)
+      } catch (err) {
+        this.#log.error({ stateFile: this.file }, `${(err as Error).message}; weight changes will fail (CANARYD_ERR_STATE_PERSIST) until it is writable`)
+      }
     }
     const read = readStateFile(this.file, this.#now())
     if (read.kind === 'absent') {
@@ -319,41 +660,70 @@ export class RuntimeStore {
         'state file is corrupt or unreadable: starting from config weights; the bad file was moved aside (not deleted)')
       return
     }
-    const doc = read.doc
+    const r = this.#fromDoc(read.doc, 'state file', true)
+    this.#specs = r.specs
+    this.#ov = r.ov
+    this.#rollouts = r.rollouts
+    this.#audit.restore(parseAuditEntries(read.doc.audit))
+  }
+
+  /**
+   * What a saved document (the state file, the fleet's state in Redis, the
+   * local snapshot) makes of the config's routes: for each route whose
+   * version set is unchanged, its weights and rollout record; runtime
+   * upstreams, segments and mirror wherever the file has not changed them
+   * since. Routes the document lacks keep the config's values; routes only
+   * the document has are ignored. `verbose` logs each route restored (at
+   * start); else only what is dropped, once per distinct set of problems.
+   */
+  #fromDoc (doc: StateDoc, source: string, verbose: boolean): { specs: RouteSpec[]; ov: Overrides; rollouts: Map<string, unknown>; mismatched: string[] } {
     const known = new Set<string>()
     const upstreams = new Map<string, Record<string, UpstreamOverride>>()
     const segments = new Map<string, FieldOverride<SegmentSpec[]>>()
     const mirror = new Map<string, FieldOverride<MirrorSpec | null>>()
-    this.#specs = this.#specs.map((spec) => {
+    const rollouts = new Map<string, unknown>()
+    const mismatched: string[] = []
+    const warnings: Array<[Record<string, unknown>, string]> = []
+    const info = (o: Record<string, unknown>, m: string): void => { if (verbose) this.#log.info(o, m) }
+    const specs = this.#base.map((spec) => {
       known.add(spec.name)
       const saved = doc.routes[spec.name]
       if (saved === undefined) return spec
       const { kept, dropped } = keptOverrides(spec, saved.upstreams)
-      if (dropped.length !== 0) this.#log.warn({ route: spec.name, versions: dropped }, 'the config file changed these versions\' upstream since it was changed at runtime: the file wins')
+      if (dropped.length !== 0) warnings.push([{ route: spec.name, versions: dropped }, 'the config file changed these versions\' upstream since it was changed at runtime: the file wins'])
       if (kept !== undefined) {
         upstreams.set(spec.name, kept)
-        this.#log.info({ route: spec.name, upstreams: Object.fromEntries(Object.entries(kept).map(([k, o]) => [k, o.upstream])) }, 'runtime upstreams restored from state file')
+        info({ route: spec.name, upstreams: Object.fromEntries(Object.entries(kept).map(([k, o]) => [k, o.upstream])) }, `runtime upstreams restored from ${source}`)
       }
       const { spec: current, segments: restored } = this.#applyKept(spec, withUpstreams(spec, kept), saved.segments, saved.mirror, { segments, mirror })
-      if (restored !== undefined) this.#log.info({ route: spec.name, segments: restored.map((x) => x.name) }, 'runtime segments restored from state file')
-      else if (saved.segments !== undefined) this.#log.warn({ route: spec.name }, 'the config file changed this route\'s segments (or its versions) since they were changed at runtime: the file wins')
+      if (restored !== undefined) info({ route: spec.name, segments: restored.map((x) => x.name) }, `runtime segments restored from ${source}`)
+      else if (saved.segments !== undefined) warnings.push([{ route: spec.name }, 'the config file changed this route\'s segments (or its versions) since they were changed at runtime: the file wins'])
       if (!sameVersions(spec.versions, saved.versions)) {
-        this.#log.warn({
+        mismatched.push(spec.name)
+        warnings.push([{
           route: spec.name,
-          stateVersions: saved.versions.map((v) => v.name),
+          savedVersions: saved.versions.map((v) => v.name),
           configVersions: spec.versions.map((v) => v.name)
-        }, 'config changed the versions of this route: config weights win; saved weights and rollout state are ignored')
+        }, source === 'state file'
+          ? 'config changed the versions of this route: config weights win; saved weights and rollout state are ignored'
+          : `the ${source} was written for other versions of this route than this instance's config has (instances with different configs?): config weights apply here; its weights and rollout state are ignored`])
         return current
       }
-      if (saved.rollout !== null && saved.rollout !== undefined) this.#rollouts.set(spec.name, saved.rollout)
-      this.#log.info({ route: spec.name, weights: saved.weights, stateFile: this.file }, 'weights restored from state file')
+      if (saved.rollout !== null && saved.rollout !== undefined) rollouts.set(spec.name, saved.rollout)
+      info({ route: spec.name, weights: saved.weights, source }, `weights restored from ${source}`)
       return withWeights(current, saved.weights)
     })
     for (const name of Object.keys(doc.routes)) {
-      if (!known.has(name)) this.#log.warn({ route: name, stateFile: this.file }, 'state file names a route that is not in the config: ignored')
+      if (!known.has(name)) {
+        mismatched.push(name)
+        warnings.push([{ route: name }, `the ${source} names a route that is not in the config: ignored`])
+      }
     }
-    this.#ov = { upstreams, segments, mirror }
-    this.#audit.restore(parseAuditEntries(doc.audit))
+    // a fleet is synced many times: the same problems are said once, when they first appear
+    const said = JSON.stringify(warnings.map(([, m]) => m).concat(mismatched))
+    if (verbose || said !== this.#said) for (const [o, m] of warnings) this.#log.warn(o, m)
+    this.#said = said
+    return { specs, ov: { upstreams, segments, mirror }, rollouts, mismatched }
   }
 
   /**
@@ -439,15 +809,90 @@ export class RuntimeStore {
     return { version: STATE_FORMAT_VERSION, savedAt: this.#now().toISOString(), routes, audit }
   }
 
-  async #persist (doc: StateDoc): Promise<void> {
+  /**
+   * Makes a change durable before it is applied: the state file, or in
+   * fleet mode one compare-and-set write of the routes it `touched` (all
+   * of them for a reload) and its audit `entries`, based on the generation
+   * applied. Throws CANARYD_ERR_STATE_PERSIST, CANARYD_ERR_STORE_UNAVAILABLE,
+   * LeaseLostError, CANARYD_ERR_STORE_CONFIG_MISMATCH or (internally) StaleGenerationError; nothing changed then.
+   */
+  async #persist (doc: StateDoc, entries: readonly AuditEntry[], touched: readonly string[] | 'all', fence?: Fence, drop: readonly string[] = []): Promise<void> {
+    const fleet = this.#fleet
+    if (fleet !== undefined) {
+      const routes = new Map<string, string>()
+      for (const [name, r] of Object.entries(doc.routes)) {
+        if (touched !== 'all' && !touched.includes(name)) continue
+        // a reload is the config speaking (it becomes the fleet's reference); any other write must not replace a route state made for other versions
+        if (touched !== 'all') this.#checkSameVersions(name, r)
+        const json = JSON.stringify(r)
+        if (this.#fleetRoutes.get(name) !== json) routes.set(name, json)
+      }
+      const config = touched === 'all' ? this.#configHash : ''
+      const dropped = drop.filter((n) => this.#fleetRoutes.has(n))
+      const res = await fleet.commit(this.#gen, routes, entries, { config, drop: dropped, fence: fence === undefined ? undefined : { route: fence.route, value: `${fence.token} ${fence.instance}` } })
+      if (!res.ok && res.reason === 'fenced') throw new LeaseLostError(fence!.route)
+      if (!res.ok) throw new StaleGenerationError()
+      // written: the caller applies it at once (nothing awaits in between)
+      this.#gen = res.generation
+      for (const [k, v] of routes) this.#fleetRoutes.set(k, v)
+      for (const k of dropped) this.#fleetRoutes.delete(k)
+      if (config !== '') this.#fleetConfig = config
+      // after the caller has applied it (its audit entry included)
+      setImmediate(() => { this.#applied() })
+      return
+    }
+    this.#gen++
     if (this.file === '') return
     try {
       await writeFileAtomic(this.file, `${JSON.stringify(doc, null, 2)}\n`)
     } catch (err) {
+      this.#gen--
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message
       this.#log.error({ stateFile: this.file, err }, 'cannot write the state file: change refused')
       throw new CanarydError('CANARYD_ERR_STATE_PERSIST', `cannot write state file ${this.file} (${code}); nothing was changed`, { cause: err })
     }
+  }
+
+  /** Fleet mode: refuses a write of `route` when the fleet's state for it was made for other versions than this instance's (409, nothing changed). */
+  #checkSameVersions (route: string, next: RouteState): void {
+    const json = this.#fleetRoutes.get(route)
+    if (json === undefined) return
+    let fleetVersions: string[]
+    try {
+      fleetVersions = (JSON.parse(json) as RouteState).versions.map((v) => v.name)
+    } catch {
+      return
+    }
+    const mine = next.versions.map((v) => v.name)
+    if (sameVersions(fleetVersions.map((name) => ({ name })), mine.map((name) => ({ name })))) return
+    throw new CanarydError('CANARYD_ERR_STORE_CONFIG_MISMATCH', `route ${route}: the fleet state was written for versions ${fleetVersions.join(', ')}, this instance's config has ${mine.join(', ')}; nothing was changed. Give every instance the same config (and reload it), then retry`)
+  }
+
+  /** Refuses a rollout write whose base revision is not the record in force (StaleRolloutError). */
+  #checkRevision (route: string, expect: number | undefined): void {
+    if (expect === undefined) return
+    const cur = this.#rollouts.get(route) as { revision?: unknown } | undefined
+    if ((typeof cur?.revision === 'number' ? cur.revision : 0) !== expect) throw new StaleRolloutError(route)
+  }
+
+  /**
+   * Runs a change after every earlier one (#serialize); in fleet mode a
+   * change that lost the race to another instance is made again on the
+   * fleet's newer state (re-validated: it may now be refused), up to
+   * COMMIT_ATTEMPTS times, then 409 CANARYD_ERR_STORE_CONFLICT.
+   */
+  async #change<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.#serialize(async () => {
+      for (let i = 0; i < COMMIT_ATTEMPTS; i++) {
+        try {
+          return await fn()
+        } catch (err) {
+          if (!(err instanceof StaleGenerationError)) throw err
+          await this.#syncOnce(false)
+        }
+      }
+      throw new CanarydError('CANARYD_ERR_STORE_CONFLICT', `other instances changed the fleet state ${COMMIT_ATTEMPTS} times while this change was being written; nothing was changed, retry`)
+    })
   }
 
   #routeIndex (route: string): number {
@@ -484,9 +929,10 @@ export class RuntimeStore {
    * case nothing changed.
    */
   async update (route: string, patch: RoutePatch, opts: ChangeOptions): Promise<WeightChange> {
-    return await this.#serialize(async () => {
+    return await this.#change(async () => {
       const i = this.#routeIndex(route)
       const spec = this.#specs[i]!
+      this.#checkRevision(route, opts.expectRevision)
       if (patch.expectSegments !== undefined && !jsonEqual(spec.segments ?? [], patch.expectSegments)) {
         throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route}: its segments changed while this change was being made; nothing was changed`)
       }
@@ -540,7 +986,7 @@ export class RuntimeStore {
         else rollouts.set(route, jsonCopy(opts.rollout))
       }
       const entry: AuditEntry = { ...this.#entry(this.#audit.nextId, route, previous, next, opts, table.generation), ...extra }
-      await this.#persist(this.#doc(specs, rollouts, [entry], ov))
+      await this.#persist(this.#doc(specs, rollouts, [entry], ov), [entry], [route], opts.fence)
       // persisted: from here on the change is real, apply it in memory
       this.#specs = specs
       this.#rollouts = rollouts
@@ -560,11 +1006,11 @@ export class RuntimeStore {
   }
 
   /** Audits an applied change, logs it and tells the change listeners. */
-  #record (entry: AuditEntry, message: string): void {
+  #record (entry: AuditEntry, message: string, level: 'info' | 'debug' = 'info'): void {
     this.#audit.push(entry)
     // `time` is pino's own field: the entry's time goes out as `changedAt`
     const { time, id, ...rest } = entry
-    this.#log.info({ auditId: id, changedAt: time, ...rest }, message)
+    this.#log[level]({ auditId: id, changedAt: time, ...rest }, message)
     for (const l of this.#listeners) {
       try {
         l(entry)
@@ -589,7 +1035,7 @@ export class RuntimeStore {
    * CANARYD_ERR_STATE_PERSIST; then nothing changed.
    */
   async setUpstream (route: string, version: string, upstream: readonly string[], opts: ChangeOptions): Promise<{ previous: string | string[]; route: RouteView; entry: AuditEntry }> {
-    return await this.#serialize(async () => {
+    return await this.#change(async () => {
       const i = this.#routeIndex(route)
       const spec = this.#specs[i]!
       const vi = spec.versions.findIndex((v) => v.name === version)
@@ -611,7 +1057,7 @@ export class RuntimeStore {
       const w = weightsOf(spec)
       const entry: AuditEntry = { ...this.#entry(this.#audit.nextId, route, w, w, opts, table.generation), version, upstream: { previous: upstreamView(previous), next: upstreamView(upstream) } }
       const ov = { ...this.#ov, upstreams: overrides }
-      await this.#persist(this.#doc(specs, this.#rollouts, [entry], ov))
+      await this.#persist(this.#doc(specs, this.#rollouts, [entry], ov), [entry], [route], opts.fence)
       this.#specs = specs
       this.#ov = ov
       this.holder.swap(table)
@@ -630,7 +1076,7 @@ export class RuntimeStore {
    * one swap: a request sees the old table or the new one, never a mix.
    */
   async reload (routes: readonly RouteSpec[], opts: ChangeOptions): Promise<ReloadSummary> {
-    return await this.#serialize(async () => {
+    return await this.#change(async () => {
       const base = structuredClone([...routes])
       const current = new Map(this.#specs.map((s) => [s.name, s]))
       const oldBase = new Map(this.#base.map((s) => [s.name, s]))
@@ -665,7 +1111,15 @@ export class RuntimeStore {
       let id = this.#audit.nextId
       const entries = pending.map((p) => this.#entry(id++, p.route, p.previous, p.weights, { ...opts, reason: p.reason }, table.generation))
       const ov: Overrides = { upstreams: overrides, segments: segOverrides, mirror: mirrorOverrides }
-      await this.#persist(this.#doc(specs, rollouts, entries, ov))
+      const hash = configFingerprint(base)
+      const previousHash = this.#configHash
+      this.#configHash = hash
+      try {
+        await this.#persist(this.#doc(specs, rollouts, entries, ov), entries, 'all', undefined, removed)
+      } catch (err) {
+        this.#configHash = previousHash
+        throw err
+      }
       this.#base = base
       this.#specs = specs
       this.#ov = ov
@@ -685,15 +1139,18 @@ export class RuntimeStore {
    * Saves a route's rollout state (any JSON value; null clears it) in the
    * state file, atomically and serialised with weight changes. Used by the
    * rollout controller to survive restarts. Throws CANARYD_ERR_ROUTE_NOT_FOUND
-   * or CANARYD_ERR_STATE_PERSIST (then nothing changed).
+   * or CANARYD_ERR_STATE_PERSIST (then nothing changed); in fleet mode
+   * also CANARYD_ERR_STORE_UNAVAILABLE, and LeaseLostError when `fence` no
+   * longer holds the route's lease.
    */
-  async setRolloutState (route: string, data: unknown): Promise<void> {
-    await this.#serialize(async () => {
+  async setRolloutState (route: string, data: unknown, fence?: Fence, expectRevision?: number): Promise<void> {
+    await this.#change(async () => {
       this.#routeIndex(route)
+      this.#checkRevision(route, expectRevision)
       const rollouts = new Map(this.#rollouts)
       if (data === null || data === undefined) rollouts.delete(route)
       else rollouts.set(route, jsonCopy(data))
-      await this.#persist(this.#doc(this.#specs, rollouts, []))
+      await this.#persist(this.#doc(this.#specs, rollouts, []), [], [route], fence)
       this.#rollouts = rollouts
     })
   }
