@@ -144,23 +144,25 @@ t.test('validate prints exactly what serve prints, and exits 1', async (t) => {
 t.test('config print: the effective config after env overrides, secrets masked', async (t) => {
   const dir = tmp()
   const file = goodConfig(dir, ['log: { level: warn }'])
-  const r = await runCli(['config', 'print', '--config', file], { CANARYD_LISTEN_PORT: '8181', CANARYD_ADMIN_TOKEN: 'very-secret-token' })
+  const r = await runCli(['config', 'print', '--config', file], { CANARYD_LISTEN_PORT: '8181', CANARYD_ADMIN_TOKEN: 'very-secret-token', CANARYD_REDIS_URL: 'redis://:hunter2@redis.internal:6380/2' })
   t.equal(r.code, 0, r.stderr)
   t.notMatch(r.stdout, /very-secret-token/, 'the token is not printed')
+  t.notMatch(r.stdout, /hunter2/, 'the Redis password is not printed')
   t.notMatch(r.stdout, /secret-part/, 'the webhook URL path is not printed')
   const printed = JSON.parse(r.stdout) as Omit<Config, 'source'> & { routes: Array<{ rollout: { steps: number[]; webhooks: Array<{ url: string }> } }> }
   t.equal(printed.listen.port, 8181, 'the environment wins over the file')
   t.equal(printed.log.level, 'warn', 'the file wins over the default')
   t.equal(printed.admin.token, '********', 'admin.token is masked')
+  t.equal(printed.store.url, 'redis://:********@redis.internal:6380/2', 'store.url keeps its host and db, not its password')
   t.equal(printed.timeouts.upstreamResponseMs, 30000, 'defaults are filled in')
   t.equal(printed.routes[0]!.rollout.webhooks[0]!.url, 'https://hooks.example.com/********')
   t.same(printed.routes[0]!.rollout.steps, [1, 5, 10, 25, 50], 'the normalised plan')
   t.notOk('source' in printed, 'only config keys: the output is itself a config file')
-  t.same(Object.keys(printed), ['listen', 'trustedProxies', 'admin', 'state', 'timeouts', 'upstream', 'limits', 'health', 'log', 'routes'], 'schema order')
+  t.same(Object.keys(printed), ['listen', 'trustedProxies', 'admin', 'state', 'store', 'timeouts', 'upstream', 'limits', 'health', 'log', 'routes'], 'schema order')
 
   // the printed config is a valid config meaning the same thing (masked values aside)
   const again = configFromObject(printed, '', {})
-  const original = configFromObject(parseYaml(readFileSync(file, 'utf8')), '', { CANARYD_LISTEN_PORT: '8181', CANARYD_ADMIN_TOKEN: '********' })
+  const original = configFromObject(parseYaml(readFileSync(file, 'utf8')), '', { CANARYD_LISTEN_PORT: '8181', CANARYD_ADMIN_TOKEN: '********', CANARYD_REDIS_URL: 'redis://:********@redis.internal:6380/2' })
   const plan = original.routes[0]!.rollout as { webhooks: Array<{ url: string }> }
   plan.webhooks[0]!.url = 'https://hooks.example.com/********'
   t.same(again, original, 'round trip')

@@ -7,12 +7,12 @@ import t, { type Test } from 'tap'
 import { configFromObject } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
 import { createLogger } from '../../src/logger.js'
-import { checkStateDir } from '../../src/state/file.js'
-import { RuntimeStore } from '../../src/state/store.js'
+import { checkStateDir } from '../../src/store/file.js'
+import { RuntimeStore } from '../../src/store/store.js'
 import { ensureBuilt } from '../helpers/cli.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 
-// The start-up check of state.file (src/state/file.ts): what a container with a read-only root
+// The start-up check of state.file (src/store/file.ts): what a container with a read-only root
 // file system or a missing volume hits. Kept with the deploy tests because that is where it bites.
 
 function scratch (t: Test): string {
@@ -97,12 +97,12 @@ t.test('a directory without write permission: EACCES (as root too: the check run
   ensureBuilt()
   chmodSync(dir, 0o755)
   const lib = join(dir, 'lib')
-  for (const m of ['state/file.js', 'errors.js', 'routing/weights.js']) {
+  for (const m of ['store/file.js', 'errors.js', 'routing/weights.js']) {
     mkdirSync(join(lib, dirname(m)), { recursive: true })
     copyFileSync(join('dist', m), join(lib, m))
   }
   writeFileSync(join(lib, 'package.json'), '{"type":"module"}')
-  writeFileSync(join(lib, 'run.js'), `import { checkStateDir } from './state/file.js'
+  writeFileSync(join(lib, 'run.js'), `import { checkStateDir } from './store/file.js'
 try { checkStateDir(${JSON.stringify(file)}, {}); process.exit(0) } catch (err) { process.stderr.write(err.message); process.exit(1) }
 `)
   chmodSync(lib, 0o755)
