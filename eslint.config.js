@@ -4,7 +4,7 @@
 import neostandard from 'neostandard'
 
 /** Our top-level folders under src/. */
-const FOLDERS = ['admin', 'cluster', 'commands', 'config', 'listener', 'metrics', 'proxy', 'rollout', 'routing', 'state', 'store', 'ui', 'upstream']
+const FOLDERS = ['admin', 'cluster', 'commands', 'config', 'listener', 'metrics', 'proxy', 'rollout', 'routing', 'store', 'ui', 'upstream']
 
 /**
  * Which of our folders each folder may import (values and types), and which
@@ -13,24 +13,23 @@ const FOLDERS = ['admin', 'cluster', 'commands', 'config', 'listener', 'metrics'
  * wire everything and are not listed.
  *
  *   proxy    ──> routing, upstream, metrics          the hot path
- *   admin    ──> routing, metrics, rollout, state/store, config
- *   rollout  ──> routing, metrics, state/store, config (the plan schema: a plan is
+ *   admin    ──> routing, metrics, rollout, store, config
+ *   rollout  ──> routing, metrics, store, config (the plan schema: a plan is
  *                config a user writes, in the file or through the admin API)
  *   upstream ──> metrics (types only)
  *   routing  ──> nothing of ours but types           pure
  *   metrics  ──> nothing of ours                     written by the hot path, read by the control plane
  *   config   ──> routing                             validates and builds the first table
- *   state    ──> routing, config (types)             runtime state and its file
+ *   store    ──> routing, config (types)             runtime state: its file, or Redis (fleet)
  */
 const ALLOWED = {
   proxy: { values: ['routing', 'upstream', 'metrics'], types: [] },
-  admin: { values: ['routing', 'metrics', 'rollout', 'state', 'store', 'config'], types: [] },
-  rollout: { values: ['routing', 'metrics', 'state', 'store', 'config'], types: [] },
+  admin: { values: ['routing', 'metrics', 'rollout', 'store', 'config'], types: [] },
+  rollout: { values: ['routing', 'metrics', 'store', 'config'], types: [] },
   upstream: { values: [], types: ['metrics'] },
   routing: { values: [], types: FOLDERS },
   metrics: { values: [], types: [] },
   config: { values: ['routing'], types: [] },
-  state: { values: ['routing'], types: ['config'] },
   store: { values: ['routing'], types: ['config'] },
   listener: { values: [], types: [] }
 }

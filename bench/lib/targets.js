@@ -14,9 +14,9 @@ const root = join(here, '..')
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
 /** Every target startTargets knows, in the order it starts them. */
-export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'canaryd-segments', 'canaryd-mirror', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
+export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
 /** Started only when asked for by name (not part of the full run). */
-export const OPT_IN = ['http-bare', 'canaryd-base', 'canaryd-segments', 'canaryd-mirror']
+export const OPT_IN = ['http-bare', 'canaryd-base', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis']
 
 const children = new Set()
 const tmpDirs = []
@@ -260,6 +260,18 @@ export async function startTargets ({ names, log = () => {} } = {}) {
     'canaryd-mirror': async () => {
       const port = await freePort()
       const file = config({ listen: { host: '127.0.0.1', port } }, { mirror: { version: 'canary', percent: 10 } })
+      const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
+      return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
+    },
+    // issue 16: the same canaryd with its runtime state in Redis (a redis-server of its own on a
+    // free port, data in the bench's temp dir): the store is never on the request path
+    'canaryd-redis': async () => {
+      if (!hasCommand('redis-server')) throw new Error('redis-server is not installed (Debian package redis-server)')
+      const redisPort = await freePort()
+      track(spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--dir', tmp, '--save', '', '--appendonly', 'no', '--daemonize', 'no'], { stdio: 'ignore' }))
+      await waitPort(redisPort)
+      const port = await freePort()
+      const file = config({ listen: { host: '127.0.0.1', port }, store: { type: 'redis', url: `redis://127.0.0.1:${redisPort}/0`, prefix: 'bench:' } })
       const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
       return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
     },
