@@ -44,7 +44,7 @@ export function registerFleetRoutes (admin: Pick<AdminServer, 'addRoute'>, src: 
     // this instance's own line is always current (its heartbeat may be a beat old, or missing while Redis is away)
     const others = listed.filter((h) => h.id !== me.id)
     const fleetConfig = store.fleetConfigHash
-    const instances: FleetInstanceView[] = [me, ...others].map((h) => ({
+    const instances: FleetInstanceView[] = [me, ...others].map(({ nonce: _, ...h }) => ({
       ...h,
       configMismatch: fleetConfig !== '' && h.config !== fleetConfig,
       self: h.id === me.id

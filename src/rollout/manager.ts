@@ -61,7 +61,8 @@ export interface RolloutFleet {
   holder (route: string): Promise<{ token: number; instance: string } | undefined>
   /** Runs an action on another instance; its result, or its error re-raised. */
   call (instance: string, c: { op: string; route: string }): Promise<unknown>
-  serve (fn: (c: { op: string; route: string }) => Promise<unknown>): void
+  /** `fn` resolves undefined for an action this instance does not answer (it does not lead that rollout). */
+  serve (fn: (c: { op: string; route: string }) => Promise<{ result: unknown } | undefined>): void
   /** Refreshes this instance's heartbeat now (after a lease changed hands). */
   beat (): void
   readonly stats: StatsTransport
@@ -745,13 +746,21 @@ export class RolloutManager {
     }
   }
 
-  /** An action another instance forwarded: carried out only while this instance leads the rollout. */
-  async #serveCall (c: { op: string; route: string }): Promise<unknown> {
+  /**
+   * An action another instance forwarded: carried out only while this
+   * instance leads the rollout; otherwise not answered (the caller hears
+   * the leader, or times out and retries), so a process that does not lead
+   * can never answer for one that does.
+   */
+  async #serveCall (c: { op: string; route: string }): Promise<{ result: unknown } | undefined> {
     const ctl = this.#controllers.get(c.route)
-    if (ctl === undefined || !this.#held.has(c.route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `instance ${this.#fleet?.self ?? ''} no longer leads the rollout of route ${c.route}; retry`)
     const op = ACTIONS[c.op]
-    if (op === undefined) throw new CanarydError('CANARYD_ERR_INVALID_BODY', `unknown rollout action ${c.op}`)
-    return await this.#settled(c.route, ctl, op)
+    if (ctl === undefined || op === undefined) return undefined
+    if (this.#held.has(c.route)) return { result: await this.#settled(c.route, ctl, op) }
+    // the rollout this instance led has just finished (lease given up): the same record everywhere, so its answer (409, and why) is the fleet's
+    const saved = this.#opts.store.getRolloutState(c.route)
+    if (!ctl.active && isRecord(saved) && saved.revision === ctl.record.revision) return { result: await op(ctl) }
+    return undefined
   }
 
   /** The controller of a route (tests feed its windows). */

@@ -75,12 +75,16 @@ export class AuditLog {
   }
 }
 
-/** Keeps only well-formed entries from an untrusted array (the state file). */
+function isObj (v: unknown): boolean {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** Keeps only well-formed entries from an untrusted array (the state file, the fleet's audit list). */
 export function parseAuditEntries (raw: readonly unknown[]): AuditEntry[] {
   return raw.filter((e): e is AuditEntry => {
     if (typeof e !== 'object' || e === null) return false
     const o = e as Record<string, unknown>
-    return typeof o.id === 'number' && typeof o.time === 'string' && typeof o.route === 'string' &&
-      typeof o.previous === 'object' && typeof o.weights === 'object' && typeof o.source === 'string'
+    return Number.isSafeInteger(o.id) && typeof o.time === 'string' && typeof o.route === 'string' &&
+      isObj(o.previous) && isObj(o.weights) && typeof o.source === 'string'
   })
 }

@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
-import { CanarydError, ERROR_CODES, type ErrorCode } from '../errors.js'
+import { CanarydError, ConfigError, ERROR_CODES, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { Heartbeat, RedisStore } from './redis.js'
 
@@ -53,8 +53,9 @@ export class FleetLink {
   readonly #heartbeatMs: number
   readonly #describe: FleetLinkOptions['describe']
   readonly #startedAt = new Date().toISOString()
+  readonly #nonce = randomBytes(8).toString('hex')
   readonly #pending = new Map<string, Pending>()
-  #serve: ((c: FleetCall) => Promise<unknown>) | undefined
+  #serve: ((c: FleetCall) => Promise<{ result: unknown } | undefined>) | undefined
   #beat: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
   #seq = 0
@@ -74,12 +75,23 @@ export class FleetLink {
     }
   }
 
-  /** Starts the heartbeat and the forwarded-action channel. */
+  /**
+   * Starts the heartbeat and the forwarded-action channel. Refuses (a
+   * ConfigError naming store.instanceId) when another running process
+   * has this instance's id: they would share its call channel and answer
+   * each other's forwarded actions. A heartbeat left by this id's previous
+   * process (a restart) is told apart: nobody refreshes it.
+   */
   async start (): Promise<void> {
-    // two live processes with one id would share a call channel and each other's answers: said loudly (a restarted pod with its old id finds a heartbeat of its own pid or one gone stale)
-    const same = await this.#redis.instances().then((hs) => hs.find((h) => h.id === this.self), () => undefined)
-    if (same !== undefined && (same.pid !== process.pid || same.hostname !== hostname()) && Date.now() - Date.parse(same.lastHeartbeat) < 2 * this.#heartbeatMs) {
-      this.#log.error({ instance: this.self, other: { hostname: same.hostname, pid: same.pid } }, 'another live instance has this instance id (store.instanceId / CANARYD_INSTANCE_ID): give each instance its own, or forwarded rollout actions may be answered by the wrong one')
+    if (this.#redis.up) {
+      const seen = await this.#redis.heartbeatOf(this.self).catch(() => undefined)
+      if (seen !== undefined && seen.nonce !== this.#nonce) {
+        await new Promise((resolve) => { setTimeout(resolve, this.#heartbeatMs + 250) })
+        const again = await this.#redis.heartbeatOf(this.self).catch(() => undefined)
+        if (again !== undefined && again.nonce !== this.#nonce && again.lastHeartbeat !== seen.lastHeartbeat) {
+          throw new ConfigError('store.instanceId', `another running instance (${again.hostname}, pid ${again.pid}) has the instance id ${this.self}: give each instance its own (store.instanceId / CANARYD_INSTANCE_ID; "" picks the host name and 6 random hex digits)`)
+        }
+      }
     }
     await this.#redis.listen(`rpc:${this.self}`, (m) => { this.#message(m) })
     this.#writeHeartbeat()
@@ -104,7 +116,7 @@ export class FleetLink {
   #writeHeartbeat (): void {
     if (!this.#redis.up) return
     const now = new Date().toISOString()
-    const hb: Heartbeat = { id: this.self, hostname: hostname(), pid: process.pid, startedAt: this.#startedAt, lastHeartbeat: now, ...this.#describe() }
+    const hb: Heartbeat = { id: this.self, hostname: hostname(), pid: process.pid, startedAt: this.#startedAt, lastHeartbeat: now, nonce: this.#nonce, ...this.#describe() }
     this.#redis.heartbeat(hb, 3 * this.#heartbeatMs).catch(() => {})
   }
 
@@ -140,8 +152,13 @@ export class FleetLink {
   /** The snapshot channel of the fleet-wide rollout windows. */
   readonly stats: { readonly self: string; publish: (message: string) => Promise<boolean>; listen: (fn: (message: string) => void) => Promise<void> }
 
-  /** Carries out actions other instances forward to this one. */
-  serve (fn: (c: FleetCall) => Promise<unknown>): void {
+  /**
+   * Carries out actions other instances forward to this one; `fn` resolves
+   * undefined for an action this instance is not the one to answer (it
+   * does not lead that rollout): no answer is sent, so the one that does
+   * is heard (or the caller's timeout).
+   */
+  serve (fn: (c: FleetCall) => Promise<{ result: unknown } | undefined>): void {
     this.#serve = fn
   }
 
@@ -198,9 +215,10 @@ export class FleetLink {
     const from = m.from
     const id = m.id
     this.#serve({ op: m.op, route: m.route }).then(
-      (result): FleetAnswer => ({ ok: true, result }),
+      (r): FleetAnswer | undefined => r === undefined ? undefined : { ok: true, result: r.result },
       (err: unknown): FleetAnswer => err instanceof CanarydError ? { ok: false, code: err.code, message: err.message } : { ok: false, code: 'CANARYD_ERR_INTERNAL', message: 'internal error' }
     ).then(async (answer) => {
+      if (answer === undefined) return
       if (!answer.ok && answer.code === 'CANARYD_ERR_INTERNAL') this.#log.error({ op: m.op, route: m.route }, 'forwarded rollout action failed')
       await this.#redis.publish(`rpc:${from}`, JSON.stringify({ k: 'reply', id, answer }))
     }).catch(() => {})

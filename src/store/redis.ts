@@ -26,6 +26,12 @@ import { CanarydError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { AuditEntry } from './audit.js'
 
+/** How long a command may take before the store is treated as unreachable (and the caller answered 503). */
+const COMMAND_TIMEOUT_MS = 2000
+
+/** Of the timeout, what is left for the reply's trip back: a script that starts later refuses itself. */
+const DEADLINE_MARGIN_MS = 300
+
 /** Result of a compare-and-set write. */
 export type CommitResult =
   | { ok: true; generation: number }
@@ -58,6 +64,8 @@ export interface Heartbeat {
   config: string
   startedAt: string
   lastHeartbeat: string
+  /** Random per process: two processes with one id are told apart by it. */
+  nonce?: string
 }
 
 /** Options of the Redis side. */
@@ -103,15 +111,32 @@ export function redactUrl (url: string): string {
   }
 }
 
-const COMMIT = `
+/*
+ * ARGV[7] of COMMIT and ARGV[3] of ACQUIRE: the moment (Redis's clock, ms)
+ * after which the client has given up waiting (its command timeout): a
+ * script Redis only gets to later (it was frozen, or overloaded) refuses
+ * itself, so a write answered 503 is never applied behind the caller's back.
+ * 0: no deadline (the clock offset is not known yet).
+ */
+const LATE = `
+pcall(redis.replicate_commands)
+local function late (deadline)
+  if tonumber(deadline) <= 0 then return false end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline)
+end
+`
+
+const COMMIT = LATE + `
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if gen ~= tonumber(ARGV[1]) then return {0, gen} end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return {-1, gen} end
+if late(ARGV[7]) then return {-2, gen} end
 gen = gen + 1
 redis.call('HSET', KEYS[1], 'gen', gen)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'config', ARGV[5]) end
 local n = tonumber(ARGV[6])
-local i = 7
+local i = 8
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -132,7 +157,9 @@ return {1, gen}
 `
 
 const SEED = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
+if gen >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'config', ARGV[2])
 local n = tonumber(ARGV[4])
 local i = 5
@@ -140,18 +167,18 @@ for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  while i <= #ARGV do
-    redis.call('RPUSH', KEYS[2], ARGV[i])
-    i = i + 1
-  end
+if i <= #ARGV then redis.call('DEL', KEYS[2]) end
+while i <= #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  i = i + 1
 end
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 `
 
-const ACQUIRE = `
+const ACQUIRE = LATE + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if late(ARGV[3]) then return 0 end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t .. ' ' .. ARGV[1], 'PX', ARGV[2])
 return t
@@ -173,7 +200,7 @@ return 1
 interface Scripts {
   canarydCommit (state: string, audit: string, lease: string, ...args: Array<string | number>): Promise<[number, number]>
   canarydSeed (state: string, audit: string, ...args: Array<string | number>): Promise<number>
-  canarydAcquire (lease: string, fence: string, id: string, ttl: number): Promise<number>
+  canarydAcquire (lease: string, fence: string, id: string, ttl: number, deadline: number): Promise<number>
   canarydRenew (lease: string, value: string, ttl: number): Promise<number>
   canarydRelease (lease: string, value: string): Promise<number>
 }
@@ -193,6 +220,7 @@ export class RedisStore {
   #up = false
   #closed = false
   #lastError = ''
+  #stalled = false
   /** Logged once per outage, not on every reconnect attempt. */
   #reported = false
 
@@ -210,7 +238,7 @@ export class RedisStore {
       connectionName: `canaryd:${opts.instanceId}`
     }
     // commands fail at once while Redis is away (no offline queue): an admin write answers 503 instead of hanging
-    this.#r = new Redis(opts.url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 2000 }) as Redis & Scripts
+    this.#r = new Redis(opts.url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: COMMAND_TIMEOUT_MS }) as Redis & Scripts
     this.#sub = new Redis(opts.url, { ...common, maxRetriesPerRequest: null })
     this.#r.defineCommand('canarydCommit', { numberOfKeys: 3, lua: COMMIT })
     this.#r.defineCommand('canarydSeed', { numberOfKeys: 2, lua: SEED })
@@ -218,10 +246,10 @@ export class RedisStore {
     this.#r.defineCommand('canarydRenew', { numberOfKeys: 1, lua: RENEW })
     this.#r.defineCommand('canarydRelease', { numberOfKeys: 1, lua: RELEASE })
     // up only while both connections are: without the subscriber, changes and rollout windows stop arriving
-    const state = (): void => { this.#setUp(this.#r.status === 'ready' && this.#sub.status === 'ready') }
+    this.#r.on('ready', () => { this.#measureClock().finally(() => { this.#updateUp() }) })
+    this.#sub.on('ready', () => { this.#updateUp() })
     for (const c of [this.#r, this.#sub]) {
-      c.on('ready', state)
-      c.on('close', state)
+      c.on('close', () => { this.#updateUp() })
       c.on('error', (err: Error) => {
         this.#lastError = err.message
         if (this.#reported || this.#closed) return
@@ -238,6 +266,59 @@ export class RedisStore {
         this.#log.error({ err, channel }, 'fleet store: message handler failed')
       }
     })
+  }
+
+  /** Redis's clock minus this host's (ms), measured when a connection becomes ready; undefined until then. */
+  #clockOffset: number | undefined
+
+  /** The deadline scripts check (LATE): Redis's time when this instance stops waiting, less a margin for the reply's trip; 0 when unknown. */
+  #deadline (): number {
+    if (this.#clockOffset === undefined) return 0
+    return Math.round(Date.now() + this.#clockOffset + COMMAND_TIMEOUT_MS - DEADLINE_MARGIN_MS)
+  }
+
+  async #measureClock (): Promise<void> {
+    try {
+      const t0 = Date.now()
+      const [sec, usec] = await this.#r.time()
+      const t1 = Date.now()
+      this.#clockOffset = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (t0 + t1) / 2
+    } catch {
+      // keeps the last offset (or none: scripts then run without a deadline)
+    }
+  }
+
+  /**
+   * A command timed out on a connection that is still open (Redis frozen,
+   * or far too slow): treated as unreachable, so writes answer 503 at once
+   * instead of each waiting the timeout and rollouts hold, until Redis
+   * answers a PING again.
+   */
+  #stall (): void {
+    this.suspect()
+  }
+
+  /** Treats Redis as not answering (see #stall), e.g. when a watchdog probe took too long. */
+  suspect (): void {
+    if (this.#stalled || !this.#up) return
+    this.#stalled = true
+    this.#log.warn({ redis: this.where }, 'fleet store: Redis stopped answering (a command timed out): treated as unreachable until it answers again')
+    this.#updateUp()
+    let probing = false
+    const probe = setInterval(() => {
+      if (probing || this.#closed) return
+      probing = true
+      this.#r.ping().then(() => {
+        clearInterval(probe)
+        this.#stalled = false
+        this.#updateUp()
+      }, () => {}).finally(() => { probing = false })
+    }, 250)
+    probe.unref()
+  }
+
+  #updateUp (): void {
+    this.#setUp(!this.#stalled && this.#r.status === 'ready' && this.#sub.status === 'ready')
   }
 
   #setUp (up: boolean): void {
@@ -297,7 +378,9 @@ export class RedisStore {
     try {
       return await fn()
     } catch (err) {
+      if (err instanceof CanarydError) throw err
       if (isReplyError(err)) this.#log.error({ redis: this.where, err: err.message }, 'fleet store: Redis refused a command')
+      else if (/timed out/i.test((err as Error).message)) this.#stall()
       throw storeUnavailable(this.where, err, write)
     }
   }
@@ -313,9 +396,11 @@ export class RedisStore {
     const hash = (res?.[0]?.[1] ?? {}) as Record<string, string>
     const list = (res?.[1]?.[1] ?? []) as string[]
     if (hash.gen === undefined) return undefined
+    const generation = Number(hash.gen)
+    if (!Number.isSafeInteger(generation) || generation < 0) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', `the fleet state in Redis (${this.where}, key ${this.key('state')}) has an unreadable generation ${JSON.stringify(hash.gen)}: nothing was changed. Fix the key (or delete it: the instances seed it again)`)
     const routes = new Map<string, string>()
     for (const [k, v] of Object.entries(hash)) if (k.startsWith('route:')) routes.set(k.slice(6), v)
-    return { generation: Number(hash.gen), config: hash.config ?? '', routes, audit: parseList(list) }
+    return { generation, config: hash.config ?? '', routes, audit: parseList(list) }
   }
 
   /** The fleet's generation (0 when never seeded). */
@@ -332,7 +417,7 @@ export class RedisStore {
    * fingerprint. Every instance is told by pub/sub.
    */
   async commit (base: number, routes: ReadonlyMap<string, string>, audit: readonly AuditEntry[], opts: { config?: string; fence?: { route: string; value: string }; drop?: readonly string[] } = {}): Promise<CommitResult> {
-    const args: Array<string | number> = [base, this.key('changes'), this.#auditSize, opts.fence?.value ?? '', opts.config ?? '', routes.size]
+    const args: Array<string | number> = [base, this.key('changes'), this.#auditSize, opts.fence?.value ?? '', opts.config ?? '', routes.size, this.#deadline()]
     for (const [name, json] of routes) args.push(`route:${name}`, json)
     const drop = opts.drop ?? []
     args.push(drop.length, ...drop.map((n) => `route:${n}`))
@@ -340,10 +425,18 @@ export class RedisStore {
     const lease = this.key(`lease:${opts.fence?.route ?? ''}`)
     const [ok, gen] = await this.#run(async () => await this.#r.canarydCommit(this.key('state'), this.key('audit'), lease, ...args), true)
     if (ok === 1) return { ok: true, generation: gen }
+    if (ok === -2) throw storeUnavailable(this.where, new Error('Redis ran the write after this instance had stopped waiting for it, and refused it'))
     return { ok: false, reason: ok === 0 ? 'conflict' : 'fenced', generation: gen }
   }
 
-  /** Seeds an empty fleet with these route states at `generation`; false when someone else seeded it first. */
+  /**
+   * Puts this whole state (route states, audit) in Redis at `generation`
+   * when the fleet's is older: an empty Redis (never seeded, or restarted
+   * without its data, generation 0) or one holding a state older than this
+   * instance applied (restored from an older copy, or seeded again by an
+   * instance that had missed the last changes). False when the fleet's is
+   * as new or newer: it is then adopted instead.
+   */
   async seed (generation: number, config: string, routes: ReadonlyMap<string, string>, audit: readonly unknown[]): Promise<boolean> {
     const args: Array<string | number> = [generation, config, this.key('changes'), routes.size]
     for (const [name, json] of routes) args.push(`route:${name}`, json)
@@ -366,6 +459,7 @@ export class RedisStore {
 
   /** Publishes on a channel (the name without the prefix): how many subscribers got it, -1 when Redis is away (the message is dropped). */
   async publish (channel: string, message: string): Promise<number> {
+    if (!this.#up) return -1
     try {
       return await this.#r.publish(this.key(channel), message)
     } catch {
@@ -375,7 +469,7 @@ export class RedisStore {
 
   /** Takes the route's rollout lease when nobody holds it: the fencing token, or 0. */
   async acquire (route: string, ttlMs: number): Promise<number> {
-    return Number(await this.#run(async () => await this.#r.canarydAcquire(this.key(`lease:${route}`), this.key(`fence:${route}`), this.instanceId, ttlMs)))
+    return Number(await this.#run(async () => await this.#r.canarydAcquire(this.key(`lease:${route}`), this.key(`fence:${route}`), this.instanceId, ttlMs, this.#deadline())))
   }
 
   /** Extends a held lease; false when it is no longer ours (expired, or taken). */
@@ -404,6 +498,17 @@ export class RedisStore {
         .zadd(this.key('instances'), String(Date.now()), hb.id)
         .exec()
     })
+  }
+
+  /** The heartbeat of instance `id`, or undefined. */
+  async heartbeatOf (id: string): Promise<Heartbeat | undefined> {
+    const v = await this.#run(async () => await this.#r.get(this.key(`instance:${id}`)))
+    if (v === null) return undefined
+    try {
+      return JSON.parse(v) as Heartbeat
+    } catch {
+      return undefined
+    }
   }
 
   /** Removes this instance's heartbeat (clean shutdown). */

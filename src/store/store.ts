@@ -88,6 +88,9 @@ export class StaleRolloutError extends CanarydError {
 /** How often a change is made again after losing the compare-and-set race, before 409. */
 const COMMIT_ATTEMPTS = 5
 
+/** How long the periodic check waits for Redis before treating it as unreachable. */
+const WATCHDOG_MS = 1000
+
 /** Audit entries kept in the local snapshot. */
 const SNAPSHOT_AUDIT = 100
 
@@ -360,6 +363,12 @@ export class RuntimeStore {
   readonly #listeners: Array<(entry: AuditEntry) => void> = []
   /** Warnings of the last #fromDoc, so a fleet synced many times says each problem once. */
   #said = ''
+  /** The unreadable route states of the last fleet state applied (said once). */
+  #bad = ''
+  /** The state file was read at start (a new fleet is seeded from it). */
+  #stateLoaded = false
+  /** The last sync failure said (a fleet state that stays unreadable is said once). */
+  #syncError = ''
   readonly #fleet: RedisStore | undefined
   readonly #snapshot: string
   readonly #syncMs: number
@@ -450,11 +459,18 @@ export class RuntimeStore {
     this.#timer.unref()
   }
 
-  /** The periodic generation check: catches a lost notification, and a Redis that came back empty. */
+  /**
+   * The periodic generation check: catches a lost notification and a Redis
+   * that came back empty, and is the watchdog of a Redis that stopped
+   * answering on an open connection (frozen): no answer within a second
+   * and the store is treated as unreachable until it answers again.
+   */
   #check (): void {
     const fleet = this.#fleet
     if (fleet === undefined || !fleet.up || this.#syncing !== undefined) return
-    fleet.generation().then((g) => { if (g !== this.#gen || g === 0) this.#requestSync() }, () => {})
+    const watchdog = setTimeout(() => { fleet.suspect() }, WATCHDOG_MS)
+    watchdog.unref()
+    fleet.generation().then((g) => { if (g !== this.#gen || g === 0) this.#requestSync() }, () => {}).finally(() => { clearTimeout(watchdog) })
   }
 
   /** Runs a sync now, or once more after the one running (notifications coalesce). */
@@ -468,8 +484,12 @@ export class RuntimeStore {
         this.#again = false
         try {
           await this.#serialize(async () => { await this.#syncOnce(false) })
+          this.#syncError = ''
         } catch (err) {
-          this.#log.debug({ err }, 'fleet sync failed (retried on the next notification or check)')
+          // Redis away is said by the store itself; anything else (an unreadable generation) once per distinct message
+          const msg = (err as Error).message
+          if (this.#fleet?.up === true && msg !== this.#syncError) this.#log.warn({ err: msg }, 'cannot apply the fleet state (retried on the next notification or check)')
+          this.#syncError = msg
         }
       } while (this.#again && this.#fleet?.up === true)
     })().finally(() => { this.#syncing = undefined })
@@ -492,12 +512,16 @@ export class RuntimeStore {
     const fleet = this.#fleet!
     const lastId = this.#audit.nextId - 1
     let read = await fleet.read(first ? 1000 : 50)
-    if (read === undefined) {
+    // Redis holds nothing, or an older state than this instance applied (lost its data and was
+    // seeded again by an instance that had missed the last changes, or restored from an older
+    // copy): this instance's state goes back in, unless another instance's newer one got there first
+    if (read === undefined || read.generation < this.#gen) {
       const routes = this.#fleetRoutes.size !== 0 ? new Map(this.#fleetRoutes) : this.#ownRoutes()
       const gen = Math.max(1, this.#gen)
       const config = this.#fleetConfig !== '' ? this.#fleetConfig : this.#configHash
       if (await fleet.seed(gen, config, routes, this.#audit.tail(1000))) {
-        this.#log.info({ redis: fleet.where, generation: gen, routes: [...routes.keys()] }, this.#gen === 0 ? 'fleet state seeded from this instance\'s config' : 'Redis held no fleet state: seeded it again from this instance\'s last applied state')
+        const why = this.#gen === 0 ? `fleet state seeded from this instance's ${this.#fleetRoutes.size !== 0 ? 'local snapshot' : this.#stateLoaded ? 'state file' : 'config'}` : read === undefined ? 'Redis held no fleet state: seeded it again from this instance\'s last applied state' : `Redis held an older fleet state (generation ${read.generation}) than this instance applied: put this instance's back`
+        this.#log[read === undefined && this.#gen === 0 ? 'info' : 'warn']({ redis: fleet.where, generation: gen, routes: [...routes.keys()] }, why)
         this.#gen = gen
         this.#fleetRoutes = routes
         this.#fleetConfig = config
@@ -511,7 +535,6 @@ export class RuntimeStore {
     const ids = parseAuditEntries(read.audit)
     // the tail read may have missed entries: read the whole capped list once
     if (!first && ids.length !== 0 && ids[0]!.id > lastId + 1 && read.audit.length < 1000) read = await fleet.read(1000) ?? read
-    if (read.generation < this.#gen) this.#log.warn({ redis: fleet.where, applied: this.#gen, fleet: read.generation }, 'the fleet state in Redis is older than the one this instance applied (Redis restored from an older copy?): adopting it')
     await this.#adopt(read, first)
   }
 
@@ -531,16 +554,26 @@ export class RuntimeStore {
    */
   async #adopt (read: FleetRead & { savedAt?: string }, first: boolean): Promise<void> {
     const routes: Record<string, RouteState> = {}
+    // a route state nobody could have written (hand-edited, truncated) does not move traffic: the last good one stays
+    const accepted = new Map(read.routes)
+    const bad: string[] = []
     for (const [name, json] of read.routes) {
-      let r: unknown
-      try {
-        r = JSON.parse(json)
-      } catch {
+      const r = parseRouteState(name, json)
+      if (r !== undefined) {
+        routes[name] = r
         continue
       }
-      if (checkStateDoc({ version: STATE_FORMAT_VERSION, routes: { [name]: r } }) === undefined) routes[name] = r as RouteState
-      else if (first) this.#log.warn({ route: name }, 'the fleet state holds an unreadable state for this route: ignored')
+      bad.push(`${name}=${json.slice(0, 200)}`)
+      const previous = this.#fleetRoutes.get(name)
+      const kept = previous === undefined ? undefined : parseRouteState(name, previous)
+      if (kept !== undefined) {
+        routes[name] = kept
+        accepted.set(name, previous!)
+      } else accepted.delete(name)
     }
+    const badKey = bad.join('\n')
+    if (badKey !== this.#bad && bad.length !== 0) this.#log.error({ redis: this.#fleet?.where, routes: bad.map((b) => b.slice(0, b.indexOf('='))) }, 'the fleet state in Redis holds an unreadable state for these routes: the last good one (or the config) stays in force; a write to the route replaces it')
+    this.#bad = badKey
     const r = this.#fromDoc({ version: STATE_FORMAT_VERSION, savedAt: '', routes, audit: [] }, 'fleet state', first)
     const specsChanged = JSON.stringify(r.specs) !== JSON.stringify(this.#specs)
     if (specsChanged) await this.#prepare?.(r.specs)
@@ -554,7 +587,7 @@ export class RuntimeStore {
     if (specsChanged) this.holder.swap(buildRoutingTable(r.specs, this.holder.current.generation + 1))
     const wasMismatch = this.configMismatch
     this.#gen = read.generation
-    this.#fleetRoutes = new Map(read.routes)
+    this.#fleetRoutes = accepted
     this.#fleetConfig = read.config
     if (this.configMismatch !== wasMismatch || (first && this.configMismatch)) {
       if (this.configMismatch) this.#log.warn({ config: this.#configHash, fleetConfig: read.config, routes: r.mismatched }, 'this instance\'s routes differ from the fleet\'s (the config the fleet was seeded or last reloaded with): the fleet state applies only to routes with the same versions; nothing is merged. Give every instance the same config (and reload)')
@@ -661,6 +694,7 @@ export class RuntimeStore {
       return
     }
     const r = this.#fromDoc(read.doc, 'state file', true)
+    this.#stateLoaded = true
     this.#specs = r.specs
     this.#ov = r.ov
     this.#rollouts = r.rollouts
@@ -1225,6 +1259,17 @@ export class RuntimeStore {
   async flush (): Promise<void> {
     await this.#queue
   }
+}
+
+/** A route state as the fleet stores it (JSON), checked like the state file's; undefined when unreadable. */
+function parseRouteState (name: string, json: string): RouteState | undefined {
+  let r: unknown
+  try {
+    r = JSON.parse(json)
+  } catch {
+    return undefined
+  }
+  return checkStateDoc({ version: STATE_FORMAT_VERSION, routes: { [name]: r } }) === undefined ? r as RouteState : undefined
 }
 
 /** A deep copy through JSON: what is stored is exactly what the state file can hold. */

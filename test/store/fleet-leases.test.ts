@@ -210,7 +210,8 @@ t.test('forwarded calls: carried out by the instance named, its errors come back
     if (c.op === 'conflict') throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${c.route}: the rollout is paused, it cannot be paused again`)
     if (c.op === 'crash') throw new Error('secret internal detail')
     if (c.op === 'slow') await sleep(200)
-    return { by: 'b', op: c.op, route: c.route, state: 'paused' }
+    if (c.op === 'not-mine') return undefined
+    return { result: { by: 'b', op: c.op, route: c.route, state: 'paused' } }
   })
   a.serve(async () => { throw new Error('A must not serve a call addressed to B') })
   await a.start()
@@ -235,7 +236,7 @@ t.test('forwarded calls: carried out by the instance named, its errors come back
   results.forEach((r, i) => { t.match(r, { op: ops[i], route: `r${i}` }, `call ${i} got its own answer`) })
 
   // a call from B to A and from A to itself work the same way
-  a.serve(async (c) => ({ by: 'a', op: c.op }))
+  a.serve(async (c) => ({ result: { by: 'a', op: c.op } }))
   t.same(await b.call('a', { op: 'pause', route: 'web' }), { by: 'a', op: 'pause' })
 
   const t0 = performance.now()
@@ -245,6 +246,12 @@ t.test('forwarded calls: carried out by the instance named, its errors come back
   t.match(e3, { code: 'CANARYD_ERR_STORE_UNAVAILABLE', status: 503 }, 'an instance that does not exist: 503 store unavailable')
   t.ok(took < 6000, `no later than the 5 s call timeout (${took.toFixed(0)} ms)`)
   t.match(e3.message, /nobody/)
+
+  // an instance that is not the one to answer (it does not lead that rollout) stays silent: the caller times out (503), it never hears a wrong answer
+  const tn = performance.now()
+  const e5 = await a.call('b', { op: 'not-mine', route: 'web' }).then(() => undefined, (x: unknown) => x) as CanarydError
+  t.match(e5, { code: 'CANARYD_ERR_STORE_UNAVAILABLE', status: 503 }, 'not answered: 503 after the call timeout')
+  t.ok(performance.now() - tn >= 4500, 'no answer was sent')
 
   // an instance that is connected but never answers (no handler): 503 after the 5 s call timeout
   const rc = await redisStore(t, redis, 'rpc:', 'c')
