@@ -3,6 +3,7 @@
 // machine, where req/s medians of bench/ab.js swing by ±30% between runs.
 //
 //   CANARYD_BASE=/tmp/canaryd-base node bench/cpu-pairs.js [--pairs 8] [--requests 20000]
+//   node bench/cpu-pairs.js --against canaryd-redis   # the same build, its state in Redis
 //
 // Both targets serve the same config (bench/lib/targets.js); each pair sends
 // `requests` GETs (autocannon -a, 20 connections, 1 user) to one then the
@@ -17,11 +18,12 @@ import { parseArgs } from 'node:util'
 import { cleanup, cpuSeconds, median, startTargets, targetPids } from './lib/targets.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const { values } = parseArgs({ options: { pairs: { type: 'string', default: '8' }, requests: { type: 'string', default: '20000' } } })
+const { values } = parseArgs({ options: { pairs: { type: 'string', default: '8' }, requests: { type: 'string', default: '20000' }, against: { type: 'string', default: 'canaryd-base' } } })
 const pairs = Number(values.pairs)
 const requests = Number(values.requests)
 const autocannon = join(here, '../node_modules/.bin/autocannon')
-const names = ['canaryd', 'canaryd-base']
+const other = values.against
+const names = ['canaryd', other]
 const { targets, skipped } = await startTargets({ names })
 if (skipped.length !== 0) {
   process.stderr.write(`bench/cpu-pairs.js: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}\n`)
@@ -29,7 +31,7 @@ if (skipped.length !== 0) {
   process.exit(1)
 }
 const by = Object.fromEntries(targets.map((t) => [t.name, t]))
-const runs = { canaryd: [], 'canaryd-base': [] }
+const runs = { canaryd: [], [other]: [] }
 try {
   // warm-up: the JIT and the upstream pools
   for (const t of targets) execFileSync(autocannon, ['-a', '5000', '-c', '20', t.url], { stdio: 'ignore' })
@@ -45,5 +47,5 @@ try {
   cleanup()
 }
 const m = Object.fromEntries(names.map((n) => [n, median(runs[n])]))
-process.stdout.write(`${JSON.stringify({ pairs, requests, cpuUsPerRequest: m, runs, ratio: Math.round(m.canaryd / m['canaryd-base'] * 100) / 100 })}\n`)
+process.stdout.write(`${JSON.stringify({ pairs, requests, cpuUsPerRequest: m, runs, against: other, ratio: Math.round(m.canaryd / m[other] * 100) / 100 })}\n`)
 process.exit(0)

@@ -87,6 +87,9 @@ export interface RolloutManagerOptions {
   fleet?: RolloutFleet
 }
 
+/** A lease taken for a rollout that finished meanwhile: given back, nobody to lead. */
+class NothingToLead extends Error {}
+
 /** The rollout actions an instance carries out for another (forwarded to the rollout's leader). */
 const ACTIONS: Readonly<Record<string, (c: RolloutController) => Promise<unknown>>> = {
   pause: async (c) => await c.pause(),
@@ -463,24 +466,35 @@ export class RolloutManager {
    * checks, fresh windows. True when this instance leads it now.
    */
   async #takeOver (route: string): Promise<boolean> {
-    const fleet = this.#fleet!
-    const token = await fleet.acquire(route)
+    const token = await this.#fleet!.acquire(route)
     if (token === 0) return false
-    this.#held.set(route, { token, renewedAt: Date.now() })
-    try {
-      await this.#opts.store.sync?.()
+    return await this.#lead(route, token, async () => {
       const r = this.#opts.store.getRolloutState(route)
       const record = isRecord(r) && ACTIVE_STATES.has(r.state) ? this.#checked(route, r) : undefined
-      if (record === undefined) {
-        this.#releaseLease(route)
-        return false
-      }
+      if (record === undefined) throw new NothingToLead()
       this.#controllers.get(route)?.close()
       this.#controllers.set(route, RolloutController.restore(record, this.#deps()))
       this.#opts.logger.info({ route, state: record.state, step: record.stepIndex + 1, weight: record.weight, token }, 'this instance leads the rollout now (took its lease over)')
-      fleet.beat()
-      this.#follow()
       return true
+    }).catch((err: unknown) => {
+      if (err instanceof NothingToLead) return false
+      throw err
+    })
+  }
+
+  /**
+   * Runs `fn` as the leader of the route's rollout with a lease just
+   * taken: on the fleet's latest state; the heartbeat and the fleet's
+   * windows then say so. A failure gives the lease up.
+   */
+  async #lead<T> (route: string, token: number, fn: () => Promise<T>): Promise<T> {
+    this.#held.set(route, { token, renewedAt: Date.now() })
+    try {
+      await this.#opts.store.sync?.()
+      const out = await fn()
+      this.#fleet?.beat()
+      this.#follow()
+      return out
     } catch (err) {
       this.#releaseLease(route)
       throw err
@@ -616,18 +630,10 @@ export class RolloutManager {
       const h = await fleet.holder(route).catch(() => undefined)
       throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `instance ${h?.instance ?? '(another)'} leads a rollout of route ${route}; pause, promote or abort it first`)
     }
-    this.#held.set(route, { token, renewedAt: Date.now() })
-    try {
-      await this.#opts.store.sync?.()
+    return await this.#lead(route, token, async () => {
       this.#activeElsewhere(route)
-      const out = await this.#begin(route, rawPlan, req)
-      fleet.beat()
-      this.#follow()
-      return out
-    } catch (err) {
-      this.#releaseLease(route)
-      throw err
-    }
+      return await this.#begin(route, rawPlan, req)
+    })
   }
 
   /** Fleet mode: 409 when the fleet state holds an active rollout of the route. */

@@ -127,7 +127,24 @@ local function late (deadline)
 end
 `
 
-const COMMIT = LATE + `
+/* The route fields from ARGV[i] on (n name/value pairs) into the hash; the audit entries after them onto the list. */
+const FIELDS = `
+local function put (key, i, n)
+  for _ = 1, n do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  return i
+end
+local function append (key, i)
+  while i <= #ARGV do
+    redis.call('RPUSH', key, ARGV[i])
+    i = i + 1
+  end
+end
+`
+
+const COMMIT = LATE + FIELDS + `
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if gen ~= tonumber(ARGV[1]) then return {0, gen} end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return {-1, gen} end
@@ -135,43 +152,27 @@ if late(ARGV[7]) then return {-2, gen} end
 gen = gen + 1
 redis.call('HSET', KEYS[1], 'gen', gen)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'config', ARGV[5]) end
-local n = tonumber(ARGV[6])
-local i = 8
-for _ = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+local i = put(KEYS[1], 8, tonumber(ARGV[6]))
 local d = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, d do
   redis.call('HDEL', KEYS[1], ARGV[i])
   i = i + 1
 end
-while i <= #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[i])
-  i = i + 1
-end
+append(KEYS[2], i)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 redis.call('PUBLISH', ARGV[2], gen)
 return {1, gen}
 `
 
-const SEED = `
+const SEED = FIELDS + `
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
 if gen >= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'config', ARGV[2])
-local n = tonumber(ARGV[4])
-local i = 5
-for _ = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+local i = put(KEYS[1], 5, tonumber(ARGV[4]))
 if i <= #ARGV then redis.call('DEL', KEYS[2]) end
-while i <= #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[i])
-  i = i + 1
-end
+append(KEYS[2], i)
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 `

@@ -6,22 +6,15 @@ import { FleetLink } from '../../src/store/fleet.js'
 import { RedisStore } from '../../src/store/redis.js'
 import { testLogger } from '../helpers/proxy.js'
 import { redisTestOptions, startRedis } from '../helpers/redis.js'
+import { sleep, until as untilEvery } from '../helpers/until.js'
+
+/** Polls every 5 ms (these windows move fast). */
+const until = async (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 5): Promise<number> => await untilEvery(what, fn, ms, step)
 
 // FleetStats: every instance counts the requests of the versions under
 // rollout from its own finish/ejection listeners and publishes its windows;
 // the leader's subscribeSnapshots listener receives every instance's
 // snapshots, and what it merges equals what was recorded across the fleet.
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-async function until (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 5): Promise<number> {
-  const start = performance.now()
-  for (let i = 0; i <= Math.ceil(ms / step); i++) {
-    if (await fn()) return performance.now() - start
-    await sleep(step)
-  }
-  throw new Error(`${what}: not within ${ms} ms`)
-}
 
 type Finish = (status: number, seconds: number, upstreamFailed: boolean) => void
 

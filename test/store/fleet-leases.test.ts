@@ -9,23 +9,13 @@ import { RedisStore } from '../../src/store/redis.js'
 import { fleetSnapshotPath, LeaseLostError, RuntimeStore } from '../../src/store/store.js'
 import { testLogger, twoVersionRoute } from '../helpers/proxy.js'
 import { redisTestOptions, startRedis, type TestRedis } from '../helpers/redis.js'
+import { sleep, until } from '../helpers/until.js'
 
 // Rollout leases with fencing tokens, heartbeats and actions forwarded to a
 // rollout's leader, on a real redis-server. A lease is taken by one
 // instance at a time; once it lapses another takes it with a higher token,
 // and every write of the old holder (its old token) is refused and changes
 // nothing in Redis.
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-async function until (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 10): Promise<number> {
-  const start = performance.now()
-  for (let i = 0; i <= Math.ceil(ms / step); i++) {
-    if (await fn()) return performance.now() - start
-    await sleep(step)
-  }
-  throw new Error(`${what}: not within ${ms} ms`)
-}
 
 function routes (): ReturnType<typeof configFromObject>['routes'] {
   return configFromObject({ routes: [twoVersionRoute('http://127.0.0.1:3001', 'http://127.0.0.1:3002', [90, 10])] }, '(test)', {}).routes

@@ -11,6 +11,10 @@ import { captureLog, type LogLine } from '../helpers/log.js'
 import { twoVersionRoute } from '../helpers/proxy.js'
 import { redisTestOptions, startRedis, type TestRedis } from '../helpers/redis.js'
 import { freePort } from '../helpers/upstream.js'
+import { until as untilEvery } from '../helpers/until.js'
+
+/** Polls every 5 ms (these windows move fast). */
+const until = async (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 5): Promise<number> => await untilEvery(what, fn, ms, step)
 
 // RuntimeStore in fleet mode against a real redis-server: several "instances"
 // (RuntimeStores with their own RedisStore and instance id, one prefix) in
@@ -18,18 +22,6 @@ import { freePort } from '../helpers/upstream.js'
 // concurrent writers lose nothing; a state file seeds a new fleet; a flushed
 // Redis is re-seeded; a stopped one refuses writes (503) and changes nothing;
 // the local snapshot lets an instance start without Redis.
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-/** Polls `fn` every `step` ms until it is true; fails after `ms` (bounded). Returns the time it took. */
-async function until (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 5): Promise<number> {
-  const start = performance.now()
-  for (let i = 0; i <= Math.ceil(ms / step); i++) {
-    if (await fn()) return performance.now() - start
-    await sleep(step)
-  }
-  throw new Error(`${what}: not within ${ms} ms`)
-}
 
 function webRoutes (w: [number, number] = [90, 10], canary = 'http://127.0.0.1:3002', extra: unknown[] = []): RouteSpec[] {
   return configFromObject({ routes: [twoVersionRoute('http://127.0.0.1:3001', canary, w), ...extra] }, '(test)', {}).routes

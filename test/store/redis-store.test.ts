@@ -6,23 +6,12 @@ import { captureLog } from '../helpers/log.js'
 import { testLogger } from '../helpers/proxy.js'
 import { redisTestOptions, startRedis } from '../helpers/redis.js'
 import { freePort } from '../helpers/upstream.js'
+import { sleep, until } from '../helpers/until.js'
 
 // The Redis side of a fleet, on a real redis-server: the compare-and-set
 // commit (one Lua script), the seed of an empty fleet, the prefix every key
 // lives under, the capped audit list, the change notifications, and what a
 // caller sees while Redis is away (503, at once, nothing written).
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-/** Polls `fn` every `step` ms until it is true; fails after `ms` (bounded: never loops forever). */
-async function until (what: string, fn: () => boolean | Promise<boolean>, ms: number, step = 10): Promise<number> {
-  const start = performance.now()
-  for (let i = 0; i <= Math.ceil(ms / step); i++) {
-    if (await fn()) return performance.now() - start
-    await sleep(step)
-  }
-  throw new Error(`${what}: not within ${ms} ms`)
-}
 
 /** listen() returns before Redis confirms the subscription: wait until it is in effect (bounded). */
 async function subscribed (raw: { call: (...args: string[]) => Promise<unknown> }, channel: string, n = 1): Promise<void> {
