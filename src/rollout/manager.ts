@@ -303,6 +303,24 @@ export class RolloutManager {
       throw err
     }
     this.#follow()
+    if (!ACTIVE_STATES.has(record.state)) this.#releaseWhenIdle(route)
+  }
+
+  /**
+   * Fleet mode: gives the lease of a finished rollout up as soon as its
+   * controller's operation (and any put-back after the final record) is
+   * done; checked every 20 ms for at most a second, then the lease tick
+   * does it.
+   */
+  #releaseWhenIdle (route: string, tries = 0): void {
+    const c = this.#controllers.get(route)
+    if (!this.#held.has(route)) return
+    // the final record is the controller's once its save returns (it is still busy then): wait for both
+    if (c === undefined || (!c.busy && !c.active)) {
+      this.#releaseLease(route)
+      return
+    }
+    if (c.busy && tries < 50) setTimeout(() => { this.#releaseWhenIdle(route, tries + 1) }, 20).unref()
   }
 
   #deps (): ControllerDeps {

@@ -184,6 +184,13 @@ t.test('rollouts across a fleet of 3', redisTestOptions(), async (t) => {
       return r.state !== 'progressing' ? r : undefined
     }, 20_000, 100)
     t.equal((end as Rollout | undefined)?.state, 'promoted', 'the new leader finished the rollout')
+    // a finished rollout's lease is given up as soon as its last write is done (not a lease tick later)
+    const rc = redis.client()
+    const endedAt = Date.now()
+    const released = await poll(async () => await rc.get(`${fleet.prefix}lease:web`) === null, 2000, 10)
+    const releaseMs = Date.now() - endedAt
+    t.ok(released, 'the lease of the finished rollout is given up')
+    t.ok(releaseMs < 400, `within 400 ms of the promotion being seen (${releaseMs} ms; a lease tick is every ${Math.round(LEASE_TTL_MS / 3)} ms)`)
     for (const i of survivors) {
       const l = traffic.get(i)!
       await l.stop()
