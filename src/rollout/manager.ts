@@ -506,6 +506,12 @@ export class RolloutManager {
    * windows then say so. A failure gives the lease up.
    */
   async #lead<T> (route: string, token: number, fn: () => Promise<T>): Promise<T> {
+    // a finished controller of an earlier rollout must not pass for the one being taken up (actions, renewals look it up)
+    const old = this.#controllers.get(route)
+    if (old !== undefined && !old.active) {
+      old.close()
+      this.#controllers.delete(route)
+    }
     this.#held.set(route, { token, renewedAt: Date.now() })
     try {
       await this.#opts.store.sync?.()
@@ -521,8 +527,15 @@ export class RolloutManager {
 
   /** Fleet mode: this instance no longer leads the route's rollout; its controller stops (the record stays as saved). */
   #lost (route: string, why: string): void {
-    if (!this.#held.delete(route)) return
     const c = this.#controllers.get(route)
+    // a controller without its lease stops even when the lease was already given up (it must never tick on)
+    if (!this.#held.delete(route)) {
+      if (c?.active === true) {
+        c.close()
+        this.#controllers.delete(route)
+      }
+      return
+    }
     c?.close()
     this.#controllers.delete(route)
     this.#opts.logger.warn({ route }, `this instance no longer leads the rollout: ${why}`)
@@ -778,7 +791,7 @@ export class RolloutManager {
    */
   async #serveCall (c: { op: string; route: string }): Promise<{ result: unknown } | undefined> {
     const ctl = this.#controllers.get(c.route)
-    const op = ACTIONS[c.op]
+    const op = Object.hasOwn(ACTIONS, c.op) ? ACTIONS[c.op] : undefined
     if (ctl === undefined || op === undefined) return undefined
     if (this.#held.has(c.route)) return { result: await this.#settled(c.route, ctl, op) }
     // the rollout this instance led has just finished (lease given up): the same record everywhere, so its answer (409, and why) is the fleet's

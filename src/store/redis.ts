@@ -45,6 +45,8 @@ export interface FleetRead {
   generation: number
   /** The fingerprint of the config the fleet was seeded or last reloaded with. */
   config: string
+  /** The history this state descends from (set when a fleet is seeded afresh; '' for states written before it existed). */
+  lineage: string
   /** Route state JSON by route name, as stored. */
   routes: Map<string, string>
   /** The newest audit entries (oldest first), parsed; at most what was asked. */
@@ -166,11 +168,13 @@ return {1, gen}
 `
 
 const SEED = FIELDS + `
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
-if gen >= tonumber(ARGV[1]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
+  if gen >= tonumber(ARGV[1]) or (redis.call('HGET', KEYS[1], 'lineage') or '') ~= ARGV[4] then return 0 end
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'config', ARGV[2])
-local i = put(KEYS[1], 5, tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'config', ARGV[2], 'lineage', ARGV[4])
+local i = put(KEYS[1], 6, tonumber(ARGV[5]))
 if i <= #ARGV then redis.call('DEL', KEYS[2]) end
 append(KEYS[2], i)
 redis.call('PUBLISH', ARGV[3], ARGV[1])
@@ -179,7 +183,7 @@ return 1
 
 const ACQUIRE = LATE + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if late(ARGV[3]) then return 0 end
+if late(ARGV[3]) then return -1 end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t .. ' ' .. ARGV[1], 'PX', ARGV[2])
 return t
@@ -222,6 +226,7 @@ export class RedisStore {
   #closed = false
   #lastError = ''
   #stalled = false
+  #probe: NodeJS.Timeout | undefined
   /** Logged once per outage, not on every reconnect attempt. */
   #reported = false
 
@@ -269,20 +274,26 @@ export class RedisStore {
     })
   }
 
-  /** Redis's clock minus this host's (ms), measured when a connection becomes ready; undefined until then. */
+  /**
+   * Redis's clock minus this process's monotonic clock (ms): measured when
+   * the connection becomes ready and again whenever a script says it ran
+   * late although it answered at once (Redis's clock was set since). The
+   * local side is performance.now(), so this host's wall clock being set
+   * never matters. Undefined until measured.
+   */
   #clockOffset: number | undefined
 
   /** The deadline scripts check (LATE): Redis's time when this instance stops waiting, less a margin for the reply's trip; 0 when unknown. */
   #deadline (): number {
     if (this.#clockOffset === undefined) return 0
-    return Math.round(Date.now() + this.#clockOffset + COMMAND_TIMEOUT_MS - DEADLINE_MARGIN_MS)
+    return Math.round(performance.now() + this.#clockOffset + COMMAND_TIMEOUT_MS - DEADLINE_MARGIN_MS)
   }
 
   async #measureClock (): Promise<void> {
     try {
-      const t0 = Date.now()
+      const t0 = performance.now()
       const [sec, usec] = await this.#r.time()
-      const t1 = Date.now()
+      const t1 = performance.now()
       this.#clockOffset = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (t0 + t1) / 2
     } catch {
       // keeps the last offset (or none: scripts then run without a deadline)
@@ -290,10 +301,23 @@ export class RedisStore {
   }
 
   /**
+   * Runs a deadline-carrying script; when Redis says it ran late although
+   * the answer came well within the timeout, the clocks moved apart: the
+   * offset is measured again and the script runs once more.
+   */
+  async #onTime<T> (run: () => Promise<T>, late: (r: T) => boolean): Promise<T> {
+    const t0 = performance.now()
+    const r = await run()
+    if (!late(r) || performance.now() - t0 > COMMAND_TIMEOUT_MS - DEADLINE_MARGIN_MS) return r
+    await this.#measureClock()
+    return await run()
+  }
+
+  /**
    * A command timed out on a connection that is still open (Redis frozen,
    * or far too slow): treated as unreachable, so writes answer 503 at once
    * instead of each waiting the timeout and rollouts hold, until Redis
-   * answers a PING again.
+   * answers again (a probe every 250 ms).
    */
   #stall (): void {
     this.suspect()
@@ -306,14 +330,17 @@ export class RedisStore {
     this.#log.warn({ redis: this.where }, 'fleet store: Redis stopped answering (a command timed out): treated as unreachable until it answers again')
     this.#updateUp()
     let probing = false
-    const probe = setInterval(() => {
+    const answered = (): void => {
+      clearInterval(probe)
+      this.#probe = undefined
+      this.#stalled = false
+      this.#updateUp()
+    }
+    // a command the store needs anyway (an ACL that refuses PING must not keep it down); any answer, an error too, is Redis answering
+    const probe = this.#probe = setInterval(() => {
       if (probing || this.#closed) return
       probing = true
-      this.#r.ping().then(() => {
-        clearInterval(probe)
-        this.#stalled = false
-        this.#updateUp()
-      }, () => {}).finally(() => { probing = false })
+      this.#r.hget(this.key('state'), 'gen').then(answered, (err: unknown) => { if (isReplyError(err)) answered() }).finally(() => { probing = false })
     }, 250)
     probe.unref()
   }
@@ -401,7 +428,7 @@ export class RedisStore {
     if (!Number.isSafeInteger(generation) || generation < 0) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', `the fleet state in Redis (${this.where}, key ${this.key('state')}) has an unreadable generation ${JSON.stringify(hash.gen)}: nothing was changed. Fix the key (or delete it: the instances seed it again)`)
     const routes = new Map<string, string>()
     for (const [k, v] of Object.entries(hash)) if (k.startsWith('route:')) routes.set(k.slice(6), v)
-    return { generation, config: hash.config ?? '', routes, audit: parseList(list) }
+    return { generation, config: hash.config ?? '', lineage: hash.lineage ?? '', routes, audit: parseList(list) }
   }
 
   /** The fleet's generation (0 when never seeded). */
@@ -418,13 +445,17 @@ export class RedisStore {
    * fingerprint. Every instance is told by pub/sub.
    */
   async commit (base: number, routes: ReadonlyMap<string, string>, audit: readonly AuditEntry[], opts: { config?: string; fence?: { route: string; value: string }; drop?: readonly string[] } = {}): Promise<CommitResult> {
-    const args: Array<string | number> = [base, this.key('changes'), this.#auditSize, opts.fence?.value ?? '', opts.config ?? '', routes.size, this.#deadline()]
+    // ARGV[7] (index 6) is the deadline, set for each attempt
+    const args: Array<string | number> = [base, this.key('changes'), this.#auditSize, opts.fence?.value ?? '', opts.config ?? '', routes.size, 0]
     for (const [name, json] of routes) args.push(`route:${name}`, json)
     const drop = opts.drop ?? []
     args.push(drop.length, ...drop.map((n) => `route:${n}`))
     for (const e of audit) args.push(JSON.stringify(e))
     const lease = this.key(`lease:${opts.fence?.route ?? ''}`)
-    const [ok, gen] = await this.#run(async () => await this.#r.canarydCommit(this.key('state'), this.key('audit'), lease, ...args), true)
+    const [ok, gen] = await this.#onTime(async () => {
+      args[6] = this.#deadline()
+      return await this.#run(async () => await this.#r.canarydCommit(this.key('state'), this.key('audit'), lease, ...args), true)
+    }, ([ok]) => ok === -2)
     if (ok === 1) return { ok: true, generation: gen }
     if (ok === -2) throw storeUnavailable(this.where, new Error('Redis ran the write after this instance had stopped waiting for it, and refused it'))
     return { ok: false, reason: ok === 0 ? 'conflict' : 'fenced', generation: gen }
@@ -432,14 +463,15 @@ export class RedisStore {
 
   /**
    * Puts this whole state (route states, audit) in Redis at `generation`
-   * when the fleet's is older: an empty Redis (never seeded, or restarted
-   * without its data, generation 0) or one holding a state older than this
-   * instance applied (restored from an older copy, or seeded again by an
-   * instance that had missed the last changes). False when the fleet's is
-   * as new or newer: it is then adopted instead.
+   * when Redis holds none (never seeded, or restarted without its data) or
+   * an older one of the same `lineage` (the history a state descends from:
+   * restored from an older copy, or seeded again by an instance that had
+   * missed the last changes). False when the fleet's is as new or newer,
+   * or of another history (a fleet started afresh meanwhile): it is then
+   * adopted instead.
    */
-  async seed (generation: number, config: string, routes: ReadonlyMap<string, string>, audit: readonly unknown[]): Promise<boolean> {
-    const args: Array<string | number> = [generation, config, this.key('changes'), routes.size]
+  async seed (generation: number, config: string, lineage: string, routes: ReadonlyMap<string, string>, audit: readonly unknown[]): Promise<boolean> {
+    const args: Array<string | number> = [generation, config, this.key('changes'), lineage, routes.size]
     for (const [name, json] of routes) args.push(`route:${name}`, json)
     for (const e of audit.slice(-this.#auditSize)) args.push(JSON.stringify(e))
     return await this.#run(async () => await this.#r.canarydSeed(this.key('state'), this.key('audit'), ...args)) === 1
@@ -468,9 +500,11 @@ export class RedisStore {
     }
   }
 
-  /** Takes the route's rollout lease when nobody holds it: the fencing token, or 0. */
+  /** Takes the route's rollout lease when nobody holds it: the fencing token, or 0 (held by another). */
   async acquire (route: string, ttlMs: number): Promise<number> {
-    return Number(await this.#run(async () => await this.#r.canarydAcquire(this.key(`lease:${route}`), this.key(`fence:${route}`), this.instanceId, ttlMs, this.#deadline())))
+    const t = Number(await this.#onTime(async () => await this.#run(async () => await this.#r.canarydAcquire(this.key(`lease:${route}`), this.key(`fence:${route}`), this.instanceId, ttlMs, this.#deadline())), (x) => Number(x) === -1))
+    if (t === -1) throw storeUnavailable(this.where, new Error('Redis ran the lease request after this instance had stopped waiting for it, and refused it'))
+    return t
   }
 
   /** Extends a held lease; false when it is no longer ours (expired, or taken). */
@@ -543,6 +577,7 @@ export class RedisStore {
   /** Closes both connections (no reconnect). */
   async close (): Promise<void> {
     this.#closed = true
+    if (this.#probe !== undefined) clearInterval(this.#probe)
     this.#r.disconnect()
     this.#sub.disconnect()
   }

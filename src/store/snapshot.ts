@@ -42,16 +42,17 @@ export function readSnapshot (path: string): SnapshotRead {
   const bad = checkStateDoc({ version: raw.version, routes: raw.routes, audit: raw.audit })
   if (bad !== undefined) return { kind: 'unusable', reason: bad }
   const routes = new Map(Object.entries(raw.routes as Record<string, unknown>).map(([k, v]) => [k, JSON.stringify(v)]))
-  return { kind: 'ok', read: { generation: raw.generation, config: typeof raw.config === 'string' ? raw.config : '', routes, audit: Array.isArray(raw.audit) ? raw.audit : [], savedAt: String(raw.savedAt) } }
+  return { kind: 'ok', read: { generation: raw.generation, config: typeof raw.config === 'string' ? raw.config : '', lineage: typeof raw.lineage === 'string' ? raw.lineage : '', routes, audit: Array.isArray(raw.audit) ? raw.audit : [], savedAt: String(raw.savedAt) } }
 }
 
 /** The snapshot's text for an applied fleet state (route states as stored in Redis). */
-export function snapshotText (generation: number, config: string, routes: ReadonlyMap<string, string>, audit: readonly unknown[], now: Date): string {
+export function snapshotText (generation: number, config: string, lineage: string, routes: ReadonlyMap<string, string>, audit: readonly unknown[], now: Date): string {
   return `${JSON.stringify({
     version: STATE_FORMAT_VERSION,
     kind: 'canaryd fleet snapshot',
     generation,
     config,
+    lineage,
     savedAt: now.toISOString(),
     routes: Object.fromEntries([...routes].map(([k, v]) => [k, JSON.parse(v) as unknown])),
     audit

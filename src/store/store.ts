@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { CanarydError, ConfigError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
@@ -378,6 +378,8 @@ export class RuntimeStore {
   #fleetRoutes = new Map<string, string>()
   /** The fleet's config fingerprint, and this instance's. */
   #fleetConfig = ''
+  /** The history of the fleet state applied (FleetRead.lineage). */
+  #lineage = ''
   #configHash: string
   #syncing: Promise<void> | undefined
   #again = false
@@ -436,8 +438,8 @@ export class RuntimeStore {
           await this.#syncOnce(true)
         })
       } catch (err) {
-        // Redis went away between the connection and the first read: as if it had never answered
-        if (!(err instanceof CanarydError) || err.code !== 'CANARYD_ERR_STORE_UNAVAILABLE') throw err
+        // Redis went away between the connection and the first read: as if it had never answered (an unreadable state, with Redis answering, is said as it is)
+        if (!(err instanceof CanarydError) || err.code !== 'CANARYD_ERR_STORE_UNAVAILABLE' || fleet.up) throw err
         up = false
       }
     }
@@ -515,16 +517,20 @@ export class RuntimeStore {
     // Redis holds nothing, or an older state than this instance applied (lost its data and was
     // seeded again by an instance that had missed the last changes, or restored from an older
     // copy): this instance's state goes back in, unless another instance's newer one got there first
-    if (read === undefined || read.generation < this.#gen) {
+    // (of the same history: a fleet started afresh meanwhile is adopted, never overwritten by an old snapshot)
+    if (read === undefined || (read.generation < this.#gen && read.lineage === this.#lineage)) {
       const routes = this.#fleetRoutes.size !== 0 ? new Map(this.#fleetRoutes) : this.#ownRoutes()
       const gen = Math.max(1, this.#gen)
       const config = this.#fleetConfig !== '' ? this.#fleetConfig : this.#configHash
-      if (await fleet.seed(gen, config, routes, this.#audit.tail(1000))) {
-        const why = this.#gen === 0 ? `fleet state seeded from this instance's ${this.#fleetRoutes.size !== 0 ? 'local snapshot' : this.#stateLoaded ? 'state file' : 'config'}` : read === undefined ? 'Redis held no fleet state: seeded it again from this instance\'s last applied state' : `Redis held an older fleet state (generation ${read.generation}) than this instance applied: put this instance's back`
+      const fresh = this.#gen === 0
+      const lineage = fresh || this.#lineage === '' ? randomBytes(8).toString('hex') : this.#lineage
+      if (await fleet.seed(gen, config, lineage, routes, this.#audit.tail(1000))) {
+        const why = fresh ? `fleet state seeded from this instance's ${this.#stateLoaded ? 'state file' : 'config'}` : read === undefined ? 'Redis held no fleet state: seeded it again from this instance\'s last applied state (its local snapshot, or what it had in memory)' : `Redis held an older fleet state (generation ${read.generation}) than this instance applied: put this instance's back`
         this.#log[read === undefined && this.#gen === 0 ? 'info' : 'warn']({ redis: fleet.where, generation: gen, routes: [...routes.keys()] }, why)
         this.#gen = gen
         this.#fleetRoutes = routes
         this.#fleetConfig = config
+        this.#lineage = lineage
         this.#applied()
         return
       }
@@ -589,6 +595,7 @@ export class RuntimeStore {
     this.#gen = read.generation
     this.#fleetRoutes = accepted
     this.#fleetConfig = read.config
+    this.#lineage = read.lineage
     if (this.configMismatch !== wasMismatch || (first && this.configMismatch)) {
       if (this.configMismatch) this.#log.warn({ config: this.#configHash, fleetConfig: read.config, routes: r.mismatched }, 'this instance\'s routes differ from the fleet\'s (the config the fleet was seeded or last reloaded with): the fleet state applies only to routes with the same versions; nothing is merged. Give every instance the same config (and reload)')
       else this.#log.info({ config: this.#configHash }, 'this instance\'s routes match the fleet\'s again')
@@ -609,7 +616,7 @@ export class RuntimeStore {
   #applied (): void {
     for (const l of this.#generationListeners) l()
     if (this.#snapshot === '') return
-    const text = snapshotText(this.#gen, this.#fleetConfig, this.#fleetRoutes, this.#audit.tail(SNAPSHOT_AUDIT), this.#now())
+    const text = snapshotText(this.#gen, this.#fleetConfig, this.#lineage, this.#fleetRoutes, this.#audit.tail(SNAPSHOT_AUDIT), this.#now())
     this.#snapshotChain = this.#snapshotChain.then(async () => {
       await writeFileAtomic(this.#snapshot, text)
       this.#snapshotFailed = false

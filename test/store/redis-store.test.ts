@@ -53,8 +53,8 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
   await t.test('seed: the first one wins, a second seed changes nothing', async (t) => {
     const s = await open(t, 'seed:')
     const other = await open(t, 'seed:')
-    t.equal(await s.seed(1, 'cfg-a', new Map([['web', routeJson(70, 30)]]), [entry(1)]), true, 'the first seed')
-    t.equal(await other.seed(1, 'cfg-b', new Map([['web', routeJson(10, 90)]]), [entry(7)]), false, 'the second seed is refused')
+    t.equal(await s.seed(1, 'cfg-a', 'L1', new Map([['web', routeJson(70, 30)]]), [entry(1)]), true, 'the first seed')
+    t.equal(await other.seed(1, 'cfg-b', 'L1', new Map([['web', routeJson(10, 90)]]), [entry(7)]), false, 'the second seed is refused')
     const r = await other.read(100)
     t.ok(r !== undefined)
     t.equal(r!.generation, 1)
@@ -62,12 +62,16 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
     t.same([...r!.routes], [['web', routeJson(70, 30)]])
     t.same(r!.audit, [entry(1)])
     t.equal(await raw.hget('seed:state', 'gen'), '1')
+    t.equal(await other.seed(9, 'cfg-b', 'L2', new Map([['web', routeJson(10, 90)]]), [entry(7)]), false, 'a newer state of another history (lineage) is refused too: it never overwrites a fleet started afresh')
+    t.equal(await other.seed(9, 'cfg-b', 'L1', new Map([['web', routeJson(10, 90)]]), [entry(7)]), true, 'a newer state of the same history goes back in')
+    t.equal((await other.read(100))!.generation, 9, 'the newer state is in force')
+    t.same((await other.read(100))!.audit, [entry(7)], 'with its audit')
   })
 
   await t.test('commit is a compare-and-set on the generation', async (t) => {
     const a = await open(t, 'cas:')
     const b = await open(t, 'cas:')
-    t.equal(await a.seed(1, 'cfg', new Map([['web', routeJson(90, 10)]]), []), true)
+    t.equal(await a.seed(1, 'cfg', 'L1', new Map([['web', routeJson(90, 10)]]), []), true)
     const heard: string[] = []
     await b.listen('changes', (m) => heard.push(m))
     await subscribed(raw, 'cas:changes')
@@ -93,7 +97,7 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
 
   await t.test('20 writers on the same base: exactly one wins', async (t) => {
     const stores = [await open(t, 'race:'), await open(t, 'race:')]
-    t.equal(await stores[0]!.seed(5, 'cfg', new Map([['web', routeJson(90, 10)]]), []), true)
+    t.equal(await stores[0]!.seed(5, 'cfg', 'L1', new Map([['web', routeJson(90, 10)]]), []), true)
     const results = await Promise.all(Array.from({ length: 20 }, async (_, i) => await stores[i % 2]!.commit(5, new Map([['web', routeJson(100 - i, i)]]), [entry(i + 1)])))
     const won = results.filter((r) => r.ok)
     t.equal(won.length, 1, 'one winner')
@@ -104,7 +108,7 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
 
   await t.test('a write with a fencing token that does not hold the lease is refused', async (t) => {
     const s = await open(t, 'fence:', 'a')
-    t.equal(await s.seed(1, 'cfg', new Map([['web', routeJson(90, 10)]]), []), true)
+    t.equal(await s.seed(1, 'cfg', 'L1', new Map([['web', routeJson(90, 10)]]), []), true)
     const before = await raw.hgetall('fence:state')
     t.same(await s.commit(1, new Map([['web', routeJson(0, 100)]]), [entry(1)], { fence: { route: 'web', value: '1 a' } }), { ok: false, reason: 'fenced', generation: 1 }, 'no lease at all')
     const token = await s.acquire('web', 5000)
@@ -119,7 +123,7 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
   await t.test('every key is under the prefix; two prefixes on one Redis do not see each other', async (t) => {
     const a = await open(t, 'fleet-a:', 'a')
     const b = await open(t, 'fleet-b:', 'b')
-    t.equal(await a.seed(1, 'cfg', new Map([['web', routeJson(70, 30)]]), [entry(1)]), true)
+    t.equal(await a.seed(1, 'cfg', 'L1', new Map([['web', routeJson(70, 30)]]), [entry(1)]), true)
     t.equal(await b.read(10), undefined, 'the other fleet is still empty')
     const heardB: string[] = []
     await b.listen('changes', (m) => heardB.push(m))
@@ -141,7 +145,7 @@ t.test('RedisStore on a real redis-server', redisTestOptions(), async (t) => {
 
   await t.test('the audit list is capped, newest last', async (t) => {
     const s = await open(t, 'cap:', 'a', 5)
-    t.equal(await s.seed(1, 'cfg', new Map([['web', routeJson(90, 10)]]), [entry(1), entry(2), entry(3), entry(4), entry(5), entry(6), entry(7)]), true)
+    t.equal(await s.seed(1, 'cfg', 'L1', new Map([['web', routeJson(90, 10)]]), [entry(1), entry(2), entry(3), entry(4), entry(5), entry(6), entry(7)]), true)
     t.same((await s.read(100))!.audit.map((e) => (e as AuditEntry).id), [3, 4, 5, 6, 7], 'a seed keeps the newest')
     for (let i = 8; i <= 10; i++) t.same(await s.commit(i - 7, new Map(), [entry(i)]), { ok: true, generation: i - 6 })
     t.equal(await raw.llen('cap:audit'), 5)
@@ -173,7 +177,7 @@ t.test('Redis away: 503 at once, nothing written; back: the same store works aga
   const ups: boolean[] = []
   s.onUp((u) => ups.push(u))
   t.equal(await s.connect(3000), true)
-  t.equal(await s.seed(1, 'cfg', new Map([['web', routeJson(90, 10)]]), []), true)
+  t.equal(await s.seed(1, 'cfg', 'L1', new Map([['web', routeJson(90, 10)]]), []), true)
 
   await redis.stop()
   // the very next command, without waiting for the client to notice: it must not hang
@@ -186,7 +190,7 @@ t.test('Redis away: 503 at once, nothing written; back: the same store works aga
   await until('up false', () => !s.up, 1000)
   t.same(ups, [true, false], 'onUp heard the loss')
   const calls: Array<[string, () => Promise<unknown>]> = [
-    ['read', async () => await s.read(1)], ['generation', async () => await s.generation()], ['seed', async () => await s.seed(1, 'x', new Map(), [])],
+    ['read', async () => await s.read(1)], ['generation', async () => await s.generation()], ['seed', async () => await s.seed(1, 'x', 'L1', new Map(), [])],
     ['acquire', async () => await s.acquire('web', 1000)], ['renew', async () => await s.renew('web', 1, 1000)], ['holder', async () => await s.holder('web')],
     ['instances', async () => await s.instances()], ['heartbeat', async () => { await s.heartbeat({ id: 'a', hostname: '', pid: 1, admin: '', proxy: '', generation: 0, leader: [], config: '', startedAt: '', lastHeartbeat: '' }, 1000) }]
   ]
