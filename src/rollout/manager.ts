@@ -755,8 +755,7 @@ export class RolloutManager {
     const mine = this.#controllers.get(route)
     if (fleet === undefined) return await local(this.#get(route))
     if (mine !== undefined && this.#held.has(route)) return await this.#settled(route, mine, local)
-    const record = this.#fleetRecord(route)
-    if (!ACTIVE_STATES.has(record.state)) {
+    const finished = async (record: RolloutRecord): Promise<T> => {
       // a finished rollout: the controller says why the action does not apply (409), writing nothing
       const c = RolloutController.restore(record, this.#deps())
       try {
@@ -765,12 +764,17 @@ export class RolloutManager {
         c.close()
       }
     }
+    const record = this.#fleetRecord(route)
+    if (!ACTIVE_STATES.has(record.state)) return await finished(record)
     if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', `the fleet store (Redis) cannot be reached: the rollout of route ${route} cannot be ${op}d now; nothing was changed`)
     for (let i = 0; i < 2; i++) {
       const h = await fleet.holder(route)
       if (h !== undefined && h.instance !== fleet.self) return await fleet.call(h.instance, { op, route }) as T
       if (h === undefined && await this.#takeOver(route)) return await this.#settled(route, this.#controllers.get(route)!, local)
     }
+    // the rollout may have finished while its lead changed hands: then its own answer
+    const now = this.#fleetRecord(route)
+    if (!ACTIVE_STATES.has(now.state)) return await finished(now)
     throw new CanarydError('CANARYD_ERR_STORE_CONFLICT', `the lead of the rollout of route ${route} is changing hands; retry`)
   }
 

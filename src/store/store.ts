@@ -866,7 +866,8 @@ export class RuntimeStore {
         // a reload is the config speaking (it becomes the fleet's reference); any other write must not replace a route state made for other versions
         if (touched !== 'all') this.#checkSameVersions(name, r)
         const json = JSON.stringify(r)
-        if (this.#fleetRoutes.get(name) !== json) routes.set(name, json)
+        // a route a change names is always written (its Redis copy may be unreadable while the kept one equals it); a reload writes only what differs
+        if (touched !== 'all' || this.#fleetRoutes.get(name) !== json) routes.set(name, json)
       }
       const config = touched === 'all' ? this.#configHash : ''
       const dropped = drop.filter((n) => this.#fleetRoutes.has(n))

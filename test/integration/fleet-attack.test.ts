@@ -491,6 +491,8 @@ t.test('one fleet, many writers: races, hostile data, a mismatched and a late in
       const said = a.lines().slice(mark).filter((l) => (l.level as number) >= 40 && JSON.stringify(l).includes('web'))
       t.ok(said.length > 0, `route:web ${what}: a warns about it (${said.map((l) => l.msg).join(' | ')})`)
       t.equal((await a.put('/api/v1/routes/web/weights', { weights: { stable: 60, canary: 40 }, reason: 'repair' })).status, 200, `route:web ${what}: a write repairs it`)
+      // the same weights as the state kept: the route is written all the same, so Redis's copy is readable again
+      t.match(JSON.parse(await r.hget(key, 'route:web') ?? 'null'), { weights: { stable: 60, canary: 40 } }, `route:web ${what}: Redis holds a readable state again`)
       await sleep(300)
     }
 
