@@ -1,5 +1,4 @@
 import type { AddressInfo } from 'node:net'
-import { hostname } from 'node:os'
 import { isAbsolute } from 'node:path'
 import { createSecureContext } from 'node:tls'
 import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
@@ -22,7 +21,7 @@ import { RolloutManager } from './rollout/manager.js'
 import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
 import type { TableHolder } from './routing/holder.js'
-import { defaultInstanceId, FleetLink } from './store/fleet.js'
+import { defaultInstanceId, FleetLink, heartbeatNow, type InstanceFacts } from './store/fleet.js'
 import { RedisStore, redactUrl, type Heartbeat } from './store/redis.js'
 import { fleetSnapshotPath, RuntimeStore } from './store/store.js'
 import type { RouteSpec } from './routing/spec.js'
@@ -332,8 +331,8 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   const addresses = { admin: '', proxy: '' }
   const redis = state.redis
   // read at each heartbeat, once `rollouts` below exists
-  const describe = (): Omit<Heartbeat, 'id' | 'hostname' | 'pid' | 'startedAt' | 'lastHeartbeat'> => ({ ...addresses, generation: state.generation, leader: rollouts.leading, config: state.configHash })
-  const link = redis === undefined ? undefined : new FleetLink({ redis, logger: logger.child({ component: 'fleet' }), leaseTtlMs: config.store.leaseTtlMs, heartbeatMs: config.store.heartbeatMs, describe })
+  const describe = (): InstanceFacts => ({ ...addresses, generation: state.generation, leader: rollouts.leading, config: state.configHash })
+  const link = redis === undefined ? undefined : new FleetLink({ redis, logger: logger.child({ component: 'fleet' }), leaseTtlMs: config.store.leaseTtlMs, heartbeatMs: config.store.heartbeatMs, describe, startedAt: STARTED_AT })
   const rollouts = new RolloutManager({
     store: state,
     ...(link === undefined ? {} : { fleet: link }),
@@ -348,10 +347,7 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
   registerSegmentRoutes(admin, state)
-  const self = (): Heartbeat => {
-    const now = new Date().toISOString()
-    return { id: redis?.instanceId ?? 'local', hostname: hostname(), pid: process.pid, startedAt: STARTED_AT, lastHeartbeat: now, ...describe() }
-  }
+  const self = (): Heartbeat => heartbeatNow(redis?.instanceId ?? 'local', STARTED_AT, describe())
   registerFleetRoutes(admin, { store: state, self, ...(link === undefined ? {} : { instances: async () => await link.instances() }) })
   if (src.gauges !== undefined) {
     src.gauges.addReadout(METRIC_NAMES.storeUp, 'Whether the runtime store can be reached (1) or not (0); always 1 with the file store. While 0 the proxy serves the last applied state, admin writes answer 503 and rollouts hold.', 'gauge', () => state.up ? 1 : 0)

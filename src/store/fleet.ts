@@ -29,6 +29,14 @@ export function defaultInstanceId (): string {
   return `${hostname()}-${randomBytes(3).toString('hex')}`
 }
 
+/** What an instance tells the fleet about itself beyond its identity (addresses, generation, leases, config). */
+export type InstanceFacts = Omit<Heartbeat, 'id' | 'hostname' | 'pid' | 'startedAt' | 'lastHeartbeat'>
+
+/** This process's heartbeat as of now (the fleet list and GET /api/v1/fleet's own line). */
+export function heartbeatNow (id: string, startedAt: string, facts: InstanceFacts): Heartbeat {
+  return { id, hostname: hostname(), pid: process.pid, startedAt, lastHeartbeat: new Date().toISOString(), ...facts }
+}
+
 /** Options of the fleet link. */
 export interface FleetLinkOptions {
   redis: RedisStore
@@ -36,7 +44,9 @@ export interface FleetLinkOptions {
   leaseTtlMs: number
   heartbeatMs: number
   /** What this instance's heartbeat says (addresses, generation, leases), read at each beat. */
-  describe: () => Omit<Heartbeat, 'id' | 'hostname' | 'pid' | 'startedAt' | 'lastHeartbeat'>
+  describe: () => InstanceFacts
+  /** When this process started (ISO; default: now). */
+  startedAt?: string
 }
 
 interface Pending {
@@ -52,7 +62,7 @@ export class FleetLink {
   readonly #log: Logger
   readonly #heartbeatMs: number
   readonly #describe: FleetLinkOptions['describe']
-  readonly #startedAt = new Date().toISOString()
+  readonly #startedAt: string
   readonly #nonce = randomBytes(8).toString('hex')
   readonly #pending = new Map<string, Pending>()
   #serve: ((c: FleetCall) => Promise<{ result: unknown } | undefined>) | undefined
@@ -67,6 +77,7 @@ export class FleetLink {
     this.leaseTtlMs = opts.leaseTtlMs
     this.#heartbeatMs = opts.heartbeatMs
     this.#describe = opts.describe
+    this.#startedAt = opts.startedAt ?? new Date().toISOString()
     const redis = opts.redis
     this.stats = {
       self: this.self,
@@ -115,8 +126,7 @@ export class FleetLink {
 
   #writeHeartbeat (): void {
     if (!this.#redis.up) return
-    const now = new Date().toISOString()
-    const hb: Heartbeat = { id: this.self, hostname: hostname(), pid: process.pid, startedAt: this.#startedAt, lastHeartbeat: now, nonce: this.#nonce, ...this.#describe() }
+    const hb = heartbeatNow(this.self, this.#startedAt, { ...this.#describe(), nonce: this.#nonce })
     this.#redis.heartbeat(hb, 3 * this.#heartbeatMs).catch(() => {})
   }
 

@@ -82,8 +82,8 @@ export interface RedisStoreOptions {
 
 /** An error Redis answered (NOPERM, READONLY, OOM, WRONGTYPE), as opposed to a connection failure. */
 function isReplyError (err: unknown): err is Error {
-  // ioredis types ReplyError as any: the name is the reliable mark (redis-errors sets it)
-  return err instanceof Error && ((ReplyError as unknown) instanceof Function ? err instanceof (ReplyError as new () => Error) : err.name === 'ReplyError')
+  // ioredis types its ReplyError class (from redis-errors) as any
+  return err instanceof (ReplyError as new () => Error)
 }
 
 /**
@@ -314,16 +314,12 @@ export class RedisStore {
   }
 
   /**
-   * A command timed out on a connection that is still open (Redis frozen,
-   * or far too slow): treated as unreachable, so writes answer 503 at once
-   * instead of each waiting the timeout and rollouts hold, until Redis
-   * answers again (a probe every 250 ms).
+   * Treats Redis as not answering: a command timed out on a connection
+   * that is still open (Redis frozen, or far too slow), or a watchdog
+   * probe took too long. Writes then answer 503 at once instead of each
+   * waiting the timeout, and rollouts hold, until Redis answers again (a
+   * probe every 250 ms).
    */
-  #stall (): void {
-    this.suspect()
-  }
-
-  /** Treats Redis as not answering (see #stall), e.g. when a watchdog probe took too long. */
   suspect (): void {
     if (this.#stalled || !this.#up) return
     this.#stalled = true
@@ -408,7 +404,7 @@ export class RedisStore {
     } catch (err) {
       if (err instanceof CanarydError) throw err
       if (isReplyError(err)) this.#log.error({ redis: this.where, err: err.message }, 'fleet store: Redis refused a command')
-      else if (/timed out/i.test((err as Error).message)) this.#stall()
+      else if (/timed out/i.test((err as Error).message)) this.suspect()
       throw storeUnavailable(this.where, err, write)
     }
   }

@@ -94,6 +94,19 @@ function fleetStats (t: Test, transport: StatsTransport, feed: Feed, periodMs = 
   return s
 }
 
+/** Two instances on one bus, `a` leading route web: both windows subscribed. */
+async function twoInstances (t: Test): Promise<{ bus: Bus; fa: Feed; fb: Feed; a: FleetStats; b: FleetStats; canary: Received; stable: Received }> {
+  const bus = new Bus()
+  const fa = new Feed()
+  const fb = new Feed()
+  const a = fleetStats(t, bus.transport('a'), fa)
+  const b = fleetStats(t, bus.transport('b'), fb)
+  const canary = lead(t, a, 'web', 'canary')
+  const stable = lead(t, a, 'web', 'stable')
+  await sleep(5)
+  return { bus, fa, fb, a, b, canary, stable }
+}
+
 const PAIRS = [['web', 'canary'], ['web', 'stable']] as const
 
 /** Records on two instances; returns what each recorded (requests, failures, success latencies in ms). */
@@ -133,14 +146,7 @@ function traffic (fa: Feed, fb: Feed): { canary: { requests: number; failures: n
 }
 
 t.test('in-process transport: the leader receives every instance\'s windows, merged counts equal what was recorded', async (t) => {
-  const bus = new Bus()
-  const fa = new Feed()
-  const fb = new Feed()
-  const a = fleetStats(t, bus.transport('a'), fa)
-  const b = fleetStats(t, bus.transport('b'), fb)
-  const canary = lead(t, a, 'web', 'canary')
-  const stable = lead(t, a, 'web', 'stable')
-  await sleep(5)
+  const { bus, fa, fb, a, b, canary, stable } = await twoInstances(t)
 
   t.equal(fa.listeners('web', 'canary'), 0, 'nothing counted before follow')
   a.follow(PAIRS)
@@ -184,14 +190,7 @@ t.test('in-process transport: the leader receives every instance\'s windows, mer
 })
 
 t.test('pairs no longer followed are flushed one last time and unsubscribed', async (t) => {
-  const bus = new Bus()
-  const fa = new Feed()
-  const fb = new Feed()
-  const a = fleetStats(t, bus.transport('a'), fa)
-  const b = fleetStats(t, bus.transport('b'), fb)
-  const canary = lead(t, a, 'web', 'canary')
-  const stable = lead(t, a, 'web', 'stable')
-  await sleep(5)
+  const { bus, fa, fb, a, b, canary, stable } = await twoInstances(t)
   a.follow(PAIRS)
   b.follow(PAIRS)
   for (let i = 0; i < 5; i++) fb.request('web', 'canary', 200, 0.02)

@@ -66,6 +66,13 @@ function link (t: Test, redis: RedisStore, leaseTtlMs = 1000, heartbeatMs = 100)
   return l
 }
 
+/** Instances a and b under `prefix`, each with its fleet link. */
+async function twoLinks (t: Test, redis: TestRedis, prefix: string): Promise<{ ra: RedisStore; rb: RedisStore; a: FleetLink; b: FleetLink }> {
+  const ra = await redisStore(t, redis, prefix, 'a')
+  const rb = await redisStore(t, redis, prefix, 'b')
+  return { ra, rb, a: link(t, ra), b: link(t, rb) }
+}
+
 t.test('leases and fencing', redisTestOptions(), async (t) => {
   const redis = await startRedis(t)
   const raw = redis.client()
@@ -160,10 +167,7 @@ t.test('leases and fencing', redisTestOptions(), async (t) => {
 
 t.test('heartbeats: the instance list', redisTestOptions(), async (t) => {
   const redis = await startRedis(t)
-  const ra = await redisStore(t, redis, 'hb:', 'a')
-  const rb = await redisStore(t, redis, 'hb:', 'b')
-  const a = link(t, ra)
-  const b = link(t, rb)
+  const { rb, a, b } = await twoLinks(t, redis, 'hb:')
   await a.start()
   await b.start()
   await until('both listed', async () => (await a.instances()).length === 2, 2000)
@@ -190,10 +194,7 @@ t.test('heartbeats: the instance list', redisTestOptions(), async (t) => {
 
 t.test('forwarded calls: carried out by the instance named, its errors come back with their code', redisTestOptions(), async (t) => {
   const redis = await startRedis(t)
-  const ra = await redisStore(t, redis, 'rpc:', 'a')
-  const rb = await redisStore(t, redis, 'rpc:', 'b')
-  const a = link(t, ra)
-  const b = link(t, rb)
+  const { a, b } = await twoLinks(t, redis, 'rpc:')
   const served: FleetCall[] = []
   b.serve(async (c) => {
     served.push(c)
