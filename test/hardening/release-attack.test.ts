@@ -727,8 +727,18 @@ t.test('held: concurrent admin calls against shadow, blue/green and segment-step
   for (let round = 0; round < 14; round++) {
     await Promise.all([traffic(120), ...Array.from({ length: 5 }, async () => await ops[rnd(ops.length)]!())])
     await sleep(rnd(150))
-    const view = await routeView(p)
-    const ro = await admin(p, 'GET', '/api/v1/routes/web/rollout')
+    // the route and the record are read in two calls: a check committing in between (the timers run at 100 ms)
+    // is not an inconsistency, so the pair is read again (bounded) until the record did not move around the view
+    let view = await routeView(p)
+    let ro = await admin(p, 'GET', '/api/v1/routes/web/rollout')
+    for (let i = 0; i < 5; i++) {
+      const v2 = await routeView(p)
+      const ro2 = await admin(p, 'GET', '/api/v1/routes/web/rollout')
+      const same = ro.status === ro2.status && ro.json.updatedAt === ro2.json.updatedAt && ro.json.state === ro2.json.state && ro.json.phase === ro2.json.phase
+      view = v2
+      ro = ro2
+      if (same) break
+    }
     const state = ro.status === 200 ? String(ro.json.state) : 'none'
     const active = ['progressing', 'paused', 'awaiting-promotion'].includes(state)
     const shadow = active && ro.json.phase === 'shadow'
