@@ -8,6 +8,9 @@
 import { CanarydError } from '../errors.js'
 import { checkWeight } from '../routing/weights.js'
 import { MIRROR_DEFAULTS } from './segments.js'
+import { checkLoadTest, checkMetrics, checkVariables, type LoadTestSpec, type MetricSpec } from './analysis.js'
+
+export type { AuthSpec, HttpProviderSpec, LoadTestSpec, MetricCompare, MetricSpec, PrometheusProviderSpec, ProviderSpec, ThresholdRange } from './analysis.js'
 
 /** The states of a rollout. The last four are terminal except `paused` and `awaiting-promotion`. */
 export const ROLLOUT_STATES = ['progressing', 'paused', 'awaiting-promotion', 'promoted', 'rolled-back', 'aborted'] as const
@@ -24,8 +27,14 @@ const ROLLOUT_EVENTS = ['started', 'step', 'check-failed', 'paused', 'resumed', 
 /** One event a webhook can subscribe to. */
 export type RolloutEvent = typeof ROLLOUT_EVENTS[number]
 
-/** Baseline judges: `mann-whitney` (statistical, default), `ratio` (plain ratios, Flagger-like), `none` (thresholds only). */
-const JUDGES = ['mann-whitney', 'ratio', 'none'] as const
+/**
+ * Baseline judges: `mann-whitney` (statistical, default), `ratio` (plain
+ * ratios, Flagger-like), `none` (thresholds only), `sequential` (always-valid
+ * tests over the accumulated windows, looked at several times per interval:
+ * decides as soon as the evidence is enough, without the false rollbacks
+ * repeated fixed-sample tests would cause).
+ */
+const JUDGES = ['mann-whitney', 'ratio', 'none', 'sequential'] as const
 
 /** A baseline judge. */
 export type Judge = typeof JUDGES[number]
@@ -52,6 +61,12 @@ export interface AnalysisSpec {
   /** Absolute ceiling of the canary's p99 latency, milliseconds. */
   latencyP99Ms?: { max: number }
   baseline: BaselineSpec
+  /** Metrics from providers (Prometheus, HTTP), judged beside the built-in figures. */
+  metrics?: MetricSpec[]
+  /** User template variables of the metrics' queries and URLs. */
+  variables?: Record<string, string>
+  /** Synthetic traffic while the rollout analyses (low-traffic routes). */
+  loadTest?: LoadTestSpec
 }
 
 /** A webhook: `event` ones are told about transitions; the `confirm-promotion` one is a gate asked before promotion. */
@@ -216,6 +231,8 @@ const PLAN_KEYS: readonly string[] = ['canary', 'stable', 'strategy', 'steps', '
 export interface PlanContext {
   /** The route's segment names (segment steps must name one). */
   segments?: readonly string[]
+  /** Whether the route has an override header or cookie (analysis.loadTest needs one). */
+  override?: boolean
 }
 
 /**
@@ -240,7 +257,7 @@ export function validatePlan (raw: unknown, versions?: readonly string[], ctx: P
   // `steps: []` is what normalising writes for a blue-green plan: it validates again unchanged
   else if ((raw.steps !== undefined && !(Array.isArray(raw.steps) && raw.steps.length === 0)) || raw.stepWeight !== undefined || raw.maxWeight !== undefined) p.add('steps', 'a blue-green plan has no steps: it switches 0 → 100 once (use preview and rollbackWindowMs)')
   const intervalMs = raw.intervalMs === undefined ? PLAN_DEFAULTS.intervalMs : p.num(raw.intervalMs, 'intervalMs', { int: true, min: PLAN_LIMITS.minIntervalMs, max: PLAN_LIMITS.maxIntervalMs }) ?? 0
-  const analysis = checkAnalysis(raw.analysis, p)
+  const analysis = checkAnalysis(raw.analysis, versions, ctx, canary, p)
   const shadow = raw.shadow === undefined ? undefined : checkShadow(raw.shadow, p)
   if (blueGreen && shadow !== undefined) p.add('shadow', 'is for canary plans; a blue-green plan analyses its preview instead')
   const bg = checkBlueGreen(raw, blueGreen, intervalMs, p)
@@ -411,7 +428,7 @@ function checkStepWeight (rawStep: unknown, rawMax: unknown, p: Problems): numbe
 }
 
 /** The `analysis` block, every key defaulted. */
-function checkAnalysis (raw: unknown, p: Problems): AnalysisSpec {
+function checkAnalysis (raw: unknown, versions: readonly string[] | undefined, ctx: PlanContext, canary: string, p: Problems): AnalysisSpec {
   const analysis: AnalysisSpec = {
     minRequests: PLAN_DEFAULTS.minRequests,
     maxFailedChecks: PLAN_DEFAULTS.maxFailedChecks,
@@ -422,7 +439,7 @@ function checkAnalysis (raw: unknown, p: Problems): AnalysisSpec {
     p.add('analysis', 'must be an object')
     return analysis
   }
-  p.keys(a, ['minRequests', 'maxFailedChecks', 'successRate', 'latencyP99Ms', 'baseline'], 'analysis.')
+  p.keys(a, ['minRequests', 'maxFailedChecks', 'successRate', 'latencyP99Ms', 'baseline', 'metrics', 'variables', 'loadTest'], 'analysis.')
   if (a.minRequests !== undefined) analysis.minRequests = p.num(a.minRequests, 'analysis.minRequests', { int: true, min: 1 }) ?? 1
   if (a.maxFailedChecks !== undefined) analysis.maxFailedChecks = p.num(a.maxFailedChecks, 'analysis.maxFailedChecks', { int: true, min: 1, max: 1000 }) ?? 1
   if (a.successRate !== undefined) {
@@ -434,6 +451,12 @@ function checkAnalysis (raw: unknown, p: Problems): AnalysisSpec {
     if (max !== undefined) analysis.latencyP99Ms = { max }
   }
   if (a.baseline !== undefined) checkBaseline(a.baseline, analysis.baseline, p)
+  const variables = checkVariables(a.variables, p)
+  if (variables !== undefined && Object.keys(variables).length !== 0) analysis.variables = variables
+  const metrics = checkMetrics(a.metrics, variables, versions, canary, p)
+  if (metrics !== undefined && metrics.length !== 0) analysis.metrics = metrics
+  const loadTest = checkLoadTest(a.loadTest, versions, ctx.override, p)
+  if (loadTest !== undefined) analysis.loadTest = loadTest
   return analysis
 }
 

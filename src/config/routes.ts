@@ -191,7 +191,7 @@ function validateRoute (r: unknown, i: number): RouteSpec {
   if (r.mirror !== undefined && r.mirror !== null) spec.mirror = validateMirror(r.mirror, names, `${at}.mirror`)
   if (r.rollout !== undefined) {
     try {
-      spec.rollout = validatePlan(r.rollout, names, { segments: (spec.segments ?? []).map((s) => s.name) })
+      spec.rollout = validatePlan(r.rollout, names, { segments: (spec.segments ?? []).map((s) => s.name), override: spec.override.header !== undefined || spec.override.cookie !== undefined })
     } catch (err) {
       if (err instanceof PlanError) throw new ConfigError(`${at}.rollout`, err.problems.join('; '))
       throw err

@@ -90,7 +90,7 @@ t.test('every section reports its own problems, with the key path', async (t) =>
     ],
     analysis: [
       [{ ...OK, analysis: [] }, ['analysis: must be an object']],
-      [{ ...OK, analysis: { window: 5 } }, ['analysis.window: unknown key (allowed: minRequests, maxFailedChecks, successRate, latencyP99Ms, baseline)']],
+      [{ ...OK, analysis: { window: 5 } }, ['analysis.window: unknown key (allowed: minRequests, maxFailedChecks, successRate, latencyP99Ms, baseline, metrics, variables, loadTest)']],
       [{ ...OK, analysis: { minRequests: 0, maxFailedChecks: 1001 } }, ['analysis.minRequests: must be >= 1, got 0', 'analysis.maxFailedChecks: must be <= 1000, got 1001']],
       [{ ...OK, analysis: { successRate: 99 } }, ['analysis.successRate: must be an object like {"min": 99}']],
       [{ ...OK, analysis: { successRate: { min: 101, max: 1 } } }, ['analysis.successRate.max: unknown key (allowed: min)', 'analysis.successRate.min: must be <= 100, got 101']],
@@ -102,7 +102,7 @@ t.test('every section reports its own problems, with the key path', async (t) =>
         'analysis.baseline.maxErrorRateRatio: must be >= 1, got 0.5',
         'analysis.baseline.maxLatencyP99Ratio: must be a number, got "x"',
         'analysis.baseline.confidence: must be < 1, got 1',
-        'analysis.baseline.judge: must be one of mann-whitney, ratio, none, got "t-test"'
+        'analysis.baseline.judge: must be one of mann-whitney, ratio, none, sequential, got "t-test"'
       ]]
     ],
     promotion: [
