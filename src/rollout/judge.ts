@@ -5,6 +5,7 @@
 import type { AnalysisSpec } from '../config/plan.js'
 import { mannWhitneyTest, quantileSorted, twoProportionTest } from './stats.js'
 import type { WindowSnapshot } from './window.js'
+import type { MetricResult } from './analysis.js'
 
 /** The verdict of one check. */
 export type Verdict = 'pass' | 'fail' | 'inconclusive'
@@ -36,9 +37,60 @@ export interface CheckResult {
   /** Baseline comparison figures; absent when the judge is `none` or the stable side had too few requests. */
   errorTest?: { p: number; z: number; ratio: number | null }
   latencyTest?: { p: number; z: number; superiority: number; p99Ratio: number | null }
+  /** The plan's provider metrics at this check (analysis.metrics). */
+  metrics?: MetricResult[]
+  /** An inconclusive check: how many more canary requests a decision needs at the current rates, and when to expect it. */
+  guidance?: DecisionGuidance
+  /** The sequential judge's confidence bounds (canary minus stable) and what they decided. */
+  sequential?: SequentialFigures
 }
 
-function figures (w: WindowSnapshot): SideFigures {
+/** How far a check is from a decision (a power calculation at the observed rates). */
+export interface DecisionGuidance {
+  /** Canary requests that detect an error rate maxErrorRateRatio × stable's with 80 % power at the plan's confidence (at least minRequests). */
+  neededRequests: number
+  /** neededRequests minus the canary requests in the window (0 when reached). */
+  moreRequests: number
+  /** The canary's request rate in the window, per second (null when no time has passed). */
+  canaryRps: number | null
+  /** moreRequests at canaryRps, milliseconds (null when the canary gets no traffic). */
+  expectedMs: number | null
+  /** Said when minRequests is below what the power calculation asks. */
+  note?: string
+  /**
+   * When minRequests is below neededRequests: the requests (and time) until
+   * the window holds minRequests, where a fixed judge decides, with less
+   * power than neededRequests would give.
+   */
+  minRequests?: { more: number; expectedMs: number | null }
+}
+
+/**
+ * One always-valid confidence interval of canary minus stable, and the
+ * margin an early pass needs the upper bound below. For errors the two
+ * bounds use different variances on purpose: `lower` (the fail side) the
+ * pooled one with Yates' correction, as the fixed test does, so a real
+ * regression is caught as early; `upper` (the early-pass side) the unpooled
+ * one, so a pass is never easier than the evidence allows.
+ */
+export interface SequentialBounds {
+  lower: number
+  upper: number
+  margin: number
+}
+
+/** The sequential judge's figures of one look. */
+export interface SequentialFigures {
+  /** Error rate difference (fraction). */
+  errors?: SequentialBounds
+  /** Mean log-latency difference (ln of the geometric-mean ratio). */
+  latency?: SequentialBounds
+  /** What decided: the bounds (fail, pass), the interval's end (final), or nothing yet. */
+  decided: 'fail' | 'pass' | 'final' | 'undecided'
+}
+
+/** The golden-signal figures of one window (both judges report these). */
+export function figures (w: WindowSnapshot): SideFigures {
   const sorted = Float64Array.from(w.latenciesMs).sort()
   return {
     requests: w.requests,
@@ -62,12 +114,14 @@ export function ejectionReason (canary: Pick<SideFigures, 'ejections' | 'stillEj
   return undefined
 }
 
-function round (x: number, digits: number): number {
+/** `x` rounded to `digits` decimals (the figures' precision). */
+export function round (x: number, digits: number): number {
   const f = 10 ** digits
   return Math.round(x * f) / f
 }
 
-function ratio (a: number, b: number): number | null {
+/** a / b to 4 decimals; null when b is 0 and a is not ("infinitely worse"), 1 when both are 0. */
+export function ratio (a: number, b: number): number | null {
   if (b > 0) return round(a / b, 4)
   return a > 0 ? null : 1 // null: "infinitely worse" (JSON has no Infinity)
 }

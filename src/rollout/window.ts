@@ -25,7 +25,21 @@ export interface WindowSnapshot {
   stillEjected: boolean
   /** Uniform random sample of the latencies of non-failed requests, in milliseconds. */
   latenciesMs: number[]
+  /**
+   * Exact running sums over every non-failed request (not a sample): the
+   * sum of ln(latency in ms), the sum of its squares, and how many requests
+   * they cover. The sequential judge's latency mean and variance. Absent in
+   * snapshots from instances that do not send them; a window that merged
+   * such a snapshot leaves them out too (they would cover only part of its
+   * traffic), and the judge then estimates from `latenciesMs`.
+   */
+  logSum?: number
+  logSumSq?: number
+  logCount?: number
 }
+
+/** ln of the smallest latency the log sums take (1 µs): a 0-ms answer (clock resolution) must not add −Infinity. */
+const MIN_LOG_MS = Math.log(0.001)
 
 /**
  * Counts and a bounded latency reservoir (Vitter's algorithm R), so memory
@@ -42,6 +56,11 @@ export class SampleWindow {
   #stillEjected = false
   #seen = 0
   #latencies: number[] = []
+  #logSum = 0
+  #logSumSq = 0
+  #logCount = 0
+  /** Fleet mode: a merged snapshot came without log sums, so this window's would cover only part of its traffic. */
+  #logPartial = false
   /** Fleet mode: the instances whose snapshots this window merged since its last reset. */
   #sources = new Set<string>()
   /** Fleet mode: the merged sample holds each success with probability 1/#thin (see merge). */
@@ -82,6 +101,10 @@ export class SampleWindow {
     }
     this.#stillEjected = false
     const ms = seconds * 1000
+    const l = ms > 0.001 ? Math.log(ms) : MIN_LOG_MS
+    this.#logSum += l
+    this.#logSumSq += l * l
+    this.#logCount++
     this.#seen++
     if (this.#latencies.length < this.#capacity) {
       this.#latencies.push(ms)
@@ -122,6 +145,14 @@ export class SampleWindow {
     const ok = s.requests - s.failures
     if (s.stillEjected) this.#stillEjected = true
     else if (ok > 0) this.#stillEjected = false
+    // sums add up exactly across instances; without them (an older sender) this window's would be partial
+    if (s.logCount !== undefined && s.logSum !== undefined && s.logSumSq !== undefined) {
+      this.#logSum += s.logSum
+      this.#logSumSq += s.logSumSq
+      this.#logCount += s.logCount
+    } else if (ok > 0) {
+      this.#logPartial = true
+    }
     const n = s.latenciesMs.length
     if (n === 0) return
     const w = Math.max(1, ok / n)
@@ -162,13 +193,23 @@ export class SampleWindow {
 
   /** The current contents, without resetting. */
   peek (): WindowSnapshot {
-    return { requests: this.#requests, failures: this.#failures, ejections: this.#ejections, stillEjected: this.#stillEjected, latenciesMs: this.#latencies.slice() }
+    return this.#snapshot(this.#latencies.slice())
   }
 
   /** Returns the contents and starts a new, empty window. */
   take (): WindowSnapshot {
-    const s: WindowSnapshot = { requests: this.#requests, failures: this.#failures, ejections: this.#ejections, stillEjected: this.#stillEjected, latenciesMs: this.#latencies }
+    const s = this.#snapshot(this.#latencies)
     this.reset()
+    return s
+  }
+
+  #snapshot (latenciesMs: number[]): WindowSnapshot {
+    const s: WindowSnapshot = { requests: this.#requests, failures: this.#failures, ejections: this.#ejections, stillEjected: this.#stillEjected, latenciesMs }
+    if (!this.#logPartial) {
+      s.logSum = this.#logSum
+      s.logSumSq = this.#logSumSq
+      s.logCount = this.#logCount
+    }
     return s
   }
 
@@ -182,6 +223,10 @@ export class SampleWindow {
     this.#ejections = 0
     this.#seen = 0
     this.#latencies = []
+    this.#logSum = 0
+    this.#logSumSq = 0
+    this.#logCount = 0
+    this.#logPartial = false
     this.#sources = new Set()
     this.#thin = 1
   }

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { ServiceProcess } from './service.js'
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -57,9 +57,6 @@ export interface TestRedis {
   log: () => string
 }
 
-/** At most this much of the server's log is kept. */
-const LOG_LIMIT = 64 * 1024
-
 /** One PING over a fresh connection: true when `+PONG` came back within `ms`. */
 async function ping (port: number, ms = 500): Promise<boolean> {
   return await new Promise((resolve) => {
@@ -90,71 +87,34 @@ async function ping (port: number, ms = 500): Promise<boolean> {
 export async function startRedis (t: { teardown: (fn: () => Promise<void>) => void }): Promise<TestRedis> {
   const dir = mkdtempSync(join(tmpdir(), 'canaryd-redis-'))
   let port = 0
-  let child: ChildProcess | undefined
-  let exited: Promise<void> = Promise.resolve()
-  let out = ''
+  const svc = new ServiceProcess(REDIS_SERVER)
   const clients: Redis[] = []
 
-  const launch = async (): Promise<'ok' | 'port-taken'> => {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-      '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '',
-      '--daemonize', 'no', '--protected-mode', 'no']
-    const c = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-    child = c
-    let gone = false
-    exited = new Promise<void>((resolve) => c.on('exit', () => { gone = true; resolve() }))
-    const keep = (d: Buffer): void => {
-      out += d.toString()
-      if (out.length > LOG_LIMIT) out = out.slice(-LOG_LIMIT)
-    }
-    c.stdout!.on('data', keep)
-    c.stderr!.on('data', keep)
-    c.on('error', (err) => { out += `\nspawn error: ${err.message}\n` })
-    // bounded: 10 s in steps of at most ~550 ms (one PING timeout + 50 ms)
-    const deadline = Date.now() + 10_000
-    for (let i = 0; i < 200 && Date.now() < deadline; i++) {
-      if (gone) break
-      if (await ping(port)) return 'ok'
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-    if (!gone) {
-      c.kill('SIGKILL')
-      await exited
-      throw new Error(`redis-server on port ${port} did not answer PING within 10 s:\n${out}`)
-    }
-    if (/Address already in use/i.test(out)) return 'port-taken'
-    throw new Error(`redis-server on port ${port} exited at start:\n${out}`)
-  }
+  // bounded: 10 s in steps of at most ~550 ms (one PING timeout + 50 ms)
+  const launch = async (): Promise<'ok' | 'port-taken'> => await svc.launch(
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--daemonize', 'no', '--protected-mode', 'no'],
+    async () => await ping(port), { waitMs: 10_000, everyMs: 50, what: `redis-server on port ${port}` })
 
   // freePort() closes the port before redis binds it: another process may take it in between (retry with a new one, 3 times)
   for (let attempt = 0; ; attempt++) {
     port = await freePort()
     const r = await launch()
     if (r === 'ok') break
-    if (attempt >= 2) throw new Error(`redis-server: no free port after 3 attempts:\n${out}`)
-  }
-
-  const running = (): boolean => child !== undefined && child.exitCode === null && child.signalCode === null
-  const signal = async (sig: NodeJS.Signals): Promise<void> => {
-    if (!running()) return
-    child!.kill(sig)
-    const timer = setTimeout(() => { if (running()) child!.kill('SIGKILL') }, 10_000)
-    await exited
-    clearTimeout(timer)
+    if (attempt >= 2) throw new Error(`redis-server: no free port after 3 attempts:\n${svc.log}`)
   }
 
   const redis: TestRedis = {
     url: `redis://127.0.0.1:${port}/0`,
     port,
     dir,
-    get running () { return running() },
-    get pid () { return running() ? child!.pid : undefined },
-    stop: async () => { await signal('SIGTERM') },
-    kill: async () => { await signal('SIGKILL') },
+    get running () { return svc.running },
+    get pid () { return svc.pid },
+    stop: async () => { await svc.stop('SIGTERM', 10_000) },
+    kill: async () => { await svc.stop('SIGKILL', 10_000) },
     start: async () => {
-      if (running()) throw new Error('redis-server is already running')
+      if (svc.running) throw new Error('redis-server is already running')
       const r = await launch()
-      if (r !== 'ok') throw new Error(`redis-server could not bind port ${port} again:\n${out}`)
+      if (r !== 'ok') throw new Error(`redis-server could not bind port ${port} again:\n${svc.log}`)
     },
     client: () => {
       const c = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 1, retryStrategy: () => null, enableOfflineQueue: true, connectTimeout: 2000 })
@@ -162,7 +122,7 @@ export async function startRedis (t: { teardown: (fn: () => Promise<void>) => vo
       clients.push(c)
       return c
     },
-    log: () => out
+    log: () => svc.log
   }
   t.teardown(async () => {
     for (const c of clients) c.disconnect()

@@ -103,7 +103,9 @@ export async function startHarness (rawPlan: unknown, opts: { gate?: () => boole
 
 /** Traffic of one simulated interval: `total` requests split by the canary's current weight. */
 export function feedInterval (h: Harness, total: number, stable: VersionModel, canary: VersionModel, random: () => number, drift = 1): void {
-  const w = h.controller.record.weight / 100
+  // the weights last applied: the record getter clones the whole record, too slow to call per slice
+  const last = h.applied[h.applied.length - 1]
+  const w = (last?.weights[h.plan.canary] ?? h.controller.record.weight) / 100
   // binomial split approximated by its normal: the canary share varies like real traffic does
   const mean = total * w
   const nCanary = Math.max(0, Math.round(mean + Math.sqrt(mean * (1 - w)) * gaussian(random)))
@@ -121,6 +123,24 @@ export interface SimOutcome {
   conclusive: number
   /** Kinds of failed-check reasons: 'successRate', 'latencyP99Ms', 'errorRate vs stable', 'latency vs stable'. */
   reasons: string[]
+  /** Simulated milliseconds from the start to the end (promoted or rolled back); null when it had not ended. */
+  endedMs: number | null
+}
+
+/** Options of a simulated rollout. */
+export interface SimOptions {
+  /** Requests per interval, all versions (default 10 000). */
+  total?: number
+  /** Intervals before giving up (default 60). */
+  maxIntervals?: number
+  /**
+   * Feeds each interval in this many equal slices, advancing the clock one
+   * slice at a time (default 1: the whole interval, then one advance). A
+   * judge that looks within the interval (sequential) then sees the traffic
+   * arrive as it would; match it to the controller's look period
+   * (intervalMs / looks = lookEveryMs) so every look sees a fresh slice.
+   */
+  looks?: number
 }
 
 function reasonKind (reason: string): string {
@@ -134,22 +154,34 @@ function reasonKind (reason: string): string {
 /**
  * Runs one rollout to its end (or `maxIntervals`): each interval, traffic is
  * fed, then the clock advances one interval so the controller's own timer
- * runs the check. A shared log-normal "load drift" moves both versions'
- * latency together, as real load does.
+ * runs the check (with `looks`, slice by slice). A shared log-normal "load
+ * drift" moves both versions' latency together, as real load does; it is
+ * drawn once per interval, so slicing an interval changes nothing else.
  */
-export async function simulateRollout (rawPlan: unknown, stable: VersionModel, canary: VersionModel, seed: number, total = 10_000, maxIntervals = 60): Promise<SimOutcome> {
+export async function simulateRollout (rawPlan: unknown, stable: VersionModel, canary: VersionModel, seed: number, totalOrOptions: number | SimOptions = 10_000, maxIntervalsArg = 60): Promise<SimOutcome> {
+  const opts: SimOptions = typeof totalOrOptions === 'number' ? { total: totalOrOptions, maxIntervals: maxIntervalsArg } : totalOrOptions
+  const total = opts.total ?? 10_000
+  const maxIntervals = opts.maxIntervals ?? 60
+  const looks = opts.looks ?? 1
   const random = rng(seed)
   const h = await startHarness(rawPlan, { reservoir: 512 })
+  const slice = h.plan.intervalMs / looks
   let intervals = 0
   let checks = 0
   while (h.controller.active && intervals < maxIntervals) {
-    feedInterval(h, total, stable, canary, random, Math.exp(0.2 * gaussian(random)))
-    await h.clock.advance(h.plan.intervalMs)
+    const drift = Math.exp(0.2 * gaussian(random))
+    for (let i = 0; i < looks && h.controller.active; i++) {
+      // integer slices that add up to `total` exactly
+      feedInterval(h, Math.floor((i + 1) * total / looks) - Math.floor(i * total / looks), stable, canary, random, drift)
+      await h.clock.advance(slice)
+    }
     intervals++
     checks = h.controller.record.checks.length
   }
   const r = h.controller.record
   h.controller.close()
   const reasons = r.checks.filter((c) => c.verdict === 'fail').flatMap((c) => c.reasons.map(reasonKind))
-  return { state: r.state, intervals, checks, failedChecks: r.failedChecks, conclusive: r.checks.filter((c) => c.verdict !== 'inconclusive').length, reasons }
+  const end = r.history.findLast((e) => e.event === 'promoted' || e.event === 'rolled-back')
+  const endedMs = end === undefined ? null : Date.parse(end.at) - Date.parse(r.startedAt)
+  return { state: r.state, intervals, checks, failedChecks: r.failedChecks, conclusive: r.checks.filter((c) => c.verdict !== 'inconclusive').length, reasons, endedMs }
 }
