@@ -41,8 +41,9 @@ export type ToPrimary =
   | { canaryd: 'metrics', id: number, data: unknown[] }
   /**
    * Finished requests of one (route, version) since the last batch, flat
-   * [status, seconds, upstreamFailed 0|1, …], and how many times outlier
-   * detection ejected the version meanwhile.
+   * [status, seconds, flags, …] with flags = upstreamFailed (bit 0) |
+   * synthetic (bit 1), and how many times outlier detection ejected the
+   * version meanwhile.
    */
   | { canaryd: 'samples', route: string, version: string, data: number[], ejections: number }
   /** Shadow pairs of one route since the last batch (bounded per batch). */

@@ -24,12 +24,9 @@ import type { ListenerCertificate } from '../listener/certs.js'
 import type { Config } from '../config/load.js'
 import type { ShadowPair } from '../metrics/observer.js'
 import type { Logger } from '../logger.js'
-import { PrometheusMetrics } from '../metrics/prometheus.js'
-import type { SubscribeFinish } from '../rollout/controller.js'
+import { PrometheusMetrics, type FinishListener } from '../metrics/prometheus.js'
 import { RuntimeStore } from '../store/store.js'
 import { isOurs, toWire, type ToPrimary, type ToWorker } from './messages.js'
-
-type FinishListener = Parameters<SubscribeFinish>[2]
 
 /** One forked worker as the primary tracks it. */
 interface WorkerState {
@@ -191,7 +188,9 @@ export class ClusterPrimary {
         if (l === undefined) return
         const d = m.data
         for (let i = 0; i + 2 < d.length; i += 3) {
-          for (const fn of l.ls) fn(d[i]!, d[i + 1]!, d[i + 2] === 1)
+          // flags: bit 0 upstream failed, bit 1 synthetic (see the 'samples' message)
+          const flags = d[i + 2]!
+          for (const fn of l.ls) fn(d[i]!, d[i + 1]!, (flags & 1) !== 0, (flags & 2) !== 0)
         }
         for (let i = 0; i < m.ejections; i++) for (const fn of l.ej) fn()
         return

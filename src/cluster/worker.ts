@@ -115,7 +115,8 @@ class Worker {
     const metrics = this.#data.metrics
     if (cur !== undefined || metrics === undefined) return
     const sub = { off: () => {}, buf: [] as number[], ejections: 0, route, version }
-    const offFinish = metrics.onFinish(route, version, (status, seconds, failed) => { sub.buf.push(status, seconds, failed ? 1 : 0) })
+    // flags: bit 0 upstream failed, bit 1 synthetic (see the 'samples' message)
+    const offFinish = metrics.onFinish(route, version, (status, seconds, failed, synthetic) => { sub.buf.push(status, seconds, (failed ? 1 : 0) | (synthetic ? 2 : 0)) })
     const offEjected = metrics.onEjected(route, version, () => { sub.ejections++ })
     sub.off = () => { offFinish(); offEjected() }
     this.#subs.set(key, sub)

@@ -28,3 +28,19 @@ export const METRIC_NAMES = Object.freeze({
 
 /** Prefix of prom-client's default metrics (event-loop lag, heap, handles, CPU, GC). */
 export const DEFAULT_METRICS_PREFIX = 'canaryd_'
+
+/**
+ * Values of the `source` label of canaryd_requests_total (the only family
+ * that has it): `user` for real traffic, `synthetic` for the rollout's load
+ * generator, so a low-traffic canary's figures can be read either way.
+ */
+export const REQUEST_SOURCES = Object.freeze(['user', 'synthetic'] as const)
+
+/** A value of the `source` label. */
+export type RequestSource = typeof REQUEST_SOURCES[number]
+
+/**
+ * The request header that marks a request as synthetic when its value is
+ * exactly `1` (sent by the load generator; the proxy forwards it unchanged).
+ */
+export const SYNTHETIC_HEADER = 'x-canaryd-synthetic'

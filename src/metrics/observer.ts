@@ -10,9 +10,11 @@ export interface VersionObserver {
   /**
    * A response was finished (or the client went away) with `status`, `seconds`
    * after it was received; `upstreamFailed` when the upstream failed the
-   * request (also after headers were sent, when the status alone looks fine).
+   * request (also after headers were sent, when the status alone looks fine);
+   * `synthetic` when the request carried `x-canaryd-synthetic: 1` (the
+   * rollout's load generator: counted under source="synthetic").
    */
-  finish (status: number, seconds: number, upstreamFailed: boolean): void
+  finish (status: number, seconds: number, upstreamFailed: boolean, synthetic: boolean): void
   /** The upstream failed in a way of `kind`. */
   upstreamError (kind: UpstreamErrorKind): void
   /** Outlier detection ejected this version (cold path: once per ejection). */

@@ -1,25 +1,30 @@
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { MIRROR_RESULTS, UPSTREAM_ERROR_KINDS, type MirrorResult, type UpstreamErrorKind } from './kinds.js'
-import { DEFAULT_METRICS_PREFIX, METRIC_NAMES } from './names.js'
+import { DEFAULT_METRICS_PREFIX, METRIC_NAMES, REQUEST_SOURCES, SYNTHETIC_HEADER } from './names.js'
 import type { CounterChild, MirrorObserver, ObserverFactory, SegmentLabels, ShadowListener, ShadowPair, VersionObserver } from './observer.js'
 
-export { DEFAULT_METRICS_PREFIX, METRIC_NAMES }
+export { DEFAULT_METRICS_PREFIX, METRIC_NAMES, REQUEST_SOURCES, SYNTHETIC_HEADER }
 
 /** Histogram buckets, seconds: 1 ms to 30 s (upper bounds, `le`; +Inf is added). */
 export const DURATION_BUCKETS: readonly number[] = Object.freeze([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
 
 /**
- * Status codes whose series exist from start-up, so a 0 % canary shows at
- * zero and `rate(...{code=~"5.."}[5m])` is 0, not "no data", before the
- * first error. Other codes appear when first sent and never disappear.
+ * Status codes whose series exist from start-up (for both sources), so a
+ * 0 % canary shows at zero and `rate(...{code=~"5.."}[5m])` is 0, not "no
+ * data", before the first error. Other codes appear (for the source that
+ * sent them) when first sent and never disappear.
  */
 export const PRECREATED_CODES: readonly number[] = Object.freeze([200, 404, 499, 500, 502, 503, 504])
 
 /** prom-client default metrics removed from the exposition (see the constructor). */
 export const DROPPED_DEFAULT_METRICS: readonly string[] = Object.freeze(['active_handles_total', 'active_requests_total', 'active_resources_total'].map((n) => `${DEFAULT_METRICS_PREFIX}nodejs_${n}`))
 
-/** Per (route, version) listener for finished requests, e.g. the rollout controller's windows. */
-export type FinishListener = (status: number, seconds: number, upstreamError: boolean) => void
+/**
+ * Per (route, version) listener for finished requests, e.g. the rollout
+ * controller's windows; `synthetic` marks the load generator's requests
+ * (a listener that judges user traffic skips them).
+ */
+export type FinishListener = (status: number, seconds: number, upstreamError: boolean, synthetic: boolean) => void
 
 /** Per (route, version) listener for outlier-detection ejections, e.g. the rollout controller's judge. */
 export type EjectionListener = () => void
@@ -28,8 +33,10 @@ export type EjectionListener = () => void
 export interface VersionTotals {
   readonly route: string
   readonly version: string
-  /** Responses by status code (only codes sent at least once, plus the pre-created ones). */
+  /** Responses by status code, every source (only codes sent at least once, plus the pre-created ones). */
   readonly codes: ReadonlyMap<number, number>
+  /** The synthetic part of `codes` (source="synthetic"), same keys; the user part is the difference. */
+  readonly syntheticCodes: ReadonlyMap<number, number>
   /** All responses (the histogram's `_count`). */
   readonly count: number
   /** Sum of durations, seconds (the histogram's `_sum`). */
@@ -56,7 +63,10 @@ class VersionSeries {
   readonly route: string
   readonly version: string
   readonly key: string
+  /** Responses by status code, source="user". */
   readonly codes = new Float64Array(CODE_SLOTS)
+  /** Responses by status code, source="synthetic" (x-canaryd-synthetic: 1). */
+  readonly syntheticCodes = new Float64Array(CODE_SLOTS)
   /** Non-cumulative: buckets[i] counts observations in (BOUNDS[i-1], BOUNDS[i]]; the last slot is +Inf. */
   readonly buckets = new Float64Array(NB + 1)
   readonly errors = new Float64Array(UPSTREAM_ERROR_KINDS.length)
@@ -211,18 +221,21 @@ export class PrometheusMetrics implements ObserverFactory {
     const all = (): VersionSeries[] => [...this.#series.values()]
     const resetAll = (): void => {
       for (const s of this.#series.values()) {
-        s.codes.fill(0); s.buckets.fill(0); s.errors.fill(0); s.sum = 0; s.count = 0; s.ejections = 0; s.websockets = 0
+        s.codes.fill(0); s.syntheticCodes.fill(0); s.buckets.fill(0); s.errors.fill(0); s.sum = 0; s.count = 0; s.ejections = 0; s.websockets = 0
       }
       for (const s of this.#segments.values()) s.value = 0
       for (const m of this.#mirrors.values()) m.counts.fill(0)
     }
     const families = [
-      new Family(METRIC_NAMES.requests, 'Responses sent to clients, by route, version and HTTP status code (proxy-made 502/503/504 included; 499 = the client left before a status was sent).', 'counter', () => {
+      new Family(METRIC_NAMES.requests, `Responses sent to clients, by route, version, HTTP status code (proxy-made 502/503/504 included; 499 = the client left before a status was sent) and source (synthetic: the request carried ${SYNTHETIC_HEADER}: 1, the rollout load generator's mark; user: every other).`, 'counter', () => {
         const out: Sample[] = []
         for (const s of all()) {
           for (let code = 0; code < CODE_SLOTS; code++) {
-            const v = s.codes[code]!
-            if (v !== 0 || PRECREATED.has(code)) out.push({ labels: { route: s.route, version: s.version, code: String(code) }, value: v })
+            const u = s.codes[code]!
+            const y = s.syntheticCodes[code]!
+            const pre = PRECREATED.has(code)
+            if (u !== 0 || pre) out.push({ labels: { route: s.route, version: s.version, code: String(code), source: REQUEST_SOURCES[0] }, value: u })
+            if (y !== 0 || pre) out.push({ labels: { route: s.route, version: s.version, code: String(code), source: REQUEST_SOURCES[1] }, value: y })
           }
         }
         return out
@@ -394,14 +407,15 @@ export class PrometheusMetrics implements ObserverFactory {
    */
   bind (route: string, version: string): VersionObserver {
     const s = this.#seriesFor(route, version)
-    const { codes, buckets, errors, listeners } = s
+    const { codes, syntheticCodes, buckets, errors, listeners } = s
     return {
       start () {
         s.inFlight++
       },
-      finish (status: number, seconds: number, upstreamFailed: boolean) {
+      finish (status: number, seconds: number, upstreamFailed: boolean, synthetic: boolean) {
         s.inFlight--
-        codes[status >= 0 && status < CODE_SLOTS ? status : 0]!++
+        // the source picks one of two pre-made arrays: no label, no string, no branch beyond this one
+        ;(synthetic ? syntheticCodes : codes)[status >= 0 && status < CODE_SLOTS ? status : 0]!++
         // linear scan: 14 bounds, and most requests stop in the first few
         let i = 0
         while (i < NB && seconds > BOUNDS[i]!) i++
@@ -409,7 +423,7 @@ export class PrometheusMetrics implements ObserverFactory {
         s.sum += seconds
         s.count++
         if (listeners.length !== 0) {
-          for (let j = 0; j < listeners.length; j++) listeners[j]!(status, seconds, upstreamFailed)
+          for (let j = 0; j < listeners.length; j++) listeners[j]!(status, seconds, upstreamFailed, synthetic)
         }
       },
       upstreamError (kind: UpstreamErrorKind) {
@@ -461,9 +475,17 @@ export class PrometheusMetrics implements ObserverFactory {
     const s = this.#series.get(`${route}\u0000${version}`)
     if (s === undefined) return undefined
     const codes = new Map<number, number>()
-    for (let c = 0; c < CODE_SLOTS; c++) if (s.codes[c] !== 0 || PRECREATED.has(c)) codes.set(c, s.codes[c]!)
+    const syntheticCodes = new Map<number, number>()
+    for (let c = 0; c < CODE_SLOTS; c++) {
+      const y = s.syntheticCodes[c]!
+      const n = s.codes[c]! + y
+      if (n !== 0 || PRECREATED.has(c)) {
+        codes.set(c, n)
+        syntheticCodes.set(c, y)
+      }
+    }
     const upstreamErrors = Object.fromEntries(UPSTREAM_ERROR_KINDS.map((k, i) => [k, s.errors[i]!])) as Record<UpstreamErrorKind, number>
-    return { route, version, codes, count: s.count, sum: s.sum, inFlight: s.inFlight, upstreamErrors, ejections: s.ejections }
+    return { route, version, codes, syntheticCodes, count: s.count, sum: s.sum, inFlight: s.inFlight, upstreamErrors, ejections: s.ejections }
   }
 
   /**

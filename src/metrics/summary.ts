@@ -99,8 +99,10 @@ function index (e: Exposition): Map<string, Acc> {
       case METRIC_NAMES.requests: {
         const a = acc(l.route, l.version)
         const code = l.code ?? ''
-        a?.total.set(code, s.value)
-        if (code.startsWith('5')) a?.errors5xx.set(code, s.value)
+        // one series per (code, source): keyed by both, so user and synthetic add up instead of replacing each other
+        const key = `${code}\u0000${l.source ?? ''}`
+        a?.total.set(key, s.value)
+        if (code.startsWith('5')) a?.errors5xx.set(key, s.value)
         break
       }
       case `${METRIC_NAMES.duration}_bucket`: {

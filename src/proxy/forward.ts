@@ -193,12 +193,14 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
   #retries: number
   /** The client spoke HTTP/2 (Node's compatibility objects behind req and res). */
   readonly #h2: boolean
+  /** The request carried `x-canaryd-synthetic: 1` (the load generator's): counted under source="synthetic". */
+  readonly #synthetic: boolean
   /** The client address, for the access log (set only when it is on). */
   client = ''
   /** The request's mirrored copy, when it must hear how the user's response ended (see ProxyServer's #mirror). */
   mirror: MirrorCopy | undefined = undefined
 
-  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext, h2 = false) {
+  constructor (req: IncomingMessage, res: ServerResponse, rt: VersionRuntime, ep: Endpoint, hash: number, setCookie: string, t0: number, ctx: ForwardContext, h2 = false, synthetic = false) {
     this.#req = req
     this.#res = res
     this.#rt = rt
@@ -209,6 +211,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     this.#t0 = t0
     this.#retries = ctx.retries
     this.#h2 = h2
+    this.#synthetic = synthetic
     // an HTTP/2 stream has no pipeline to continue (and req.socket would build a proxy object)
     this.socket = h2 ? undefined : req.socket
     holdSlot(ep.slot)
@@ -383,7 +386,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler, ExchangeHandl
     // 499 (nginx's "client closed request") when the client left before a status went out
     const status = res.headersSent ? res.statusCode : 499
     const seconds = (performance.now() - this.#t0) / 1000
-    this.#rt.observer.finish(status, seconds, this.upstreamFailed)
+    this.#rt.observer.finish(status, seconds, this.upstreamFailed, this.#synthetic)
     this.#ctx.done(this, status, seconds)
   }
 

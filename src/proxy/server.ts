@@ -8,6 +8,7 @@ import { LRUCache } from 'lru-cache'
 import type { ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { NOOP_COUNTER, NOOP_MIRROR_OBSERVER, type CounterChild, type ObserverFactory, type SegmentLabels, type VersionObserver } from '../metrics/observer.js'
+import { SYNTHETIC_HEADER } from '../metrics/names.js'
 import { hashKey } from '../routing/hash.js'
 import type { TableHolder } from '../routing/holder.js'
 import { mirrorFor } from '../routing/mirror.js'
@@ -83,6 +84,17 @@ export interface ConnectionInfo extends ClientConnection {
 }
 
 /** A connection handed to the HTTP/1.1 server some other way (tests, or before the listener tags it): a plain, untrusted peer. */
+/**
+ * The raw peer is this host: a loopback address (127.0.0.0/8, ::1, 127.x
+ * mapped into IPv6), or the very address it connected to (a listener bound
+ * to one interface address is reached from that address). A load test of
+ * this process's own.
+ */
+export function ownHostPeer (remote: string | undefined, local: string | undefined): boolean {
+  if (remote === undefined) return false
+  return remote.startsWith('127.') || remote === '::1' || remote.startsWith('::ffff:127.') || remote === local
+}
+
 function plainInfo (socket: Duplex): ConnectionInfo {
   return { secure: false, redirect: false, address: (socket as Socket).remoteAddress ?? '', trusted: false }
 }
@@ -729,8 +741,12 @@ export class ProxyServer {
     }
     const sel = this.#sel
     const rt = sel.rt!
-    // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers
-    const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx, h2)
+    // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers.
+    // The source label costs one lookup in the header object #select already built (Host), nothing else.
+    // Only this host's header counts (the load generator sends to its own listener): a client
+    // elsewhere cannot take its requests out of the judge's view by marking them
+    const synthetic = req.headers[SYNTHETIC_HEADER] === '1' && ownHostPeer(req.socket.remoteAddress, req.socket.localAddress)
+    const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx, h2, synthetic)
     if (this.#opts.accessLog) handler.client = sel.ip
     this.#inFlight++
     const framing = this.#framing
@@ -739,8 +755,9 @@ export class ProxyServer {
       handler.refuse(headers)
       return
     }
-    // a route without a mirror pays this one check; a copy with a body starts collecting it before anything reads the body
-    const copy = sel.route!.mirror === undefined ? undefined : this.#mirror(req, bound, rt, headers, handler)
+    // a route without a mirror pays this one check; a copy with a body starts collecting it before anything reads the body.
+    // A load test's request is never copied: it reaches each version itself, and its copy would be judged as a user's
+    const copy = sel.route!.mirror === undefined || synthetic ? undefined : this.#mirror(req, bound, rt, headers, handler)
     // the client holds its body until told to send it: never for a request we refuse
     if ((req as IncomingMessage & { [kContinue]?: true })[kContinue] === true) res.writeContinue()
     handler.forward(sel.url, headers, framing.contentLength, framing.chunked)

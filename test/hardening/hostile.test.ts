@@ -189,7 +189,7 @@ t.test('underscoreHeaders: reject → 400 and nothing forwarded', async (t) => {
   const ok = await send(`${proxy.url}/`, { headers: { host: 'app.test' } })
   t.equal(ok.status, 200)
   // refused after routing: charged to the version the request was routed to
-  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_requests_total\{route="web",version="stable",code="400"\} 2\b/, 'both 400s counted on stable')
+  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_requests_total\{route="web",version="stable",code="400",source="user"\} 2\b/, 'both 400s counted on stable')
 })
 
 t.test('underscoreHeaders: allow → forwarded as is', async (t) => {

@@ -289,7 +289,7 @@ t.test('concurrency cap per upstream: past it, 503 at once', async (t) => {
   t.equal(proxy.app.proxy.inFlight, 2, 'answered while both held requests were still in flight')
   t.same((await Promise.all(held)).map((r) => r.status), [200, 200])
   t.equal((await send(`${proxy.url}/`)).status, 200, 'capacity is back')
-  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_requests_total\{route="web",version="stable",code="503"\} 1\b/, 'the overload 503 is counted on its version')
+  t.match(await proxy.app.metrics!.registry.metrics(), /canaryd_requests_total\{route="web",version="stable",code="503",source="user"\} 1\b/, 'the overload 503 is counted on its version')
 })
 
 t.test('a chunked request whose body never comes holds no concurrency slot and gets 408 at clientBodyMs', async (t) => {

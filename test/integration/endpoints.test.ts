@@ -212,7 +212,7 @@ t.test('active health check ejects one endpoint and brings it back; the endpoint
 
   const text = (await send(`${p.adminUrl}/metrics`)).body.toString()
   const requestLabels = new Set(metricSamples(text, 'canaryd_requests_total').flatMap((s) => Object.keys(s.labels)))
-  t.same([...requestLabels].sort(), ['code', 'route', 'version'], 'per-version request metrics keep their labels')
+  t.same([...requestLabels].sort(), ['code', 'route', 'source', 'version'], 'per-version request metrics keep their labels (source: user or synthetic)')
   const endpointLabels = new Set(metricSamples(text, 'canaryd_upstream_endpoints').flatMap((s) => Object.keys(s.labels)))
   t.same([...endpointLabels].sort(), ['route', 'state', 'version'], 'the gauge has route, version, state and nothing else')
   const ports = [u.a!, b, u.c!, u.d!].map((x) => x.origin.replace('http://', ''))

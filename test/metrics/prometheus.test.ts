@@ -1,7 +1,7 @@
 import t from 'tap'
 import { parseExposition, type Sample } from '../../src/metrics/exposition.js'
 import { NOOP_OBSERVERS } from '../../src/metrics/observer.js'
-import { DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, METRIC_NAMES, PRECREATED_CODES, PrometheusMetrics } from '../../src/metrics/prometheus.js'
+import { DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, METRIC_NAMES, PRECREATED_CODES, PrometheusMetrics, REQUEST_SOURCES } from '../../src/metrics/prometheus.js'
 import { UPSTREAM_ERROR_KINDS } from '../../src/metrics/kinds.js'
 import { startProxy, testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { refusedOrigin, startUpstream } from '../helpers/upstream.js'
@@ -23,7 +23,9 @@ t.test('a bound version has every series at zero before any request (a 0% canary
   const all = await samples(m)
   for (const version of ['stable', 'canary']) {
     const l = { route: 'web', version }
-    for (const code of PRECREATED_CODES) t.equal(value(all, METRIC_NAMES.requests, { ...l, code: String(code) }), 0, `${version} code ${code}`)
+    for (const code of PRECREATED_CODES) {
+      for (const source of REQUEST_SOURCES) t.equal(value(all, METRIC_NAMES.requests, { ...l, code: String(code), source }), 0, `${version} code ${code} source ${source}`)
+    }
     for (const kind of UPSTREAM_ERROR_KINDS) t.equal(value(all, METRIC_NAMES.upstreamErrors, { ...l, kind }), 0, `${version} kind ${kind}`)
     t.equal(value(all, METRIC_NAMES.inFlight, l), 0)
     t.equal(value(all, `${METRIC_NAMES.duration}_count`, l), 0)
@@ -36,7 +38,10 @@ t.test('a bound version has every series at zero before any request (a 0% canary
   // labels are bounded: only these names ever appear on canaryd's own families
   const ours = new Set<string>(Object.values(METRIC_NAMES).flatMap((n) => [n, `${n}_bucket`, `${n}_sum`, `${n}_count`]))
   for (const s of all.filter((x) => ours.has(x.name))) {
-    for (const k of Object.keys(s.labels)) t.ok(['route', 'version', 'code', 'kind', 'le', 'segment', 'result'].includes(k), `${s.name} label ${k}`)
+    for (const k of Object.keys(s.labels)) t.ok(['route', 'version', 'code', 'kind', 'le', 'segment', 'result', 'source'].includes(k), `${s.name} label ${k}`)
+    // source is the request counter's alone
+    if (s.name !== METRIC_NAMES.requests) t.notOk('source' in s.labels, `${s.name} has no source label`)
+    else t.ok(s.labels.source === 'user' || s.labels.source === 'synthetic', `${s.name} source=${s.labels.source}`)
   }
 })
 
@@ -46,7 +51,7 @@ t.test('buckets run from 1 ms to 30 s, and an observation lands in the first buc
   const m = new PrometheusMetrics({ defaultMetrics: false })
   const o = m.bind('web', 'stable')
   const obs = [0.0005, 0.001, 0.0011, 0.2, 30, 31]
-  for (const s of obs) { o.start(); o.finish(200, s, false) }
+  for (const s of obs) { o.start(); o.finish(200, s, false, false) }
   const all = await samples(m)
   const bucket = (le: string): number | undefined => value(all, `${METRIC_NAMES.duration}_bucket`, { route: 'web', version: 'stable', le })
   t.equal(bucket('0.001'), 2, 'le is inclusive: 0.0005 and 0.001')
@@ -65,10 +70,10 @@ t.test('finish counts by status, in-flight follows start/finish, errors by kind,
   const off = m.onFinish('api', 'canary', (status, _s, failed) => { seen.push([status, failed]) })
   o.start(); o.start(); o.start()
   t.equal(m.totals('api', 'canary')?.inFlight, 3)
-  o.finish(200, 0.01, false)
-  o.finish(418, 0.01, false)
+  o.finish(200, 0.01, false, false)
+  o.finish(418, 0.01, false, false)
   o.upstreamError('timeout')
-  o.finish(504, 0.01, true)
+  o.finish(504, 0.01, true, false)
   o.ejected()
   const all = await samples(m)
   const l = { route: 'api', version: 'canary' }
@@ -81,17 +86,49 @@ t.test('finish counts by status, in-flight follows start/finish, errors by kind,
   t.equal(value(all, METRIC_NAMES.ejections, l), 1)
   t.same(seen, [[200, false], [418, false], [504, true]])
   off()
-  o.start(); o.finish(200, 0.01, false)
+  o.start(); o.finish(200, 0.01, false, false)
   t.equal(seen.length, 3, 'a removed listener is not called')
   t.equal(m.totals('api', 'canary')?.count, 4)
+})
+
+t.test('source: synthetic requests count under source="synthetic", the rest under "user"; totals and listeners carry it', async (t) => {
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  const o = m.bind('web', 'canary')
+  const seen: Array<[number, boolean]> = []
+  m.onFinish('web', 'canary', (status, _s, _f, synthetic) => { seen.push([status, synthetic]) })
+  for (const [status, synthetic] of [[200, false], [200, true], [200, true], [500, true], [418, true], [404, false]] as const) {
+    o.start()
+    o.finish(status, 0.01, false, synthetic)
+  }
+  const all = await samples(m)
+  const l = { route: 'web', version: 'canary' }
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '200', source: 'user' }), 1)
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '200', source: 'synthetic' }), 2)
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '500', source: 'synthetic' }), 1)
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '500', source: 'user' }), 0, 'a pre-created code exists for both sources')
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '418', source: 'synthetic' }), 1, 'a code not pre-created appears for the source that sent it')
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '418', source: 'user' }), undefined, '... and only for it')
+  t.equal(value(all, METRIC_NAMES.requests, { ...l, code: '404', source: 'user' }), 1)
+  t.equal(value(all, `${METRIC_NAMES.duration}_count`, l), 6, 'the histogram has no source: every request')
+  t.equal(all.filter((s) => s.name === METRIC_NAMES.requests).length, PRECREATED_CODES.length * 2 + 1, 'pre-created codes × 2 sources + 418 synthetic')
+  const tot = m.totals('web', 'canary')!
+  t.equal(tot.codes.get(200), 3, 'totals.codes counts every source')
+  t.equal(tot.syntheticCodes.get(200), 2, 'totals.syntheticCodes the synthetic part')
+  t.equal(tot.codes.get(418), 1)
+  t.equal(tot.syntheticCodes.get(418), 1)
+  t.equal(tot.syntheticCodes.get(404), 0)
+  t.same([...tot.codes.keys()].sort(), [...tot.syntheticCodes.keys()].sort(), 'same keys')
+  t.same(seen, [[200, false], [200, true], [200, true], [500, true], [418, true], [404, false]], 'listeners get the flag')
+  t.equal(tot.count, 6)
+  t.equal(tot.inFlight, 0)
 })
 
 t.test('binding again keeps the counts; weights follow every table, versions gone drop to 0', async (t) => {
   const m = new PrometheusMetrics({ defaultMetrics: false })
   const a = m.bind('web', 'canary')
-  a.start(); a.finish(200, 0.01, false)
+  a.start(); a.finish(200, 0.01, false, false)
   const b = m.bind('web', 'canary')
-  b.start(); b.finish(200, 0.01, false)
+  b.start(); b.finish(200, 0.01, false, false)
   t.equal(m.totals('web', 'canary')?.codes.get(200), 2)
   m.setWeights([{ route: 'web', version: 'stable', weight: 90 }, { route: 'web', version: 'canary', weight: 10 }])
   m.setWeights([{ route: 'web', version: 'stable', weight: 75.5 }, { route: 'web', version: 'canary', weight: 24.5 }])

@@ -3,13 +3,17 @@ import { parseTopOptions, renderFrame } from '../../src/commands/top.js'
 import { ExpositionSyntaxError, parseExposition, parseValue } from '../../src/metrics/exposition.js'
 import { histogramQuantile, summarize } from '../../src/metrics/summary.js'
 
-/** Two scrapes 2 s apart, in the exact shape canaryd exposes. */
+/** Two scrapes 2 s apart, in the exact shape canaryd exposes (every code once per source). */
 const BEFORE = `# HELP canaryd_requests_total Responses sent
 # TYPE canaryd_requests_total counter
-canaryd_requests_total{route="web",version="stable",code="200"} 1000
-canaryd_requests_total{route="web",version="stable",code="502"} 0
-canaryd_requests_total{route="web",version="canary",code="200"} 100
-canaryd_requests_total{route="web",version="canary",code="502"} 0
+canaryd_requests_total{route="web",version="stable",code="200",source="user"} 1000
+canaryd_requests_total{route="web",version="stable",code="200",source="synthetic"} 0
+canaryd_requests_total{route="web",version="stable",code="502",source="user"} 0
+canaryd_requests_total{route="web",version="stable",code="502",source="synthetic"} 0
+canaryd_requests_total{route="web",version="canary",code="200",source="user"} 100
+canaryd_requests_total{route="web",version="canary",code="200",source="synthetic"} 0
+canaryd_requests_total{route="web",version="canary",code="502",source="user"} 0
+canaryd_requests_total{route="web",version="canary",code="502",source="synthetic"} 0
 # TYPE canaryd_request_duration_seconds histogram
 canaryd_request_duration_seconds_bucket{route="web",version="stable",le="0.01"} 500
 canaryd_request_duration_seconds_bucket{route="web",version="stable",le="0.1"} 1000
@@ -26,10 +30,14 @@ canaryd_requests_in_flight{route="web",version="canary"} 0
 canaryd_route_weight{route="web",version="stable"} 90
 canaryd_route_weight{route="web",version="canary"} 10
 `
-const AFTER = `canaryd_requests_total{route="web",version="stable",code="200"} 1180
-canaryd_requests_total{route="web",version="stable",code="502"} 0
-canaryd_requests_total{route="web",version="canary",code="200"} 110
-canaryd_requests_total{route="web",version="canary",code="502"} 10
+const AFTER = `canaryd_requests_total{route="web",version="stable",code="200",source="user"} 1180
+canaryd_requests_total{route="web",version="stable",code="200",source="synthetic"} 0
+canaryd_requests_total{route="web",version="stable",code="502",source="user"} 0
+canaryd_requests_total{route="web",version="stable",code="502",source="synthetic"} 0
+canaryd_requests_total{route="web",version="canary",code="200",source="user"} 110
+canaryd_requests_total{route="web",version="canary",code="200",source="synthetic"} 0
+canaryd_requests_total{route="web",version="canary",code="502",source="user"} 10
+canaryd_requests_total{route="web",version="canary",code="502",source="synthetic"} 0
 canaryd_request_duration_seconds_bucket{route="web",version="stable",le="0.01"} 590
 canaryd_request_duration_seconds_bucket{route="web",version="stable",le="0.1"} 1180
 canaryd_request_duration_seconds_bucket{route="web",version="stable",le="+Inf"} 1180
@@ -72,6 +80,20 @@ t.test('histogramQuantile interpolates like Prometheus histogram_quantile', asyn
   t.equal(histogramQuantile(0.5, []), undefined)
 })
 
+t.test('summarize adds up the sources: user and synthetic requests are one rate and one 5xx share', async (t) => {
+  const before = 'canaryd_requests_total{route="web",version="canary",code="200",source="user"} 10\n' +
+    'canaryd_requests_total{route="web",version="canary",code="200",source="synthetic"} 100\n' +
+    'canaryd_requests_total{route="web",version="canary",code="502",source="user"} 0\n' +
+    'canaryd_requests_total{route="web",version="canary",code="502",source="synthetic"} 0\n'
+  const after = 'canaryd_requests_total{route="web",version="canary",code="200",source="user"} 12\n' +
+    'canaryd_requests_total{route="web",version="canary",code="200",source="synthetic"} 136\n' +
+    'canaryd_requests_total{route="web",version="canary",code="502",source="user"} 0\n' +
+    'canaryd_requests_total{route="web",version="canary",code="502",source="synthetic"} 2\n'
+  const [row] = summarize(parseExposition(before), parseExposition(after), 2).rows
+  t.equal(row?.rps, 20, '(2 user + 36 synthetic + 2 synthetic 502) / 2 s')
+  t.equal(row?.errorPct, 5, '2 of 40')
+})
+
 t.test('summarize computes per-version rate, 5xx share, quantiles of the interval, in-flight and weight', async (t) => {
   const f = summarize(parseExposition(BEFORE), parseExposition(AFTER), 2)
   t.equal(f.rows.length, 2)
@@ -89,7 +111,7 @@ t.test('summarize computes per-version rate, 5xx share, quantiles of the interva
 })
 
 t.test('summarize: a counter that went down (restart) counts from zero; no requests → no error % or quantiles', async (t) => {
-  const restarted = AFTER.replace('code="200"} 1180', 'code="200"} 40').replace(/stable",le="[^"]+"} \d+/g, (m) => m.replace(/\d+$/, '40'))
+  const restarted = AFTER.replace('code="200",source="user"} 1180', 'code="200",source="user"} 40').replace(/stable",le="[^"]+"} \d+/g, (m) => m.replace(/\d+$/, '40'))
   const f = summarize(parseExposition(AFTER), parseExposition(restarted), 1)
   t.equal(f.rows[0]!.rps, 40)
   t.equal(f.rows[1]!.rps, 0)
