@@ -18,6 +18,7 @@ import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
 import type { SubscribeFinish } from './rollout/controller.js'
 import { RolloutManager } from './rollout/manager.js'
+import type { LoadTarget } from './rollout/loadtest.js'
 import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
 import type { TableHolder } from './routing/holder.js'
@@ -318,6 +319,31 @@ export interface ControlPlaneSources {
  * are the local data plane; in cluster mode the primary aggregates them from
  * the workers.
  */
+/**
+ * Where a route's load test sends its requests: this process's own proxy
+ * listener (`at`, "address:port" as bound; a wildcard bind is reached over
+ * loopback), with the route's host and the override that pins each
+ * version; or why it cannot run.
+ */
+export function loadTargetFor (config: Config, spec: RouteSpec | undefined, at: string): LoadTarget | string {
+  if (spec === undefined) return 'no such route'
+  if (at === '') return 'the proxy is not listening yet'
+  if (config.listen.proxyProtocol) return 'the proxy listener expects a PROXY protocol header on every connection (listen.proxyProtocol)'
+  if (spec.override.header === undefined && spec.override.cookie === undefined) return `route ${spec.name} has no override header or cookie to pin each version`
+  const i = at.lastIndexOf(':')
+  let host = at.slice(0, i)
+  if (host === '0.0.0.0' || host === '') host = '127.0.0.1'
+  else if (host === '::') host = '::1'
+  const tls = config.listen.tls.certFile !== '' || config.listen.tls.certificates.length > 0
+  const target: LoadTarget = { origin: `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${at.slice(i + 1)}`, stickyCookie: spec.sticky.cookie.name, tls }
+  const h = spec.match.host
+  // a wildcard host is reached with a name it matches
+  if (h !== undefined) target.host = h.startsWith('*.') ? `synthetic.${h.slice(2)}` : h
+  if (spec.override.header !== undefined) target.overrideHeader = spec.override.header
+  else target.overrideCookie = spec.override.cookie
+  return target
+}
+
 export function createControlPlane (config: Config, logger: Logger, state: RuntimeStore, src: ControlPlaneSources): ControlPlane {
   const admin = new AdminServer({
     store: state,
@@ -342,7 +368,8 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
     // without metrics there are no finish listeners: checks stay inconclusive (said in the README)
     subscribe: src.subscribe,
     subscribeEjection: src.subscribeEjection,
-    subscribeShadow: src.subscribeShadow
+    subscribeShadow: src.subscribeShadow,
+    loadTarget: (route) => loadTargetFor(config, state.specs?.find((s) => s.name === route), addresses.proxy)
   })
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
@@ -367,6 +394,7 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
       addresses.admin = a
       addresses.proxy = p
       link?.beat()
+      rollouts.listening()
     },
     open: async () => {
       if (link === undefined) return

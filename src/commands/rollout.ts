@@ -49,8 +49,40 @@ export function formatRollout (r: Record<string, unknown>): string {
     const sh = c.shadow as Record<string, unknown> | undefined
     const where = sh === undefined ? `step ${String(c.step)}` : `shadow (${String(sh.pairs)} copies, ${String(sh.mismatchRate)}% mismatched)`
     lines.push(`  ${String(c.at)} ${where} ${String(c.verdict).padEnd(12)} canary ${String(cn.requests)} req ${String(cn.successRate)}% p99 ${String(cn.p99Ms)} ms | stable ${String(st.requests)} req ${String(st.successRate)}% p99 ${String(st.p99Ms)} ms${typeof c.instances === 'number' ? ` | ${c.instances} instance${c.instances === 1 ? '' : 's'}` : ''}${(c.reasons as string[]).length > 0 ? `  (${(c.reasons as string[]).join('; ')})` : ''}`)
+    for (const m of (c.metrics as Array<Record<string, unknown>> | undefined) ?? []) {
+      const base = m.baseline === undefined ? '' : ` | baseline ${fmtValue(m.baseline)}${m.ratio === undefined ? '' : ` (ratio ${m.ratio === null ? 'inf' : String(m.ratio)})`}`
+      lines.push(`      metric ${String(m.name)}: ${String(m.verdict)}  canary ${fmtValue(m.canary)}${base}${typeof m.reason === 'string' ? `  (${m.reason})` : ''}`)
+    }
   }
+  const last = checks[checks.length - 1]
+  const g = last?.guidance as Record<string, unknown> | undefined
+  if (g !== undefined && (r.state === 'progressing' || r.state === 'awaiting-promotion')) lines.push(`decision: ${formatGuidance(g)}`)
   return `${lines.join('\n')}\n`
+}
+
+function fmtValue (v: unknown): string {
+  return typeof v === 'number' ? String(Math.round(v * 1e6) / 1e6) : 'no data'
+}
+
+/** "needs 2,300 more canary requests (of 2,400); at 1.5 req/s about 26 min" for the last inconclusive check. */
+export function formatGuidance (g: Record<string, unknown>): string {
+  const more = Number(g.moreRequests)
+  const needed = Number(g.neededRequests)
+  const rps = typeof g.canaryRps === 'number' ? g.canaryRps : null
+  const ms = typeof g.expectedMs === 'number' ? g.expectedMs : null
+  let text = more <= 0 ? `enough canary requests (${needed.toLocaleString('en-US')}) for a decision at the next check` : `needs ${more.toLocaleString('en-US')} more canary requests (of ${needed.toLocaleString('en-US')})`
+  if (more > 0) text += rps === null || ms === null ? '; the canary gets no traffic now, so no decision is in sight' : `; at ${Math.round(rps * 100) / 100} req/s expected in ${formatDuration(ms)}`
+  const min = g.minRequests as { more: number; expectedMs: number | null } | undefined
+  if (min !== undefined && min.more > 0) text += `; a check decides at minRequests, ${min.more.toLocaleString('en-US')} more${min.expectedMs === null ? '' : ` (${formatDuration(min.expectedMs)})`}, with less power`
+  if (typeof g.note === 'string') text += ` — ${g.note}`
+  return text
+}
+
+function formatDuration (ms: number): string {
+  const s = Math.ceil(ms / 1000)
+  if (s < 120) return `${s} s`
+  if (s < 7200) return `${Math.round(s / 60)} min`
+  return `${Math.round(s / 360) / 10} h`
 }
 
 function usageError (message: string): void {

@@ -9,6 +9,10 @@
 import { CanarydError } from '../errors.js'
 import type { Clock } from './clock.js'
 import { judgeCheck, type CheckResult, type Verdict } from './judge.js'
+import { combineMetrics, runMetrics as defaultRunMetrics, type MetricContext, type MetricResult } from './analysis.js'
+import { decisionGuidance } from './power.js'
+import { judgeSequential } from './sequential.js'
+import type { LoadTestSpec, MetricSpec } from '../config/plan.js'
 import { ACTIVE_STATES, stepWeight, type RolloutEvent, type RolloutPlan, type RolloutStateName, type Step, type WebhookSpec } from '../config/plan.js'
 import { MIRROR_DEFAULTS } from '../config/segments.js'
 import type { ShadowPair, SubscribeShadow } from '../metrics/observer.js'
@@ -169,10 +173,23 @@ export interface RolloutObserver {
   update (record: RolloutRecord): void
   /** A check finished with this verdict. */
   check (route: string, verdict: Verdict): void
+  /** A provider metric's value for `version` at a check (null: no data). */
+  metric? (route: string, metric: string, version: string, value: number | null): void
+  /** Drops the route's provider metric values (fleet mode: another instance leads its rollout now). */
+  forgetMetrics? (route: string): void
 }
 
-/** Subscribes a listener to finished requests of (route, version); returns the unsubscribe function. */
-export type SubscribeFinish = (route: string, version: string, listener: (status: number, seconds: number, upstreamFailed: boolean) => void) => () => void
+/** A running load test: stopped when the rollout pauses, ends or changes hands. */
+export interface LoadHandle {
+  /** Stops sending and aborts what is in flight; resolves within a second. */
+  stop (): Promise<void>
+}
+
+/** Runs a plan's provider metrics; never rejects (a failing provider is an inconclusive result). */
+export type MetricRunner = (metrics: readonly MetricSpec[], ctx: MetricContext, opts: { signal: AbortSignal }) => Promise<MetricResult[]>
+
+/** Subscribes a listener to finished requests of (route, version) (`synthetic`: sent by a load test); returns the unsubscribe function. */
+export type SubscribeFinish = (route: string, version: string, listener: (status: number, seconds: number, upstreamFailed: boolean, synthetic: boolean) => void) => () => void
 
 /** Subscribes a listener to outlier-detection ejections of (route, version); returns the unsubscribe function. */
 export type SubscribeEjection = (route: string, version: string, listener: () => void) => () => void
@@ -203,6 +220,23 @@ export interface ControllerDeps {
   subscribeSnapshots?: SubscribeSnapshots
   /** Fleet mode: false while the store cannot be reached; a check then decides nothing (the windows keep filling). */
   canDecide?: () => boolean
+  /** Runs the plan's provider metrics (default: rollout/analysis.ts, which queries the providers). */
+  runMetrics?: MetricRunner
+  /**
+   * Starts the plan's synthetic traffic to `versions` of `route` (the
+   * manager knows where the proxy listens); undefined when it cannot run here.
+   */
+  loadTest?: (route: string, spec: LoadTestSpec, versions: readonly string[]) => LoadHandle | undefined
+}
+
+/**
+ * How often the sequential judge looks at the evidence: a tenth of the
+ * interval, between 100 ms and 5 s. Its boundary holds whatever the number
+ * of looks, so looking often only makes decisions earlier.
+ */
+export function lookEveryMs (plan: Pick<RolloutPlan, 'intervalMs' | 'analysis'>): number {
+  if (plan.analysis.baseline.judge !== 'sequential') return plan.intervalMs
+  return Math.max(100, Math.min(5000, Math.round(plan.intervalMs / 10)))
 }
 
 /** How a rollout starts (the next-release rules). */
@@ -337,6 +371,17 @@ export class RolloutController {
   #baseline: WindowSnapshot | undefined
   #stopped = false
   #busy = 0
+  /** When the windows last started afresh (the guidance's request rate). */
+  #windowStart: number
+  /** When the last check was recorded: the sequential judge's looks record one only when deciding, or once an interval has passed. */
+  #checkStart: number
+  #load: LoadHandle | undefined
+  /** When the load test last could not start (it is tried again an interval later, or when the proxy starts listening). */
+  #loadRefusedAt = -Infinity
+  /** A sequential early pass waited on the providers this interval (see tick). */
+  #earlyPassHeld = false
+  /** The provider queries of the check in progress: a pause or an abort cancels them. */
+  #metricsAbort: AbortController | undefined
 
   private constructor (record: RolloutRecord, deps: ControllerDeps) {
     this.route = record.route
@@ -347,6 +392,7 @@ export class RolloutController {
     this.windows = { canary: new SampleWindow(deps.reservoir, 0x2545f491), stable: new SampleWindow(deps.reservoir, 0x9e3779b9) }
     this.shadow = { canary: new SampleWindow(deps.reservoir, 0x6a09e667), stable: new SampleWindow(deps.reservoir, 0xbb67ae85), pairs: 0, mismatches: 0, logRatio: 0, timed: 0 }
     this.#preSwitch = new SampleWindow(deps.reservoir, 0x3c6ef372)
+    this.#windowStart = this.#checkStart = deps.clock.now()
   }
 
   /**
@@ -478,9 +524,14 @@ export class RolloutController {
   #arm (): void {
     if (this.#timer !== undefined) this.#deps.clock.clearTimeout(this.#timer)
     this.#timer = undefined
+    this.#syncLoad()
     if (!ACTIVE_STATES.has(this.#record.state) || this.#record.state === 'paused') return
     if (this.#unsubscribe.length === 0) {
       const { canary, stable } = this.windows
+      // synthetic requests (this plan's load test's) are judged only when the plan says so; a plan
+      // without a load test judges every request (nobody else's mark takes requests out of its view)
+      const lt = this.#record.plan.analysis.loadTest
+      const all = lt === undefined || lt.includeInAnalysis
       const { subscribe, subscribeEjection, subscribeSnapshots } = this.#deps
       if (subscribeSnapshots !== undefined) {
         const preSwitch = this.#preSwitch
@@ -495,10 +546,10 @@ export class RolloutController {
         const preSwitch = this.#preSwitch
         const watchPreSwitch = this.#record.plan.strategy === 'blue-green'
         this.#unsubscribe.push(
-          subscribe(this.route, this.#record.plan.canary, (s, sec, f) => canary.record(s, sec, f)),
+          subscribe(this.route, this.#record.plan.canary, (s, sec, f, syn) => { if (all || !syn) canary.record(s, sec, f) }),
           subscribe(this.route, this.#record.stable, watchPreSwitch
-            ? (s, sec, f) => { stable.record(s, sec, f); preSwitch.record(s, sec, f) }
-            : (s, sec, f) => stable.record(s, sec, f))
+            ? (s, sec, f, syn) => { if (all || !syn) { stable.record(s, sec, f); preSwitch.record(s, sec, f) } }
+            : (s, sec, f, syn) => { if (all || !syn) stable.record(s, sec, f) })
         )
       }
       if (subscribeEjection !== undefined && subscribeSnapshots === undefined) {
@@ -519,7 +570,37 @@ export class RolloutController {
         this.#deps.onError?.(err, 'rollout check')
       }
       if (!this.#stopped) this.#arm()
-    }, this.#record.plan.intervalMs)
+    }, lookEveryMs(this.#record.plan))
+  }
+
+  /** Starts the plan's load test while the rollout analyses, stops it otherwise (also called once the proxy listens, after a restart). */
+  syncLoad (): void {
+    this.#loadRefusedAt = -Infinity
+    this.#syncLoad()
+  }
+
+  #syncLoad (): void {
+    const r = this.#record
+    const spec = r.plan.analysis.loadTest
+    const want = spec !== undefined && !this.#stopped && (r.state === 'progressing' || r.state === 'awaiting-promotion')
+    if (!want) {
+      this.#stopLoad()
+      return
+    }
+    if (this.#load !== undefined || this.#deps.loadTest === undefined) return
+    // a load test that could not start is tried again once per interval, not at every look
+    const now = this.#deps.clock.now()
+    if (now - this.#loadRefusedAt < r.plan.intervalMs) return
+    const names = spec.versions.map((v) => v === 'canary' ? r.plan.canary : v === 'stable' ? r.stable : v).filter((v) => r.versions.includes(v))
+    this.#load = this.#deps.loadTest(this.route, spec, [...new Set(names)])
+    if (this.#load === undefined) this.#loadRefusedAt = now
+  }
+
+  #stopLoad (): void {
+    const load = this.#load
+    if (load === undefined) return
+    this.#load = undefined
+    load.stop().catch((err: unknown) => { this.#deps.onError?.(err, 'stopping the load test') })
   }
 
   /** One mirrored copy and stable's answer to the same request (shadow phase only). */
@@ -555,10 +636,12 @@ export class RolloutController {
   #disarm (): void {
     if (this.#timer !== undefined) this.#deps.clock.clearTimeout(this.#timer)
     this.#timer = undefined
+    this.#stopLoad()
   }
 
   #finish (): void {
     this.#stopped = true
+    this.#metricsAbort?.abort()
     this.#disarm()
     for (const u of this.#unsubscribe) u()
     this.#unsubscribe = []
@@ -698,16 +781,73 @@ export class RolloutController {
    */
   async refresh (): Promise<void> {
     await this.#serial(async () => {
-      this.windows.canary.reset()
-      this.windows.stable.reset()
+      this.#freshWindows()
       this.#resetShadow()
     })
   }
 
+  /** Whether a passing check now would move the rollout (a step, a switch, the end of a phase). */
+  #passActs (phase: Phase): boolean {
+    const r = this.#record
+    if (r.state !== 'progressing') return false
+    return phase === 'steps' || this.#phaseDone(r)
+  }
+
+  /** Canary and stable windows start afresh (and with them the sequential judge's evidence). */
+  #freshWindows (): void {
+    this.windows.canary.reset()
+    this.windows.stable.reset()
+    this.#windowStart = this.#checkStart = this.#deps.clock.now()
+    this.#earlyPassHeld = false
+  }
+
   /**
-   * One check (the timer calls this every intervalMs; tests may call it
-   * directly). Returns the recorded check, or undefined when the rollout is
-   * not in a checking state.
+   * The built-in judge of one look: the fixed judge (mann-whitney, ratio,
+   * none) at every interval, or the sequential judge at every look, `final`
+   * once an interval has passed since the last recorded check.
+   */
+  #judgeWindows (canary: WindowSnapshot, stable: WindowSnapshot, final: boolean): CheckResult {
+    const analysis = this.#record.plan.analysis
+    return analysis.baseline.judge === 'sequential' ? judgeSequential(canary, stable, analysis, final) : judgeCheck(canary, stable, analysis)
+  }
+
+  /**
+   * The plan's provider metrics for this check, folded into `result`;
+   * false when a pause, an abort or a shutdown cancelled them (nothing is
+   * then recorded: the check is not the operator's to see half-made).
+   */
+  async #withMetrics (result: CheckResult): Promise<boolean> {
+    const r = this.#record
+    const metrics = r.plan.analysis.metrics
+    if (metrics === undefined || metrics.length === 0) return true
+    const ac = new AbortController()
+    this.#metricsAbort = ac
+    const ctx: MetricContext = { route: this.route, canary: r.plan.canary, stable: r.stable, intervalMs: r.plan.intervalMs, step: this.#step(), weight: r.weight, variables: r.plan.analysis.variables ?? {} }
+    let results: MetricResult[]
+    try {
+      results = await (this.#deps.runMetrics ?? defaultRunMetrics)(metrics, ctx, { signal: ac.signal })
+    } finally {
+      if (this.#metricsAbort === ac) this.#metricsAbort = undefined
+    }
+    if (ac.signal.aborted) return false
+    combineMetrics(result, results)
+    const observer = this.#deps.observer
+    const report = observer?.metric?.bind(observer)
+    if (report !== undefined) {
+      for (const m of results) {
+        report(this.route, m.name, r.plan.canary, m.canary)
+        const spec = metrics.find((x) => x.name === m.name)
+        if (spec?.compare !== undefined && m.baseline !== undefined) report(this.route, m.name, spec.compare.baseline === 'stable' ? r.stable : spec.compare.baseline, m.baseline)
+      }
+    }
+    return true
+  }
+
+  /**
+   * One check (the timer calls this every intervalMs — the sequential judge
+   * every look; tests may call it directly). Returns the recorded check, or
+   * undefined when the rollout is not in a checking state or a look decided
+   * nothing.
    */
   async tick (): Promise<CheckRecord | undefined> {
     return await this.#serial(async () => {
@@ -715,23 +855,52 @@ export class RolloutController {
       // the fleet store is away: other instances' windows cannot arrive, so nothing is decided on part of the traffic
       if (this.#deps.canDecide?.() === false) return undefined
       const phase = this.#record.phase ?? 'steps'
-      let result: CheckResult
+      const plan = this.#record.plan
+      const now = this.#deps.clock.now()
+      // the fixed judges look once per interval: every look is final. The sequential judge's
+      // is once an interval has passed since the last recorded check (half a look of slack:
+      // timers fire late, never early, and a manual clock lands exactly on the interval)
+      const final = plan.analysis.baseline.judge !== 'sequential' || now - this.#checkStart >= plan.intervalMs - lookEveryMs(plan) / 2
+      let result: CheckResult | undefined
       let shadow: ShadowFigures | undefined
+      let canaryWindow: WindowSnapshot | undefined
+      let stableWindow: WindowSnapshot | undefined
       if (phase === 'shadow') {
-        ({ result, figures: shadow } = this.#judgeShadow())
-        if (result.verdict !== 'inconclusive') this.#resetShadow()
-      } else if (phase === 'rollback-window' && this.#baseline !== undefined && this.windows.stable.peek().requests < this.#record.plan.analysis.minRequests) {
-        // stable serves nobody after the switch: the canary is compared with stable just before it
-        result = judgeCheck(this.windows.canary.peek(), this.#baseline, this.#record.plan.analysis)
+        // the copies are judged once per interval by the fixed rules: the mismatch rate has no sequential form here
+        if (!final) return undefined
+        const judged = this.#judgeShadow()
+        result = judged.result
+        shadow = judged.figures
       } else {
-        result = judgeCheck(this.windows.canary.peek(), this.windows.stable.peek(), this.#record.plan.analysis)
+        canaryWindow = this.windows.canary.peek()
+        stableWindow = phase === 'rollback-window' && this.#baseline !== undefined && this.windows.stable.peek().requests < plan.analysis.minRequests
+          // stable serves nobody after the switch: the canary is compared with stable just before it
+          ? this.#baseline
+          : this.windows.stable.peek()
+        result = this.#judgeWindows(canaryWindow, stableWindow, final)
+        // a sequential look records only what acts: a fail, or a pass that moves the rollout on
+        // (a pass while awaiting promotion, or before a phase's minimum duration, changes
+        // nothing and waits for the interval's end); the evidence keeps accumulating meanwhile
+        if (!final && result.verdict !== 'fail' && !(result.verdict === 'pass' && this.#passActs(phase))) return undefined
+        // the providers had no number for an early pass this interval: they are asked again at its end, not at every look
+        if (!final && result.verdict === 'pass' && this.#earlyPassHeld) return undefined
+      }
+      if (!await this.#withMetrics(result)) return undefined
+      // a provider with no number makes an early pass inconclusive: wait for the interval's end, not the next look
+      if (!final && result.verdict === 'inconclusive') {
+        this.#earlyPassHeld = true
+        return undefined
+      }
+      this.#earlyPassHeld = false
+      if (phase === 'shadow' && result.verdict !== 'inconclusive') this.#resetShadow()
+      if (result.verdict === 'inconclusive' && canaryWindow !== undefined && stableWindow !== undefined) {
+        const guidance = decisionGuidance(canaryWindow, stableWindow, plan.analysis, now - this.#windowStart)
+        if (guidance !== undefined) result.guidance = guidance
       }
       const instances = this.#deps.subscribeSnapshots === undefined ? undefined : new Set([...this.windows.canary.sources, ...this.windows.stable.sources]).size
       // inconclusive: keep accumulating so a quiet route eventually reaches minRequests
-      if (result.verdict !== 'inconclusive') {
-        this.windows.canary.reset()
-        this.windows.stable.reset()
-      }
+      if (result.verdict !== 'inconclusive') this.#freshWindows()
+      else this.#checkStart = now
       this.#deps.observer?.check(this.route, result.verdict)
       // the gate is asked before the transaction: a slow gate must not hold a half-made change
       const r0 = this.#record
@@ -823,8 +992,7 @@ export class RolloutController {
     const window = this.windows.stable.peek()
     this.#baseline = before.requests !== 0 ? before : window.requests !== 0 ? window : undefined
     // judged from the switch on: nothing the canary saw at 0 % (or while paused) counts in the window
-    this.windows.canary.reset()
-    this.windows.stable.reset()
+    this.#freshWindows()
     delete r.pausedAt
     r.switchedFrom = weightsFor(r, r.weight)
     r.state = 'progressing'
@@ -900,8 +1068,20 @@ export class RolloutController {
     return new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `cannot ${action} the rollout of route ${this.route}: it is ${this.#record.state}`)
   }
 
+  /**
+   * Before a pause or an abort waits for the check in progress: the load
+   * test stops now (not after a slow provider or gate answered) and the
+   * check's provider queries are cancelled (that check records nothing).
+   * `#syncLoad` afterwards restarts the load test if the action was refused.
+   */
+  #halt (): void {
+    this.#stopLoad()
+    this.#metricsAbort?.abort()
+  }
+
   /** Holds the weight and stops checking. 409 unless progressing or awaiting promotion. */
   async pause (): Promise<RolloutRecord> {
+    this.#halt()
     return await this.#serial(async () => {
       const from = this.#record.state
       if (from !== 'progressing' && from !== 'awaiting-promotion') throw this.#conflict('pause')
@@ -914,7 +1094,7 @@ export class RolloutController {
       })
       this.#disarm()
       return out
-    })
+    }).finally(() => { this.#syncLoad() })
   }
 
   /** Resumes a paused rollout with fresh windows (traffic seen while paused is not judged). 409 unless paused. */
@@ -933,8 +1113,7 @@ export class RolloutController {
         this.#event('resumed', `rollout of ${r.plan.canary} on ${this.route} resumed at ${r.weight}%`)
         return { result: structuredClone(r) }
       })
-      this.windows.canary.reset()
-      this.windows.stable.reset()
+      this.#freshWindows()
       this.#resetShadow()
       this.#arm()
       return out
@@ -950,6 +1129,8 @@ export class RolloutController {
    * unchanged and `held` is true.
    */
   async promote (): Promise<{ record: RolloutRecord; held: boolean }> {
+    // an operator's promotion does not wait for a slow provider
+    this.#metricsAbort?.abort()
     return await this.#serial(async () => {
       if (!this.active) throw this.#conflict('promote')
       const phase = this.#record.phase ?? 'steps'
@@ -975,13 +1156,14 @@ export class RolloutController {
 
   /** Canary to 0 % (blue/green after the switch: the weights before it) and `aborted`. 409 when the rollout already ended. */
   async abort (reason: string = 'aborted by operator'): Promise<RolloutRecord> {
+    this.#halt()
     return await this.#serial(async () => {
       if (!this.active) throw this.#conflict('abort')
       const phase = this.#record.phase ?? 'steps'
       const out = await this.#transact((r) => ({ ...this.#leaving(r, phase, this.#end(r, 'aborted', 0, reason)), result: structuredClone(r) }))
       this.#finish()
       return out
-    })
+    }).finally(() => { this.#syncLoad() })
   }
 
   /**

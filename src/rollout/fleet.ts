@@ -44,6 +44,10 @@ interface Wire {
   e: number
   s: 0 | 1
   l: number[]
+  /** Exact log-latency sums of the period (the sequential judge's evidence); absent from instances of older builds. */
+  ls?: number
+  lq?: number
+  lc?: number
 }
 
 interface Local {
@@ -106,11 +110,12 @@ export class FleetStats {
 
   /**
    * Counts exactly these (route, version) pairs from now on (the versions
-   * of every active rollout in the fleet state); pairs no longer listed
-   * are published one last time and dropped.
+   * of every active rollout in the fleet state; the third element: the
+   * plan judges a load test's synthetic requests too); pairs no longer
+   * listed are published one last time and dropped.
    */
-  follow (pairs: ReadonlyArray<readonly [string, string]>): void {
-    const want = new Set(pairs.map(([r, v]) => r + SEP + v))
+  follow (pairs: ReadonlyArray<readonly [string, string, boolean?]>): void {
+    const want = new Set(pairs.map(([r, v, syn]) => r + SEP + v + SEP + (syn === true ? '1' : '0')))
     for (const [key, l] of this.#local) {
       if (want.has(key)) continue
       this.#publish(key, l.window)
@@ -119,10 +124,11 @@ export class FleetStats {
     }
     for (const key of want) {
       if (this.#local.has(key)) continue
-      const [route, version] = key.split(SEP) as [string, string]
+      const [route, version, syn] = key.split(SEP) as [string, string, string]
+      const all = syn === '1'
       const window = new SampleWindow(this.#opts.reservoir ?? 1024, 0x85ebca6b)
       const off: Array<() => void> = []
-      if (this.#opts.subscribe !== undefined) off.push(this.#opts.subscribe(route, version, (st, sec, failed) => window.record(st, sec, failed)))
+      if (this.#opts.subscribe !== undefined) off.push(this.#opts.subscribe(route, version, (st, sec, failed, synthetic) => { if (all || !synthetic) window.record(st, sec, failed) }))
       if (this.#opts.subscribeEjection !== undefined) off.push(this.#opts.subscribeEjection(route, version, () => window.recordEjection()))
       this.#local.set(key, { window, off })
     }
@@ -172,6 +178,11 @@ export class FleetStats {
     const s = window.take()
     const [r, v] = key.split(SEP) as [string, string]
     const wire: Wire = { i: this.#opts.transport.self, r, v, n: s.requests, f: s.failures, e: s.ejections, s: s.stillEjected ? 1 : 0, l: s.latenciesMs.map((x) => Math.round(x * 1000) / 1000) }
+    if (s.logCount !== undefined && s.logCount !== 0) {
+      wire.ls = s.logSum
+      wire.lq = s.logSumSq
+      wire.lc = s.logCount
+    }
     // a message lost while the store is away is part of why checks hold then (controller canDecide)
     this.#opts.transport.publish(JSON.stringify(wire)).catch(() => {})
   }
@@ -191,6 +202,11 @@ export class FleetStats {
     const ls = this.#listeners.get(w.r + SEP + w.v)
     if (ls === undefined) return
     const snap: WindowSnapshot = { requests: Number(w.n) || 0, failures: Number(w.f) || 0, ejections: Number(w.e) || 0, stillEjected: w.s === 1, latenciesMs: w.l.filter((x) => typeof x === 'number' && Number.isFinite(x)) }
+    if (typeof w.lc === 'number' && w.lc > 0 && Number.isFinite(w.ls) && Number.isFinite(w.lq)) {
+      snap.logSum = w.ls
+      snap.logSumSq = w.lq
+      snap.logCount = w.lc
+    }
     for (const l of ls) l(snap, w.i)
   }
 

@@ -10,6 +10,9 @@ import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
 import { RolloutController, type ControllerDeps, type RolloutNotifier, type RolloutObserver, type RolloutRecord, type RouteExtras, type RouteNow, type SubscribeEjection, type SubscribeFinish } from './controller.js'
 import { FleetStats, type StatsTransport } from './fleet.js'
+import { LoadGenerator, type LoadTarget } from './loadtest.js'
+import { authorization } from './provider-http.js'
+import type { AuthSpec } from '../config/plan.js'
 import { ACTIVE_STATES, PlanError, validatePlan } from '../config/plan.js'
 import { checkUpstreams } from '../config/routes.js'
 import type { SubscribeShadow } from '../metrics/observer.js'
@@ -85,6 +88,12 @@ export interface RolloutManagerOptions {
   subscribeShadow?: SubscribeShadow
   /** Fleet mode: leases, forwarded actions and fleet-wide windows (the store must then be the fleet's). */
   fleet?: RolloutFleet
+  /**
+   * Where a load test of `route` sends its requests (this process's own
+   * proxy listener), or why it cannot (a string, refused at start with 400).
+   * Absent: plans with analysis.loadTest are refused.
+   */
+  loadTarget?: (route: string) => LoadTarget | string
 }
 
 /** A lease taken for a rollout that finished meanwhile: given back, nobody to lead. */
@@ -175,7 +184,7 @@ function endpointSettings (v: RouteSpec['versions'][number]): string {
  * them to stable), a finalize between versions whose endpoint settings
  * differ (stable would take only the canary's origins).
  */
-function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true; steps: ReadonlyArray<number | { segment: string }> }, stable: string): string[] {
+function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true; steps: ReadonlyArray<number | { segment: string }>; analysis: { loadTest?: { paths: string[] } } }, stable: string): string[] {
   const problems: string[] = []
   const targeted = new Set(plan.steps.flatMap((s) => typeof s === 'number' ? [] : [s.segment]))
   for (const s of spec.segments ?? []) {
@@ -183,6 +192,10 @@ function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true
     const others = s.version !== undefined ? [s.version] : Object.entries(s.weights ?? {}).filter(([, w]) => w > 0).map(([n]) => n)
     const third = others.filter((n) => n !== plan.canary && n !== stable)
     if (third.length !== 0) problems.push(`steps: segment ${s.name} sends users to ${third.join(', ')}; a segment step moves its users between ${plan.canary} and ${stable} only (set the segment to those first)`)
+  }
+  for (const [i, path] of (plan.analysis.loadTest?.paths ?? []).entries()) {
+    // a path outside the prefix would be routed elsewhere: the load test would measure another route
+    if (!path.startsWith(spec.match.pathPrefix)) problems.push(`analysis.loadTest.paths[${i}]: ${JSON.stringify(path)} is outside route ${spec.name}'s pathPrefix ${JSON.stringify(spec.match.pathPrefix)}`)
   }
   if (plan.finalize === true) {
     const c = spec.versions.find((v) => v.name === plan.canary)
@@ -194,6 +207,19 @@ function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true
   return problems
 }
 
+/** Secrets named by environment variable that this process does not have: refused at start rather than inconclusive at every check. */
+function unsetSecrets (analysis: { metrics?: ReadonlyArray<{ provider: { auth?: AuthSpec } }>; loadTest?: { auth?: AuthSpec } }): string[] {
+  const out: string[] = []
+  const check = (auth: AuthSpec | undefined, at: string): void => {
+    if (auth === undefined) return
+    const [key, name] = auth.type === 'bearer' ? ['tokenEnv', auth.tokenEnv] : auth.type === 'basic' ? ['passwordEnv', auth.passwordEnv] : ['valueEnv', auth.valueEnv]
+    if (name !== undefined && (process.env[name] ?? '').trim() === '') out.push(`${at}.auth.${key}: environment variable ${name} is not set on this instance`)
+  }
+  analysis.metrics?.forEach((m, i) => { check(m.provider.auth, `analysis.metrics[${i}].provider`) })
+  check(analysis.loadTest?.auth, 'analysis.loadTest')
+  return out
+}
+
 function isRecord (v: unknown): v is RolloutRecord {
   return typeof v === 'object' && v !== null && (v as { v?: unknown }).v === 1 && typeof (v as { route?: unknown }).route === 'string'
 }
@@ -202,6 +228,8 @@ function isRecord (v: unknown): v is RolloutRecord {
 export class RolloutManager {
   readonly #opts: RolloutManagerOptions
   readonly #controllers = new Map<string, RolloutController>()
+  /** Per route, why its load test could not start (warned once per reason). */
+  readonly #loadRefused = new Map<string, string>()
   /**
    * Routes whose `start` is between its 409 check and the new controller
    * entering `#controllers` (it awaits the first weight write in between):
@@ -348,6 +376,37 @@ export class RolloutManager {
           return spec === undefined ? undefined : routeNow(spec)
         }
       },
+      loadTest: (route, spec, versions) => {
+        const target = this.#opts.loadTarget?.(route)
+        if (target === undefined || typeof target === 'string') {
+          // retried at every look: said once per reason, not ten times a second
+          const why = target ?? 'no proxy listener'
+          if (this.#loadRefused.get(route) !== why) log.warn({ route }, `analysis.loadTest not started: ${why}`)
+          this.#loadRefused.set(route, why)
+          return undefined
+        }
+        this.#loadRefused.delete(route)
+        let gen: LoadGenerator | undefined
+        const ac = new AbortController()
+        const begin = async (): Promise<void> => {
+          // the app's credentials are read now, from where the plan says (never from the plan)
+          const auth = await authorization(spec.auth, process.env, ac.signal)
+          if (ac.signal.aborted) return
+          const headers = auth === undefined ? spec.headers : { ...spec.headers, [auth.name]: auth.header }
+          gen = new LoadGenerator({ ...spec, headers }, target, versions, { onError: (err) => { log.warn({ route, err: (err as Error).message }, 'load test request failed') } })
+          gen.start()
+          log.info({ route, rps: spec.rps, versions }, 'load test started')
+        }
+        begin().catch((err: unknown) => { if (!ac.signal.aborted) log.warn({ route, err: (err as Error).message }, 'load test not started') })
+        return {
+          stop: async () => {
+            ac.abort()
+            if (gen === undefined) return
+            await gen.stop()
+            log.info({ route, ...gen.stats }, 'load test stopped')
+          }
+        }
+      },
       // fleet mode: every instance's shadow pairs, not this one's share
       subscribeShadow: this.#stats?.subscribeShadow ?? this.#opts.subscribeShadow,
       clock: this.#clock,
@@ -367,12 +426,14 @@ export class RolloutManager {
   /** Fleet mode: the versions of every active rollout in the fleet state are counted (and published) by this instance. */
   #follow (): void {
     if (this.#stats === undefined) return
-    const pairs: Array<[string, string]> = []
+    const pairs: Array<[string, string, boolean]> = []
     const shadows: string[] = []
     for (const route of this.#opts.store.routeNames) {
       const r = this.#opts.store.getRolloutState(route)
       if (!isRecord(r) || !ACTIVE_STATES.has(r.state)) continue
-      pairs.push([route, r.plan.canary], [route, r.stable])
+      const lt = r.plan.analysis.loadTest
+      const syn = lt === undefined || lt.includeInAnalysis
+      pairs.push([route, r.plan.canary, syn], [route, r.stable, syn])
       if (r.phase === 'shadow') shadows.push(route)
     }
     this.#stats.follow(pairs)
@@ -538,6 +599,8 @@ export class RolloutManager {
     }
     c?.close()
     this.#controllers.delete(route)
+    // the new leader reports the provider metrics now: this instance's last values would read as current
+    this.#opts.observer?.forgetMetrics?.(route)
     this.#opts.logger.warn({ route }, `this instance no longer leads the rollout: ${why}`)
     this.#fleet?.beat()
   }
@@ -678,7 +741,7 @@ export class RolloutManager {
     if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
     const spec = this.#opts.store.specs?.find((s) => s.name === route)
-    const plan = validatePlan(rawPlan, versions, spec === undefined ? {} : { segments: (spec.segments ?? []).map((s) => s.name) })
+    const plan = validatePlan(rawPlan, versions, spec === undefined ? {} : { segments: (spec.segments ?? []).map((s) => s.name), override: spec.override.header !== undefined || spec.override.cookie !== undefined })
     let canaryUpstream: string[] | undefined
     if (req.canaryUpstream !== undefined) {
       try {
@@ -696,6 +759,11 @@ export class RolloutManager {
     if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
     if (spec !== undefined) {
       const problems = routeProblems(spec, plan, stable)
+      if (plan.analysis.loadTest !== undefined) {
+        const target = this.#opts.loadTarget?.(route) ?? 'this process has no proxy listener to send it through'
+        if (typeof target === 'string') problems.push(`analysis.loadTest: cannot run: ${target}`)
+      }
+      problems.push(...unsetSecrets(plan.analysis))
       if (problems.length !== 0) throw new PlanError(problems)
     }
     const currentWeight = weights[plan.canary] ?? 0
@@ -720,6 +788,14 @@ export class RolloutManager {
     } finally {
       this.#starting.delete(route)
     }
+  }
+
+  /**
+   * The proxy listens now: load tests of rollouts restored before it did
+   * (a restart) start at once rather than at their first look.
+   */
+  listening (): void {
+    for (const c of this.#controllers.values()) c.syncLoad()
   }
 
   #get (route: string): RolloutController {

@@ -234,3 +234,52 @@ t.test('cluster mode: a shadow phase is judged in the primary on pairs from ever
   t.equal(users, i, 'every user got 200 from stable')
   t.equal(canary.seen.filter((s) => s.headers['x-canaryd-mirror'] !== '1').length, 0, 'the canary saw copies only')
 })
+
+t.test('cluster mode: the primary\'s load test reaches both versions through the workers; its requests are counted apart and judged only when the plan says so', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary')
+  const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
+  const file = join(dir, 'canaryd.json')
+  writeFileSync(file, JSON.stringify({
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    state: { file: join(dir, 'state.json') },
+    routes: [{ name: 'web', override: { header: 'x-canaryd-version' }, versions: [{ name: 'stable', upstream: stable.origin, weight: 100 }, { name: 'canary', upstream: canary.origin, weight: 0 }] }]
+  }))
+  const c = await serve(file, ['--workers', '2'])
+  t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
+  const synthetic = async (): Promise<number> => {
+    const text = (await send(`${c.admin}/metrics`)).body.toString()
+    let n = 0
+    for (const m of text.matchAll(/^canaryd_requests_total\{([^}]*)\} (\d+)/gm)) if (m[1]!.includes('source="synthetic"')) n += Number(m[2])
+    return n
+  }
+  const post = async (plan: unknown): Promise<number> => (await send(`${c.admin}/api/v1/routes/web/rollout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(plan) })).status
+  const rollout = async (): Promise<{ state: string; checks: Array<{ verdict: string; canary: { requests: number } }> }> => (await send(`${c.admin}/api/v1/routes/web/rollout`)).json()
+
+  // not judged: the checks see no canary request although the generator sends some
+  const plan = { canary: 'canary', steps: [50], intervalMs: 400, analysis: { minRequests: 10, loadTest: { rps: 60 } } }
+  t.equal(await post(plan), 201)
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline && ((await rollout()).checks.length < 2 || canary.seen.length < 10)) await sleep(100)
+  const held = await rollout()
+  t.equal(held.state, 'progressing', 'no decision on synthetic requests the plan does not judge')
+  t.ok(held.checks.every((ch) => ch.verdict === 'inconclusive' && ch.canary.requests === 0), 'the workers told the primary these requests were synthetic')
+  t.ok(canary.seen.length >= 10 && stable.seen.length >= 10, `both versions received synthetic requests (${canary.seen.length}/${stable.seen.length})`)
+  t.ok(canary.seen.every((r) => r.headers['x-canaryd-synthetic'] === '1'), 'marked for the upstream')
+  t.ok(await synthetic() >= 20, '/metrics counts them under source="synthetic", summed over the workers')
+  t.equal((await send(`${c.admin}/api/v1/routes/web/rollout/abort`, { method: 'POST' })).status, 200)
+
+  // judged: the same traffic decides the rollout
+  t.equal(await post({ ...plan, analysis: { ...plan.analysis, loadTest: { rps: 60, includeInAnalysis: true } } }), 201)
+  const until2 = Date.now() + 15_000
+  let state = ''
+  while (Date.now() < until2 && state !== 'promoted' && state !== 'rolled-back') {
+    await sleep(100)
+    state = (await rollout()).state
+  }
+  t.equal(state, 'promoted', 'decided on the load test\'s requests alone')
+  const after = canary.seen.length
+  await sleep(400)
+  t.ok(canary.seen.length - after <= 5, 'the generator stopped with the rollout')
+})

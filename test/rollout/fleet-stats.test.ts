@@ -16,7 +16,7 @@ const until = async (what: string, fn: () => boolean | Promise<boolean>, ms: num
 // the leader's subscribeSnapshots listener receives every instance's
 // snapshots, and what it merges equals what was recorded across the fleet.
 
-type Finish = (status: number, seconds: number, upstreamFailed: boolean) => void
+type Finish = Parameters<SubscribeFinish>[2]
 
 /** An instance's metrics observer, as FleetStats sees it: listeners per (route, version), fed by the test. */
 class Feed {
@@ -45,8 +45,8 @@ class Feed {
     return (this.finish.get(k)?.size ?? 0) + (this.ejection.get(k)?.size ?? 0)
   }
 
-  request (route: string, version: string, status: number, seconds: number, failed = false): void {
-    for (const l of this.finish.get(`${route}/${version}`) ?? []) l(status, seconds, failed)
+  request (route: string, version: string, status: number, seconds: number, failed = false, synthetic = false): void {
+    for (const l of this.finish.get(`${route}/${version}`) ?? []) l(status, seconds, failed, synthetic)
   }
 
   eject (route: string, version: string): void {
@@ -252,6 +252,26 @@ t.test('the leader\'s listener, once unsubscribed, hears nothing; other routes n
   a.flush()
   await sleep(10)
   t.same(heard, ['a'], 'nothing after unsubscribing')
+})
+
+t.test('a load test\'s synthetic requests are counted only where the plan includes them, and the log sums travel', async (t) => {
+  for (const include of [false, true]) {
+    const bus = new Bus()
+    const fa = new Feed()
+    const a = fleetStats(t, bus.transport('a'), fa)
+    const canary = lead(t, a, 'web', 'canary')
+    await sleep(5)
+    a.follow([['web', 'canary', include]])
+    for (let i = 0; i < 4; i++) fa.request('web', 'canary', 200, 0.02, false, true)
+    for (let i = 0; i < 6; i++) fa.request('web', 'canary', 200, 0.01)
+    a.flush()
+    const want = include ? 10 : 6
+    await until(`${want} merged`, () => canary.window.requests === want, 1000)
+    t.equal(canary.window.requests, want, `includeInAnalysis ${include}`)
+    const snap = canary.window.peek()
+    t.equal(snap.logCount, want, 'the exact log-latency count arrived with the snapshot')
+    t.ok(Math.abs((snap.logSum ?? 0) - (6 * Math.log(10) + (include ? 4 * Math.log(20) : 0))) < 1e-6, 'and its sum')
+  }
 })
 
 t.test('the period: windows are published every periodMs without a flush', async (t) => {
