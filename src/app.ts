@@ -17,7 +17,7 @@ import { NOOP_OBSERVERS, type SubscribeShadow } from './metrics/observer.js'
 import { METRIC_NAMES, PrometheusMetrics } from './metrics/prometheus.js'
 import { ProxyServer } from './proxy/server.js'
 import type { SubscribeFinish } from './rollout/controller.js'
-import { RolloutManager } from './rollout/manager.js'
+import { NOT_LISTENING, RolloutManager } from './rollout/manager.js'
 import type { LoadTarget } from './rollout/loadtest.js'
 import { RolloutMetrics } from './rollout/metrics.js'
 import { WebhookNotifier } from './rollout/webhooks.js'
@@ -315,11 +315,6 @@ export interface ControlPlaneSources {
 }
 
 /**
- * Builds the control plane around a store. In a single process the sources
- * are the local data plane; in cluster mode the primary aggregates them from
- * the workers.
- */
-/**
  * Where a route's load test sends its requests: this process's own proxy
  * listener (`at`, "address:port" as bound; a wildcard bind is reached over
  * loopback), with the route's host and the override that pins each
@@ -327,7 +322,7 @@ export interface ControlPlaneSources {
  */
 export function loadTargetFor (config: Config, spec: RouteSpec | undefined, at: string): LoadTarget | string {
   if (spec === undefined) return 'no such route'
-  if (at === '') return 'the proxy is not listening yet'
+  if (at === '') return NOT_LISTENING
   if (config.listen.proxyProtocol) return 'the proxy listener expects a PROXY protocol header on every connection (listen.proxyProtocol)'
   if (spec.override.header === undefined && spec.override.cookie === undefined) return `route ${spec.name} has no override header or cookie to pin each version`
   const i = at.lastIndexOf(':')
@@ -344,6 +339,11 @@ export function loadTargetFor (config: Config, spec: RouteSpec | undefined, at: 
   return target
 }
 
+/**
+ * Builds the control plane around a store. In a single process the sources
+ * are the local data plane; in cluster mode the primary aggregates them from
+ * the workers.
+ */
 export function createControlPlane (config: Config, logger: Logger, state: RuntimeStore, src: ControlPlaneSources): ControlPlane {
   const admin = new AdminServer({
     store: state,

@@ -159,12 +159,13 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 // a header name (RFC 9110 token) and a value without control characters
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
-// headers that carry credentials: they belong in "auth", whose secret stays out of the plan
-const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-api-key', 'api-key'])
+// headers that carry credentials (Authorization, Cookie, X-Api-Key, DD-API-KEY, X-Auth-Token,
+// PRIVATE-TOKEN, X-Vault-Token, …): they belong in "auth", whose secret stays out of the plan
+const CREDENTIAL_HEADER = /authorization|cookie|token|secret|passw|session|(^|-)(api-?)?key$|^x-auth/i
 // headers that frame or route a request: a plan setting them would misframe it (undici refuses most of them anyway)
 const FRAMING_HEADERS: ReadonlySet<string> = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer', 'proxy-connection', 'expect'])
 // a request path as sent on the wire: visible ASCII only (no spaces, no control characters)
-const PATH = /^\/[\x21-\x7e]*$/
+const PATH = /^\/[\x21-\x5b\x5d-\x7e]*$/ // no backslash either: a WHATWG URL reads it as "/"
 // a "." or ".." segment, plain or percent-encoded: the client normalises it away, and the path leaves the route's prefix
 const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|\?|#|$)/i
 
@@ -218,7 +219,7 @@ function checkUrl (raw: unknown, at: string, p: ProblemSink, template: boolean):
     }
   } catch {
     // never quoted whole: an unparsable URL may still carry a password before its @
-    p.add(at, `must be an http:// or https:// URL, got ${JSON.stringify(raw.replace(/\/\/[^/@]*@/, '//***@'))}`)
+    p.add(at, `must be an http:// or https:// URL, got ${JSON.stringify(raw.replace(/\/\/[^@]*@/, '//***@'))}`)
     return undefined
   }
   return raw
@@ -234,7 +235,7 @@ function checkHeaders (raw: unknown, at: string, p: ProblemSink): Record<string,
   for (const [k, v] of Object.entries(raw)) {
     if (!HEADER_NAME.test(k)) p.add(`${at}.${k}`, 'is not a valid header name')
     else if (typeof v !== 'string' || !HEADER_VALUE.test(v)) p.add(`${at}.${k}`, 'must be a string without control characters')
-    else if (CREDENTIAL_HEADERS.has(k.toLowerCase())) p.add(`${at}.${k}`, 'put credentials in "auth" (bearer, basic, or {"type": "header", "name": …, "valueEnv": …}): the plan is echoed by the admin API')
+    else if (CREDENTIAL_HEADER.test(k)) p.add(`${at}.${k}`, 'put credentials in "auth" (bearer, basic, or {"type": "header", "name": …, "valueEnv": …}): the plan is echoed by the admin API')
     else if (FRAMING_HEADERS.has(k.toLowerCase())) p.add(`${at}.${k}`, `is set by canaryd (${[...FRAMING_HEADERS].join(', ')} frame or route the request)`)
     else out[k] = v
   }
@@ -363,9 +364,20 @@ function jsonPathCost (path: string): string | undefined {
   const bare = path.replace(/'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"/g, '""')
   const descendants = bare.split('..').length - 1
   if (descendants > 1) return 'may use one descendant segment (..) at most: each one more multiplies the work on the whole answer'
-  const filter = bare.indexOf('?')
-  if (descendants === 1 && filter !== -1 && bare.indexOf('..', filter) !== -1) return 'may not use a descendant segment (..) inside or after a filter: it repeats the search for every node'
+  if (descendants === 1 && inFilter(bare, bare.indexOf('..'))) return 'may not use a descendant segment (..) inside a filter: it repeats the search for every node'
   return undefined
+}
+
+/** Whether position `at` of a JSONPath (string literals blanked) lies inside a filter selector `[?…]`. */
+function inFilter (path: string, at: number): boolean {
+  // the brackets open at `at`, innermost last, each marked filter or not
+  const open: boolean[] = []
+  for (let i = 0; i < at; i++) {
+    const c = path[i]
+    if (c === '[') open.push(/^\[\s*\?/.test(path.slice(i, i + 20)))
+    else if (c === ']') open.pop()
+  }
+  return open.includes(true)
 }
 
 function checkRange (raw: unknown, at: string, p: ProblemSink): ThresholdRange | undefined {
@@ -460,8 +472,8 @@ export function checkLoadTest (raw: unknown, versions: readonly string[] | undef
   const rps = p.num(raw.rps, `${at}.rps`, { gt: 0, max: ANALYSIS_DEFAULTS.maxRps })
   let paths = ['/']
   if (raw.paths !== undefined) {
-    if (!Array.isArray(raw.paths) || raw.paths.length === 0 || raw.paths.length > ANALYSIS_DEFAULTS.maxPaths || !raw.paths.every((x) => typeof x === 'string' && x.startsWith('/') && PATH.test(x) && !DOT_SEGMENT.test(x))) {
-      p.add(`${at}.paths`, `must be 1–${ANALYSIS_DEFAULTS.maxPaths} paths, each starting with "/", without spaces, control characters or "." and ".." segments`)
+    if (!Array.isArray(raw.paths) || raw.paths.length === 0 || raw.paths.length > ANALYSIS_DEFAULTS.maxPaths || !raw.paths.every((x) => typeof x === 'string' && x.startsWith('/') && PATH.test(x) && !DOT_SEGMENT.test(x.split(/[?#]/)[0]!))) {
+      p.add(`${at}.paths`, `must be 1–${ANALYSIS_DEFAULTS.maxPaths} paths, each starting with "/", without spaces, control characters, backslashes or "." and ".." segments`)
     } else paths = [...raw.paths as string[]]
   }
   let method: 'GET' | 'HEAD' = 'GET'

@@ -83,18 +83,19 @@ export interface ConnectionInfo extends ClientConnection {
   readonly redirect: boolean
 }
 
-/** A connection handed to the HTTP/1.1 server some other way (tests, or before the listener tags it): a plain, untrusted peer. */
 /**
- * The raw peer is this host: a loopback address (127.0.0.0/8, ::1, 127.x
+ * The client is this host: a loopback address (127.0.0.0/8, ::1, 127.x
  * mapped into IPv6), or the very address it connected to (a listener bound
  * to one interface address is reached from that address). A load test of
- * this process's own.
+ * this process's own. `remote` is the client address (after trusted proxies
+ * and PROXY protocol), so a user behind a local proxy is not "this host".
  */
 export function ownHostPeer (remote: string | undefined, local: string | undefined): boolean {
   if (remote === undefined) return false
   return remote.startsWith('127.') || remote === '::1' || remote.startsWith('::ffff:127.') || remote === local
 }
 
+/** A connection handed to the HTTP/1.1 server some other way (tests, or before the listener tags it): a plain, untrusted peer. */
 function plainInfo (socket: Duplex): ConnectionInfo {
   return { secure: false, redirect: false, address: (socket as Socket).remoteAddress ?? '', trusted: false }
 }
@@ -744,8 +745,9 @@ export class ProxyServer {
     // from here the request is charged to its version: refusals (400/501), the overload 503, upstream answers.
     // The source label costs one lookup in the header object #select already built (Host), nothing else.
     // Only this host's header counts (the load generator sends to its own listener): a client
-    // elsewhere cannot take its requests out of the judge's view by marking them
-    const synthetic = req.headers[SYNTHETIC_HEADER] === '1' && ownHostPeer(req.socket.remoteAddress, req.socket.localAddress)
+    // elsewhere cannot take its requests out of the judge's view by marking them. The client
+    // address, not the socket's peer: behind trusted proxies or PROXY protocol it is the user's
+    const synthetic = req.headers[SYNTHETIC_HEADER] === '1' && ownHostPeer(sel.ip, req.socket.localAddress)
     const handler = new ForwardHandler(req, res, rt, sel.ep!, sel.hash, sel.setCookie, t0, this.#ctx, h2, synthetic)
     if (this.#opts.accessLog) handler.client = sel.ip
     this.#inFlight++

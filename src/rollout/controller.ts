@@ -224,9 +224,11 @@ export interface ControllerDeps {
   runMetrics?: MetricRunner
   /**
    * Starts the plan's synthetic traffic to `versions` of `route` (the
-   * manager knows where the proxy listens); undefined when it cannot run here.
+   * manager knows where the proxy listens); undefined when it cannot run
+   * here. `failed`: the handle's start failed later (a secret file missing
+   * for a moment): the controller tries again an interval later.
    */
-  loadTest?: (route: string, spec: LoadTestSpec, versions: readonly string[]) => LoadHandle | undefined
+  loadTest?: (route: string, spec: LoadTestSpec, versions: readonly string[], failed: () => void) => LoadHandle | undefined
 }
 
 /**
@@ -380,6 +382,8 @@ export class RolloutController {
   #loadRefusedAt = -Infinity
   /** A sequential early pass waited on the providers this interval (see tick). */
   #earlyPassHeld = false
+  /** Pauses and aborts waiting for the check in progress: the load test stays stopped meanwhile. */
+  #halting = 0
   /** The provider queries of the check in progress: a pause or an abort cancels them. */
   #metricsAbort: AbortController | undefined
 
@@ -582,7 +586,7 @@ export class RolloutController {
   #syncLoad (): void {
     const r = this.#record
     const spec = r.plan.analysis.loadTest
-    const want = spec !== undefined && !this.#stopped && (r.state === 'progressing' || r.state === 'awaiting-promotion')
+    const want = spec !== undefined && !this.#stopped && this.#halting === 0 && (r.state === 'progressing' || r.state === 'awaiting-promotion')
     if (!want) {
       this.#stopLoad()
       return
@@ -592,8 +596,13 @@ export class RolloutController {
     const now = this.#deps.clock.now()
     if (now - this.#loadRefusedAt < r.plan.intervalMs) return
     const names = spec.versions.map((v) => v === 'canary' ? r.plan.canary : v === 'stable' ? r.stable : v).filter((v) => r.versions.includes(v))
-    this.#load = this.#deps.loadTest(this.route, spec, [...new Set(names)])
-    if (this.#load === undefined) this.#loadRefusedAt = now
+    const load = this.#deps.loadTest(this.route, spec, [...new Set(names)], () => {
+      if (this.#load !== load) return
+      this.#load = undefined
+      this.#loadRefusedAt = this.#deps.clock.now()
+    })
+    this.#load = load
+    if (load === undefined) this.#loadRefusedAt = now
   }
 
   #stopLoad (): void {
@@ -786,11 +795,20 @@ export class RolloutController {
     })
   }
 
-  /** Whether a passing check now would move the rollout (a step, a switch, the end of a phase). */
+  /**
+   * Whether a passing sequential look now would move the rollout (a step, a
+   * switch, the end of a phase) without asking the confirm-promotion gate:
+   * a pass the gate may hold waits for the interval's end (asked once per
+   * interval, not at every look), and a blue/green plan without a preview
+   * keeps its one interval of stable's baseline before the switch.
+   */
   #passActs (phase: Phase): boolean {
     const r = this.#record
     if (r.state !== 'progressing') return false
-    return phase === 'steps' || this.#phaseDone(r)
+    const gated = r.plan.promotion === 'auto' && r.plan.webhooks.some((w) => w.type === 'confirm-promotion')
+    if (phase === 'steps') return !(gated && r.stepIndex >= r.plan.steps.length - 1)
+    if (phase === 'preview') return r.plan.preview !== undefined && !gated && this.#phaseDone(r)
+    return this.#phaseDone(r)
   }
 
   /** Canary and stable windows start afresh (and with them the sequential judge's evidence). */
@@ -1075,8 +1093,15 @@ export class RolloutController {
    * `#syncLoad` afterwards restarts the load test if the action was refused.
    */
   #halt (): void {
+    this.#halting++
     this.#stopLoad()
     this.#metricsAbort?.abort()
+  }
+
+  /** The action `#halt` announced is done (or refused): the load test runs again if the rollout still analyses. */
+  #unhalt (): void {
+    this.#halting--
+    this.#syncLoad()
   }
 
   /** Holds the weight and stops checking. 409 unless progressing or awaiting promotion. */
@@ -1094,7 +1119,7 @@ export class RolloutController {
       })
       this.#disarm()
       return out
-    }).finally(() => { this.#syncLoad() })
+    }).finally(() => { this.#unhalt() })
   }
 
   /** Resumes a paused rollout with fresh windows (traffic seen while paused is not judged). 409 unless paused. */
@@ -1163,7 +1188,7 @@ export class RolloutController {
       const out = await this.#transact((r) => ({ ...this.#leaving(r, phase, this.#end(r, 'aborted', 0, reason)), result: structuredClone(r) }))
       this.#finish()
       return out
-    }).finally(() => { this.#syncLoad() })
+    }).finally(() => { this.#unhalt() })
   }
 
   /**

@@ -71,6 +71,9 @@ export interface RolloutFleet {
   readonly stats: StatsTransport
 }
 
+/** Why a load test cannot start before the proxy listens (a restart): not warned, `listening()` starts it. */
+export const NOT_LISTENING = 'the proxy is not listening yet'
+
 /** The `source` of weight changes made by rollouts, in the audit. */
 export const ROLLOUT_SOURCE = 'rollout'
 
@@ -184,7 +187,7 @@ function endpointSettings (v: RouteSpec['versions'][number]): string {
  * them to stable), a finalize between versions whose endpoint settings
  * differ (stable would take only the canary's origins).
  */
-function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true; steps: ReadonlyArray<number | { segment: string }>; analysis: { loadTest?: { paths: string[] } } }, stable: string): string[] {
+function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true; steps: ReadonlyArray<number | { segment: string }>; analysis: { loadTest?: { paths: string[] } } }, stable: string, all: readonly RouteSpec[] = []): string[] {
   const problems: string[] = []
   const targeted = new Set(plan.steps.flatMap((s) => typeof s === 'number' ? [] : [s.segment]))
   for (const s of spec.segments ?? []) {
@@ -195,7 +198,13 @@ function routeProblems (spec: RouteSpec, plan: { canary: string; finalize?: true
   }
   for (const [i, path] of (plan.analysis.loadTest?.paths ?? []).entries()) {
     // a path outside the prefix would be routed elsewhere: the load test would measure another route
-    if (!path.startsWith(spec.match.pathPrefix)) problems.push(`analysis.loadTest.paths[${i}]: ${JSON.stringify(path)} is outside route ${spec.name}'s pathPrefix ${JSON.stringify(spec.match.pathPrefix)}`)
+    if (!path.startsWith(spec.match.pathPrefix)) {
+      problems.push(`analysis.loadTest.paths[${i}]: ${JSON.stringify(path)} is outside route ${spec.name}'s pathPrefix ${JSON.stringify(spec.match.pathPrefix)}`)
+      continue
+    }
+    // so is one a longer prefix of the same host takes (routes match the longest prefix first)
+    const taker = all.find((o) => o.name !== spec.name && o.match.host === spec.match.host && o.match.pathPrefix.length > spec.match.pathPrefix.length && path.startsWith(o.match.pathPrefix))
+    if (taker !== undefined) problems.push(`analysis.loadTest.paths[${i}]: ${JSON.stringify(path)} is routed to route ${taker.name} (pathPrefix ${JSON.stringify(taker.match.pathPrefix)}), not ${spec.name}`)
   }
   if (plan.finalize === true) {
     const c = spec.versions.find((v) => v.name === plan.canary)
@@ -376,12 +385,13 @@ export class RolloutManager {
           return spec === undefined ? undefined : routeNow(spec)
         }
       },
-      loadTest: (route, spec, versions) => {
+      loadTest: (route, spec, versions, failed) => {
         const target = this.#opts.loadTarget?.(route)
         if (target === undefined || typeof target === 'string') {
-          // retried at every look: said once per reason, not ten times a second
+          // retried once per interval: said once per reason. Not yet listening (a restart restores
+          // rollouts first) is not worth a warning: listening() starts it
           const why = target ?? 'no proxy listener'
-          if (this.#loadRefused.get(route) !== why) log.warn({ route }, `analysis.loadTest not started: ${why}`)
+          if (this.#loadRefused.get(route) !== why && why !== NOT_LISTENING) log.warn({ route }, `analysis.loadTest not started: ${why}`)
           this.#loadRefused.set(route, why)
           return undefined
         }
@@ -397,7 +407,11 @@ export class RolloutManager {
           gen.start()
           log.info({ route, rps: spec.rps, versions }, 'load test started')
         }
-        begin().catch((err: unknown) => { if (!ac.signal.aborted) log.warn({ route, err: (err as Error).message }, 'load test not started') })
+        begin().catch((err: unknown) => {
+          if (ac.signal.aborted) return
+          log.warn({ route, err: (err as Error).message }, 'load test not started; tried again next interval')
+          failed()
+        })
         return {
           stop: async () => {
             ac.abort()
@@ -758,7 +772,7 @@ export class RolloutManager {
     const others = versions.filter((v) => v !== plan.canary && v !== stable && weights[v]! > 0)
     if (others.length > 0) throw new PlanError([`stable: route ${route} has other versions with traffic (${others.join(', ')}); set them to 0 or name the stable version`])
     if (spec !== undefined) {
-      const problems = routeProblems(spec, plan, stable)
+      const problems = routeProblems(spec, plan, stable, this.#opts.store.specs ?? [])
       if (plan.analysis.loadTest !== undefined) {
         const target = this.#opts.loadTarget?.(route) ?? 'this process has no proxy listener to send it through'
         if (typeof target === 'string') problems.push(`analysis.loadTest: cannot run: ${target}`)
@@ -776,6 +790,7 @@ export class RolloutManager {
       if (exposed.length !== 0) warnings.push(`canaryUpstream: segment${exposed.length === 1 ? '' : 's'} ${exposed.join(', ')} send${exposed.length === 1 ? 's' : ''} users to ${plan.canary}: they get the new build now, before the first step`)
     }
     for (const w of warnings) this.#opts.logger.warn({ route, canary: plan.canary }, w)
+    this.#loadRefused.delete(route)
     this.#starting.add(route)
     try {
       const opts = { currentWeight, fromStart: req.fromStart === true, ...(canaryUpstream === undefined ? {} : { canaryUpstream }) }

@@ -7,7 +7,7 @@
  * sockets of the analysis (STYLE.md: no sockets beyond the provider files).
  */
 import { constants as fsConstants } from 'node:fs'
-import { open } from 'node:fs/promises'
+import { open, realpath } from 'node:fs/promises'
 import { query as jsonPathQuery } from 'jsonpath-rfc9535'
 import { request } from 'undici'
 import type { AuthSpec, HttpProviderSpec } from '../config/plan.js'
@@ -37,12 +37,24 @@ async function readSecretFile (file: string): Promise<string> {
   const inFlight = reading.get(file)
   if (inFlight !== undefined) return await inFlight
   const read = (async () => {
-    const fh = await open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK)
+    // the kernel's files are not secrets of a provider: /proc/self/environ holds canaryd's own
+    // settings (admin token, Redis password), and /proc files report size 0 whatever they hold
+    const real = await realpath(file)
+    if (/^\/(proc|sys|dev)(\/|$)/.test(real)) throw new ProviderError(`${real} is a system file, not a secret`)
+    const fh = await open(real, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK)
     try {
       const st = await fh.stat()
       if (!st.isFile()) throw new ProviderError('not a regular file')
-      if (st.size > MAX_SECRET_BYTES) throw new ProviderError(`larger than ${MAX_SECRET_BYTES} bytes`)
-      return await fh.readFile({ encoding: 'utf8' })
+      // read at most one byte past the cap, whatever the size says
+      const buf = Buffer.alloc(MAX_SECRET_BYTES + 1)
+      let n = 0
+      while (n < buf.length) {
+        const { bytesRead } = await fh.read(buf, n, buf.length - n, n)
+        if (bytesRead === 0) break
+        n += bytesRead
+      }
+      if (n > MAX_SECRET_BYTES) throw new ProviderError(`larger than ${MAX_SECRET_BYTES} bytes`)
+      return buf.subarray(0, n).toString('utf8')
     } finally {
       await fh.close()
     }
@@ -174,7 +186,8 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g
 /** One line, bounded, without the secrets (a server may echo what it was sent). */
 export function redact (text: string, secrets: readonly string[]): string {
   let out = text
-  for (const s of secrets) if (s !== '') out = out.split(s).join('***')
+  // also as a JSON string shows it (a " or \ in the secret is escaped there)
+  for (const s of secrets) if (s !== '') out = out.split(s).join('***').split(JSON.stringify(s).slice(1, -1)).join('***')
   // one line, and nothing a terminal would interpret (canaryd rollout status prints reasons as they are)
   out = out.replace(/\s+/g, ' ').replace(CONTROL, '').trim()
   return out.length > 300 ? `${out.slice(0, 297)}...` : out
@@ -214,7 +227,10 @@ export function valueAt (doc: unknown, jsonPath: string, secrets: readonly strin
   const v = found[0]
   if (v === null) return { noData: `jsonPath ${jsonPath} is null` }
   if (typeof v === 'number') return Number.isFinite(v) ? { value: v } : { noData: `jsonPath ${jsonPath} is not a finite number` }
-  if (typeof v === 'string' && DECIMAL.test(v.trim())) return { value: Number(v.trim()) }
+  if (typeof v === 'string' && DECIMAL.test(v.trim())) {
+    const n = Number(v.trim())
+    return Number.isFinite(n) ? { value: n } : { noData: `jsonPath ${jsonPath} is not a finite number` }
+  }
   // redacted before it is cut short: a cut-off copy of a secret would escape the redaction after
   const shown = redact(JSON.stringify(v) ?? '', secrets)
   return { error: `jsonPath ${jsonPath} is not a number: ${shown.length > 60 ? `${shown.slice(0, 57)}...` : shown}` }

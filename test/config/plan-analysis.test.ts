@@ -319,10 +319,10 @@ t.test('API keys in a header of their own, credentials kept out of headers, stra
 })
 
 t.test('JSONPaths whose cost could outgrow a metric are refused; one descendant segment is fine', async (t) => {
-  for (const jsonPath of ['$.score', '$..score', '$.items[?@.id==1].score', '$..items[?@.id==1].score', "$['a..b'].c", '$.checks.latency.score']) {
+  for (const jsonPath of ['$.score', '$..score', '$.items[?@.id==1].score', '$..items[?@.id==1].score', "$['a..b'].c", '$.checks.latency.score', '$.a[?@.b].c..d']) {
     t.same(problemsOf({ metrics: [httpProvider({ jsonPath })] }), [], `${jsonPath} accepted`)
   }
-  for (const [jsonPath, want] of [['$..*..*', /one descendant segment \(\.\.\) at most/], ['$..a..b', /one descendant segment/], ['$..[?@..a]', /one descendant segment|inside or after a filter/], ['$.a[?@.b].c..d', /inside or after a filter/], ['$[?@..x]', /inside or after a filter/]] as const) {
+  for (const [jsonPath, want] of [['$..*..*', /one descendant segment \(\.\.\) at most/], ['$..a..b', /one descendant segment/], ['$..[?@..a]', /one descendant segment|inside a filter/], ['$[?@..x]', /inside a filter/], ['$.a[?@.b[?@..c]]', /inside a filter/]] as const) {
     const problems = problemsOf({ metrics: [httpProvider({ jsonPath })] })
     t.ok(problems.some((p) => p.startsWith('analysis.metrics[0].provider.jsonPath: ') && want.test(p)), `${jsonPath}: ${problems.join(' | ')}`)
   }
@@ -345,4 +345,17 @@ t.test('a second reader\'s findings stay fixed: own settings, dot segments, odd 
     t.ok(problems.some((p) => want.test(p)), `${name}: ${problems.join(' | ')}`)
   }
   t.same(problemsOf({ loadTest: { rps: 5, paths: ['/api/v1.2/items', '/a/.well-known/x', '/..x'] } }), [], 'dots inside a segment are fine')
+})
+
+t.test('the final reader\'s findings stay fixed: credential-like header names, backslashes, dot segments only in the path, .. after a filter, a password with a slash', async (t) => {
+  for (const name of ['DD-API-KEY', 'X-Auth-Token', 'PRIVATE-TOKEN', 'X-Vault-Token', 'apikey', 'X-Session-Id', 'Set-Cookie']) {
+    const problems = problemsOf({ metrics: [promProvider({ headers: { [name]: 'v' } })] })
+    t.ok(problems.some((p) => p.includes(`headers.${name}: put credentials in "auth"`)), `${name} refused`)
+  }
+  for (const name of ['X-Tenant', 'X-Scope-OrgID', 'Accept', 'X-Monkey']) t.same(problemsOf({ metrics: [promProvider({ headers: { [name]: 'v' } })] }), [], `${name} accepted`)
+  t.ok(problemsOf({ loadTest: { rps: 5, paths: ['/app\\..\\admin'] } }).some((p) => /loadTest\.paths: .*backslashes/.test(p)), 'a backslash is refused')
+  t.same(problemsOf({ loadTest: { rps: 5, paths: ['/a?x=/../', '/b#/../'] } }), [], 'dots in a query or fragment are not path segments')
+  t.same(problemsOf({ metrics: [httpProvider({ jsonPath: "$.items[?@.sku=='a']..price" })] }), [], '.. after a filter is linear: accepted')
+  const masked = problemsOf({ metrics: [promProvider({ address: 'http://u:pa/ss@h:99999/' })] }).join(' ')
+  t.notOk(masked.includes('pa/ss'), `a password with a slash is masked too: ${masked}`)
 })

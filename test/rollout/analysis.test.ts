@@ -143,3 +143,13 @@ t.test('redact', async (t) => {
   t.equal(redact('a s3cret b\n  c s3cret', ['s3cret']), 'a *** b c ***', 'secrets out, one line')
   t.equal(redact('x'.repeat(400), []).length, 300, 'bounded')
 })
+
+t.test('a quoted number too large for a double is no data; a secret is redacted also as a JSON string shows it', async (t) => {
+  t.match(valueAt({ score: '1e999' }, '$.score'), { noData: /not a finite number/ })
+  t.match(valueAt({ score: 1e308 * 10 }, '$.score'), { noData: /not a finite number/ })
+  t.same(valueAt({ score: ' 97.5 ' }, '$.score'), { value: 97.5 })
+  const secret = 'pa"ss\\word'
+  t.equal(redact(`echo ${JSON.stringify({ auth: secret })}`, [secret]), 'echo {"auth":"***"}')
+  t.equal(redact(`raw ${secret}`, [secret]), 'raw ***')
+  t.equal(redact('a\u001b[31mred\u0007\u009b2J', []), 'a[31mred2J', 'control characters are dropped')
+})

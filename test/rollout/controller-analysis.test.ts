@@ -26,7 +26,7 @@ interface H {
   loads: Array<{ versions: readonly string[]; stopped: boolean }>
 }
 
-async function start (raw: unknown, opts: { results?: (n: number) => MetricResult[]; subscribe?: SubscribeFinish; slowMetrics?: boolean } = {}): Promise<H> {
+async function start (raw: unknown, opts: { results?: (n: number) => MetricResult[]; subscribe?: SubscribeFinish; slowMetrics?: boolean; gate?: () => boolean; loadFails?: boolean } = {}): Promise<H> {
   const clock = new ManualClock()
   const metricCalls: H['metricCalls'] = []
   const observed: H['observed'] = []
@@ -39,14 +39,16 @@ async function start (raw: unknown, opts: { results?: (n: number) => MetricResul
   const deps: ControllerDeps = {
     host: memoryHost([], [] as RolloutRecord[]),
     clock,
-    notifier: memoryNotifier([]),
+    notifier: memoryNotifier([], opts.gate),
     reservoir: 512,
     runMetrics,
     observer: { update () {}, check () {}, metric (_r, m, v, value) { observed.push([m, v, value]) } },
-    loadTest: (_route, _spec: LoadTestSpec, versions) => {
+    loadTest: (_route, _spec: LoadTestSpec, versions, failed) => {
       const l = { versions, stopped: false }
       loads.push(l)
       const handle: LoadHandle = { stop: async () => { l.stopped = true } }
+      // a start that fails after the handle was returned (a secret file missing for a moment)
+      if (opts.loadFails === true) setImmediate(failed)
       return handle
     }
   }
@@ -201,5 +203,62 @@ t.test('a refused pause leaves the load test running', async (t) => {
   t.equal(h.loads.length, 2)
   await t.rejects(h.c.resume(), { code: 'CANARYD_ERR_ROLLOUT_CONFLICT' })
   t.equal(h.loads[1]!.stopped, false, 'a refused resume stops nothing')
+  await h.c.abort()
+})
+
+t.test('a load test whose start failed later is tried again an interval later, not at every look', async (t) => {
+  const h = await start({ ...BASE, intervalMs: 10_000, analysis: { ...BASE.analysis, baseline: { judge: 'sequential' }, loadTest: { rps: 10 } } }, { loadFails: true })
+  t.equal(h.loads.length, 1)
+  await new Promise((resolve) => setImmediate(resolve))
+  for (let i = 0; i < 9; i++) await h.clock.advance(1000)
+  t.equal(h.loads.length, 1, 'no retry within the interval (9 looks)')
+  await h.clock.advance(1000)
+  await h.clock.advance(1000)
+  t.equal(h.loads.length, 2, 'tried again once the interval passed')
+  await h.c.abort()
+})
+
+t.test('sequential judge with a confirm-promotion gate: the gate is asked once per interval, not at every look', async (t) => {
+  let asked = 0
+  const h = await start({ ...BASE, steps: [50], intervalMs: 10_000, analysis: { ...BASE.analysis, baseline: { judge: 'sequential' } }, webhooks: [{ type: 'confirm-promotion', url: 'http://127.0.0.1:9/gate' }] }, { gate: () => { asked++; return false } })
+  const random = rng(21)
+  for (let look = 0; look < 20; look++) {
+    feed(h.c.windows.canary, 3000, GOOD, random)
+    feed(h.c.windows.stable, 3000, GOOD, random)
+    await h.clock.advance(1000)
+  }
+  t.ok(asked >= 1 && asked <= 2, `asked ${asked} times in two intervals`)
+  t.ok(h.c.record.checks.length <= 3, `${h.c.record.checks.length} checks recorded`)
+  t.equal(h.c.state, 'progressing', 'held by the gate')
+  await h.c.abort()
+})
+
+t.test('sequential judge, blue/green without a preview: the switch waits for the interval of stable\'s baseline', async (t) => {
+  const h = await start({ canary: 'canary', strategy: 'blue-green', intervalMs: 10_000, analysis: { minRequests: 100, baseline: { judge: 'sequential' } } })
+  const random = rng(22)
+  for (let look = 0; look < 9; look++) {
+    feed(h.c.windows.canary, 3000, GOOD, random)
+    feed(h.c.windows.stable, 3000, GOOD, random)
+    await h.clock.advance(1000)
+  }
+  t.equal(h.c.record.weight, 0, 'no switch before the interval ends, however clear the evidence')
+  feed(h.c.windows.stable, 3000, GOOD, random)
+  await h.clock.advance(1000)
+  t.equal(h.c.record.weight, 100, 'switched at the interval\'s end')
+  await h.c.abort()
+})
+
+t.test('a pause keeps the load test stopped until it is saved, whatever look runs meanwhile', async (t) => {
+  const h = await start({ ...BASE, steps: [50], analysis: { ...BASE.analysis, loadTest: { rps: 10 } }, webhooks: [{ type: 'confirm-promotion', url: 'http://127.0.0.1:9/gate' }] }, { gate: () => true })
+  const random = rng(23)
+  feed(h.c.windows.canary, 300, GOOD, random)
+  feed(h.c.windows.stable, 3000, GOOD, random)
+  const paused = h.c.pause()
+  t.equal(h.loads[0]!.stopped, true, 'stopped at once')
+  // the timer's look runs while the pause is queued: it must not restart the load test
+  await h.clock.advance(1000)
+  await paused
+  t.equal(h.c.state, 'paused')
+  t.equal(h.loads.length, 1, 'nothing restarted it while the pause was pending')
   await h.c.abort()
 })

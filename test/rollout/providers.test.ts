@@ -244,6 +244,15 @@ t.test('auth: secrets read at query time, never in the result', async (t) => {
     t.same([denied.verdict, denied.reason], ['inconclusive', `${s.origin}/score answered 401`])
   })
 
+  t.test('system files are not secrets: /proc/self/environ (canaryd\'s own settings) is refused, whatever its reported size', async (t) => {
+    const m: MetricSpec = { name: 'x', provider: { type: 'prometheus', address: api.origin, timeoutMs: 2000, auth: { type: 'basic', username: 'u', passwordFile: '/proc/self/environ' } }, query: 'up', thresholdRange: { min: 0.9 }, failOnNoData: false }
+    const seen = api.seen.length
+    const r = await runOne(m)
+    t.equal(r.verdict, 'inconclusive')
+    t.match(r.reason, /basic auth password file \/proc\/self\/environ cannot be read \(\/proc\/\d+\/environ is a system file, not a secret\)/)
+    t.equal(api.seen.length, seen, 'nothing was sent')
+  })
+
   t.test('an API key in a header of its own (type header)', async (t) => {
     const s = await serve(t, (req, res) => {
       if (req.headers['x-api-key'] !== 'k3y-from-env') { json(res, 403, { error: `bad key ${String(req.headers['x-api-key'])}` }); return }
