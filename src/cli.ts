@@ -49,8 +49,11 @@ Usage:
   canaryd top [--admin URL] [--token T] [--interval MS] [--once]
                                         live view per route and version: req/s, error %,
                                         p50/p99, in-flight, weight (from the admin /metrics)
-  canaryd demo [--once]                 demo: stable + canary on loopback, proxy at 90/10,
-                                        1,000 simulated users; --once exits after the report
+  canaryd demo [--once] [--no-story]    demo: stable + canary on loopback, proxy at 90/10,
+                                        1,000 simulated users; then the story (about a minute):
+                                        a healthy build rolled out 1 → 10 → 50 → 100 and promoted,
+                                        a build failing 8% rolled back by the judge, as a timeline;
+                                        --no-story skips it, --once exits at the end
   canaryd --help | -h                   this help
   canaryd --version | -v                the version
 
@@ -240,8 +243,10 @@ async function main (argv: string[]): Promise<void> {
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js')
-      const { values } = parseArgs({ args: rest, options: { once: { type: 'boolean' } }, strict: true })
-      return await runDemo({ once: values.once ?? false })
+      // --no-story is its own flag: parseArgs of Node 20 has no negated options
+      const { values } = parseArgs({ args: rest, options: { once: { type: 'boolean' }, 'no-story': { type: 'boolean' } }, strict: true })
+      await runDemo({ once: values.once ?? false, story: values['no-story'] !== true })
+      return
     }
     default:
       fail(`unknown command "${cmd}"; see canaryd --help`)

@@ -88,7 +88,7 @@ t.test('serve: proxies real traffic and exits 0 on SIGTERM', async (t) => {
 })
 
 t.test('demo --once shows the split and that every user stayed on one version', async (t) => {
-  const r = run(['demo', '--once'])
+  const r = run(['demo', '--once', '--no-story'])
   t.equal(r.status, 0, String(r.stderr))
   const out = String(r.stdout)
   t.match(out, /sent 3000 requests from 1000 users/)
