@@ -26,6 +26,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_UPSTREAM_UNAVAILABLE: { status: 503, doc: 'No version of the route can take the request (every endpoint of every version ejected, or a version with no endpoint, e.g. a DNS name that resolved to nothing).', message: 'no upstream is available for this route' },
   CANARYD_ERR_UPSTREAM_OTHER: { status: 502, doc: 'Forwarding failed for another reason; the cause is logged.', message: 'forwarding to the upstream failed' },
   CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
+  CANARYD_ERR_CROSS_ORIGIN: { status: 403, doc: 'Admin API: a state-changing request (POST, PUT, PATCH, DELETE) sent by a browser from another origin (its `Origin` is not the admin address, or `Sec-Fetch-Site` says cross-site). Stops a web page from changing weights or aborting rollouts through a browser on the admin host; the CLI, curl and scripts send no `Origin` and are not affected.' },
   CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },
   CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.', message: 'no route named {route} (routes: {routes})' },
   CANARYD_ERR_VERSION_NOT_FOUND: { status: 404, doc: 'Admin API: the route has no version with that name.', message: 'route {route} has no version {version} (versions: {versions})' },

@@ -196,6 +196,15 @@ export class AdminServer {
     const path = qi === -1 ? url : url.slice(0, qi)
     const method = req.method ?? 'GET'
     try {
+      // a browser on the admin host must not be a way in for another web page: without a token
+      // (loopback only) a cross-site form POST to …/rollout/abort needs no preflight and would act
+      if (!SAFE_METHODS.has(method)) {
+        const why = crossOrigin(req.headers.origin, req.headers['sec-fetch-site'] as string | undefined, req.headers.host)
+        if (why !== undefined) {
+          this.#log.warn({ address: req.socket.remoteAddress, method, path, origin: req.headers.origin }, 'admin request refused: cross-origin')
+          throw new CanarydError('CANARYD_ERR_CROSS_ORIGIN', `${method} ${path} refused: ${why}; state-changing calls are accepted from the admin address's own pages and from clients that send no Origin (the CLI, curl)`)
+        }
+      }
       if (this.#token !== undefined && (path === '/api' || path.startsWith('/api/'))) {
         try {
           checkBearer(req.headers.authorization, this.#token)
@@ -239,6 +248,7 @@ export class AdminServer {
     if (res.headersSent) return
     const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
     res.writeHead(reply.status ?? 200, {
+      ...SECURITY_HEADERS,
       ...reply.headers,
       'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
       'content-length': Buffer.byteLength(body),
@@ -246,6 +256,44 @@ export class AdminServer {
     })
     res.end(body)
   }
+}
+
+/** Methods that change nothing: never refused for their origin. */
+const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+/**
+ * On every admin response: nothing of it may be framed (clickjacking),
+ * sniffed into another type, or run as a page (the JSON and text the API
+ * answers never need a script, a style or a frame).
+ */
+const SECURITY_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'content-security-policy': "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer'
+})
+
+/**
+ * Why a state-changing request comes from another origin, or undefined. A
+ * browser sends `Origin` on every cross-origin POST/PUT/DELETE (and
+ * `Sec-Fetch-Site`); it must name the address the request was sent to (its
+ * `Host`). No `Origin` and no cross-site `Sec-Fetch-Site`: not a browser's
+ * cross-site request (the CLI, curl, scripts).
+ */
+export function crossOrigin (origin: string | undefined, fetchSite: string | undefined, host: string | undefined): string | undefined {
+  if (origin !== undefined) {
+    if (origin === 'null') return 'Origin is null (a sandboxed or file page)'
+    let o: URL
+    try {
+      o = new URL(origin)
+    } catch {
+      return `Origin ${JSON.stringify(origin.slice(0, 100))} is not a URL`
+    }
+    if (o.protocol !== 'http:' || host === undefined || o.host !== host.toLowerCase()) return `Origin ${o.origin} is not this admin address (${host ?? 'no Host'})`
+    return undefined
+  }
+  if (fetchSite !== undefined && fetchSite !== 'same-origin' && fetchSite !== 'none') return `Sec-Fetch-Site is ${fetchSite}`
+  return undefined
 }
 
 function parseLimit (raw: string | null): number {
