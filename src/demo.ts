@@ -77,6 +77,13 @@ export interface StoryOptions {
   users?: number
   /** The plans' `analysis.minRequests`. Default 50. */
   minRequests?: number
+  /**
+   * Whether the plans judge latency too (p99 under 500 ms and within 1.5× of
+   * stable's). Default true. The story's test turns it off: on a machine
+   * shared with other suites a version's connections can stall for seconds,
+   * and the story it checks is the error rate's.
+   */
+  judgeLatency?: boolean
   /** Longest one rollout may take before the story aborts it and fails. Default 40 intervals. */
   timeoutMs?: number
   /** Where the timeline goes. Default stdout. */
@@ -168,7 +175,10 @@ async function callAdmin (method: 'GET' | 'POST' | 'PUT', url: string, want: num
   const r = await request(url, {
     method,
     headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
+    body: body === undefined ? undefined : JSON.stringify(body),
+    // the story's deadline is checked between calls: no call may outlast it by minutes
+    headersTimeout: 10_000,
+    bodyTimeout: 10_000
   })
   const text = await r.body.text()
   if (r.statusCode !== want) throw new Error(`${method} ${url}: ${r.statusCode} ${text}`)
@@ -231,8 +241,8 @@ export async function runStory (opts: StoryOptions): Promise<StoryResult> {
       minRequests,
       maxFailedChecks,
       successRate: { min: 99 },
-      latencyP99Ms: { max: 500 },
-      baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: 1.5, judge: 'mann-whitney' }
+      ...(opts.judgeLatency === false ? {} : { latencyP99Ms: { max: 500 } }),
+      baseline: { maxErrorRateRatio: 2, maxLatencyP99Ratio: opts.judgeLatency === false ? 1000 : 1.5, judge: 'mann-whitney' }
     },
     promotion: { mode: 'auto', finalize: true }
   }
@@ -298,6 +308,8 @@ export async function runStory (opts: StoryOptions): Promise<StoryResult> {
     await callAdmin('POST', `${api}/rollout?canaryUpstream=${encodeURIComponent(origin(good))}`, 201, plan)
     const healthy = await follow()
     if (healthy.state === 'promoted' && healthy.finalized) say('stable now serves build 2 at 100%; canary at 0%, ready for the next release')
+    // the next release needs the route as a finalized promotion leaves it (canary at 0 %): say so rather than a raw 409
+    else throw new Error(`release 1 ended ${healthy.state}${healthy.finalized ? '' : ' without finalizing'}, not promoted and finalized: the story stops here (a machine this busy can make a healthy build look slow; run it again)`)
 
     say(`release 2: build 3 (500 to 8% of requests) as canary, canaryUpstream=${origin(bad)}`)
     await callAdmin('POST', `${api}/rollout?canaryUpstream=${encodeURIComponent(origin(bad))}`, 201, plan)

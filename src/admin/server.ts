@@ -167,6 +167,17 @@ export class AdminServer {
     r.add('GET', '/api/v1/openapi.json', () => ({ json: openApiDocument() }))
   }
 
+  /** The Host a request was addressed to names this admin server: a loopback name or address, or admin.host. */
+  #hostAllowed (host: string | undefined): boolean {
+    if (host === undefined) return true // HTTP/1.0 without Host: not a browser
+    let name = host.toLowerCase()
+    // the port off: "[::1]:9901" → "[::1]", "localhost:9901" → "localhost"; then a trailing dot ("localhost.")
+    if (name.startsWith('[')) name = name.slice(0, name.indexOf(']') + 1)
+    else if (name.indexOf(':') === name.lastIndexOf(':')) name = name.split(':')[0]!
+    if (name.endsWith('.')) name = name.slice(0, -1)
+    return isLoopbackHost(name) || name === this.#opts.host.toLowerCase() || name === `[${this.#opts.host.toLowerCase()}]`
+  }
+
   #route (name: string): NonNullable<ReturnType<RuntimeStore['routeView']>> {
     const v = this.#opts.store.routeView(name)
     if (v === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(name), routes: this.#opts.store.routeNames.join(', ') })
@@ -198,6 +209,11 @@ export class AdminServer {
     try {
       // a browser on the admin host must not be a way in for another web page: without a token
       // (loopback only) a cross-site form POST to …/rollout/abort needs no preflight and would act
+      // without a token, only loopback names reach the API: a DNS-rebinding page (its own name resolved
+      // to 127.0.0.1) would otherwise be same-origin with it and read and write at will
+      if (this.#token === undefined && !this.#hostAllowed(req.headers.host)) {
+        throw new CanarydError('CANARYD_ERR_CROSS_ORIGIN', `Host ${JSON.stringify(String(req.headers.host ?? '').slice(0, 100))} is not a loopback name or admin.host; without admin.token the admin API answers only requests addressed to localhost, a loopback address or ${this.#opts.host}`)
+      }
       if (!SAFE_METHODS.has(method)) {
         const why = crossOrigin(req.headers.origin, req.headers['sec-fetch-site'] as string | undefined, req.headers.host)
         if (why !== undefined) {
@@ -247,9 +263,12 @@ export class AdminServer {
   #send (res: ServerResponse, reply: AdminReply): void {
     if (res.headersSent) return
     const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
+    const own: Record<string, string> = {}
+    // lower-cased, so a handler's own policy replaces the default instead of being sent beside it
+    for (const [k, v] of Object.entries(reply.headers ?? {})) own[k.toLowerCase()] = v
     res.writeHead(reply.status ?? 200, {
       ...SECURITY_HEADERS,
-      ...reply.headers,
+      ...own,
       'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
       'content-length': Buffer.byteLength(body),
       'cache-control': 'no-store'

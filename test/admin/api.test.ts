@@ -153,7 +153,7 @@ t.test('413 on a chunked body: reading stops at 64 KiB', async (t) => {
     s.on('data', (d: Buffer) => { got += d.toString() })
     s.on('close', () => resolve(got))
     s.on('error', (err) => { if (got !== '') resolve(got); else reject(err) })
-    s.write('PUT /api/v1/routes/web/weights HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' +
+    s.write('PUT /api/v1/routes/web/weights HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' +
       `${chunk.length.toString(16)}\r\n${chunk}\r\n0\r\n\r\n`)
   })
   t.match(raw, /^HTTP\/1\.1 413 /)

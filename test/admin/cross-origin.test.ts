@@ -63,3 +63,22 @@ t.test('a cross-origin abort, weights change or reload is 403 and changes nothin
   t.equal(h['access-control-allow-origin'], undefined, 'no CORS')
   t.equal(abort.headers['x-frame-options'], 'DENY', 'errors carry them too')
 })
+
+t.test('without a token, only requests addressed to a loopback name reach the API (DNS rebinding)', async (t) => {
+  const stable = await startUpstream('stable')
+  const canary = await startUpstream('canary')
+  const p = await startProxy(testConfig([twoVersionRoute(stable.origin, canary.origin, [100, 0])]))
+  t.teardown(async () => { await p.close(); await stable.close(); await canary.close() })
+  const port = new URL(p.adminUrl).port
+  // a page at http://rebind.attacker.example:PORT whose name now resolves to 127.0.0.1: same-origin with itself
+  const evil = `rebind.attacker.example:${port}`
+  const read = await send(`${p.adminUrl}/api/v1/routes`, { headers: { host: evil } })
+  t.equal(read.status, 403, 'cannot even read')
+  t.equal(read.json<{ error: { code: string } }>().error.code, 'CANARYD_ERR_CROSS_ORIGIN')
+  const write = await send(`${p.adminUrl}/api/v1/routes/web/weights`, { method: 'PUT', headers: { host: evil, origin: `http://${evil}`, 'content-type': 'application/json' }, body: JSON.stringify({ weights: { stable: 0, canary: 100 } }) })
+  t.equal(write.status, 403)
+  t.equal((await send(`${p.adminUrl}/api/v1/routes/web`)).json<{ versions: Array<{ name: string; weight: number }> }>().versions.find((v) => v.name === 'canary')?.weight, 0, 'nothing changed')
+  for (const host of [`localhost:${port}`, `localhost.:${port}`, `127.0.0.1:${port}`, '127.0.0.1', `[::1]:${port}`, `LOCALHOST:${port}`]) {
+    t.equal((await send(`${p.adminUrl}/api/v1/routes`, { headers: { host } })).status, 200, `${host} accepted`)
+  }
+})

@@ -297,7 +297,13 @@ t.test('a rollout through a leader paused past its lease, an empty Redis and a F
     t.ok(gen >= genBefore, `Redis reseeded at generation ${gen} (was ${genBefore})`)
     t.same(await Promise.all(fleet.instances.map(async (i) => await weights(i, 'api'))), [{ stable: 65, canary: 35 }, { stable: 65, canary: 35 }, { stable: 65, canary: 35 }], 'api keeps 65/35 everywhere')
     await sleep(2500)
-    const after = await Promise.all(fleet.instances.map(rolloutOf))
+    // the rollout keeps stepping: three reads in flight may straddle a step that has reached some
+    // instances only (propagation takes milliseconds); read again until one snapshot agrees (bounded)
+    let after = await Promise.all(fleet.instances.map(rolloutOf))
+    for (let i = 0; i < 40 && new Set(after.map((r) => `${r.state}@${r.step}`)).size !== 1; i++) {
+      await sleep(50)
+      after = await Promise.all(fleet.instances.map(rolloutOf))
+    }
     t.comment(`before: ${brief(held)}`)
     t.comment(`after:  ${brief(after[0]!)}`)
     t.ok(after[0]!.step > held.step, `the rollout moved on after the outage (step ${held.step} → ${after[0]!.step})`)
