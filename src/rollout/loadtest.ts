@@ -73,8 +73,8 @@ const DEFAULT_MAX_IN_FLIGHT = 64
 /** Most response bytes read before the rest is discarded (the status is what counts). */
 const DUMP_LIMIT = 64 * 1024
 
-/** mulberry32: a tiny seeded PRNG, [0, 1). */
-function prng (seed: number): () => number {
+/** mulberry32: a tiny seeded PRNG, [0, 1) (the tests' seeded traffic and fuzz cases use it too). */
+export function mulberry32 (seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6D2B79F5) >>> 0
@@ -144,7 +144,7 @@ export class LoadGenerator {
     this.#versions = Object.freeze([...versions])
     this.#onError = opts.onError
     this.#maxInFlight = max
-    this.#random = prng(opts.seed ?? Math.floor(Math.random() * 4294967296))
+    this.#random = mulberry32(opts.seed ?? Math.floor(Math.random() * 4294967296))
     this.#tls = target.tls === true || origin.protocol === 'https:'
     const base = this.#tls ? `https://${origin.host}` : `http://${origin.host}`
     const paths = spec.paths.length === 0 ? ['/'] : spec.paths

@@ -5,7 +5,7 @@
  * the window will hold them. A power calculation, pure.
  */
 import type { AnalysisSpec } from '../config/plan.js'
-import type { DecisionGuidance } from './judge.js'
+import { round, type DecisionGuidance } from './judge.js'
 import { requiredSampleSize } from './stats.js'
 import type { WindowSnapshot } from './window.js'
 
@@ -21,11 +21,6 @@ export const GUIDANCE_POWER = 0.8
  * is the sequential judge's absolute early-pass margin (sequential.ts).
  */
 export const GUIDANCE_RATE_FLOOR = 0.001
-
-function round (x: number, digits: number): number {
-  const f = 10 ** digits
-  return Math.round(x * f) / f
-}
 
 /**
  * Guidance for an inconclusive check: the canary requests a one-sided

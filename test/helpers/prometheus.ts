@@ -2,10 +2,10 @@
  * A real Prometheus server for the metric-provider tests: its own config and
  * TSDB in a temp dir, on a free loopback port, scraping the given targets.
  */
-import { ServiceProcess } from './service.js'
-import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { onPath, ServiceProcess } from './service.js'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { join } from 'node:path'
 import { request } from 'undici'
 import { freePort } from './upstream.js'
 import { sleep } from './until.js'
@@ -15,14 +15,7 @@ export const PROMETHEUS = 'prometheus'
 
 /** Why the Prometheus tests cannot run here, or undefined when they can (the message says how to get it: a skip is never silent). */
 export function prometheusMissing (): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir === '') continue
-    try {
-      accessSync(join(dir, PROMETHEUS), constants.X_OK)
-      return undefined
-    } catch {}
-  }
-  return 'prometheus is not installed (Debian package prometheus); .ci/run installs it'
+  return onPath(PROMETHEUS) ? undefined : 'prometheus is not installed (Debian package prometheus); .ci/run installs it'
 }
 
 /** A running Prometheus. */

@@ -1,8 +1,8 @@
-import { ServiceProcess } from './service.js'
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
+import { onPath, ServiceProcess } from './service.js'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { freePort } from './upstream.js'
 
@@ -15,14 +15,7 @@ export const REDIS_SERVER = 'redis-server'
  * so a skip is never silent.
  */
 export function redisMissing (): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir === '') continue
-    try {
-      accessSync(join(dir, REDIS_SERVER), constants.X_OK)
-      return undefined
-    } catch {}
-  }
-  return `${REDIS_SERVER} is not installed (not on PATH); .ci/run installs it (Debian package redis-server), then these tests run`
+  return onPath(REDIS_SERVER) ? undefined : `${REDIS_SERVER} is not installed (not on PATH); .ci/run installs it (Debian package redis-server), then these tests run`
 }
 
 /**

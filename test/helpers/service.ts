@@ -5,6 +5,20 @@
  * The helpers for each service say how it is started and probed.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { accessSync, constants } from 'node:fs'
+import { delimiter, join } from 'node:path'
+
+/** Whether `bin` is an executable on PATH (a service test skips, saying so, when it is not). */
+export function onPath (bin: string): boolean {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir === '') continue
+    try {
+      accessSync(join(dir, bin), constants.X_OK)
+      return true
+    } catch {}
+  }
+  return false
+}
 
 /** The output kept per service (the tail: the start-up error is at the end). */
 const LOG_LIMIT = 64 * 1024

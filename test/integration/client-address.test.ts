@@ -31,6 +31,7 @@ import { captureLog, type LogLine } from '../helpers/log.js'
 import { proxyV1, proxyV1Unknown, proxyV2 } from '../helpers/proxy-protocol.js'
 import { testConfig, twoVersionRoute } from '../helpers/proxy.js'
 import { startUpstreams, type TestUpstream } from '../helpers/upstream.js'
+import { mulberry32 } from '../../src/rollout/loadtest.js'
 
 if (opensslSkip !== false) t.comment(`PROXY protocol + TLS tests skipped: ${opensslSkip}`)
 
@@ -165,17 +166,8 @@ function getRequest (path: string, close = true, extra = ''): string {
   return `GET ${path} HTTP/1.1\r\nHost: app.test\r\n${extra}${close ? 'Connection: close\r\n' : ''}\r\n`
 }
 
-/** A deterministic PRNG (mulberry32): a failing fuzz case is reproducible from its seed. */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** A deterministic PRNG: a failing fuzz case is reproducible from its seed. */
+const prng = mulberry32
 
 // ---------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ function cpuTicks (pid: number): number {
 /** A `canaryd serve --workers 2` process. */
 type Cluster = Served
 
-async function startCluster (origins: { stable: string, canary: string }, weights: [number, number], extra: Record<string, unknown> = {}): Promise<Cluster> {
+async function startCluster (origins: { stable: string, canary: string }, weights: [number, number], extra: Record<string, unknown> = {}, route: Record<string, unknown> = {}): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
   const raw = {
     listen: { host: '127.0.0.1', port: 0 },
@@ -39,7 +39,8 @@ async function startCluster (origins: { stable: string, canary: string }, weight
     routes: [{
       name: 'web',
       sticky: { keys: ['header:x-user-id'] },
-      versions: [{ name: 'stable', upstream: origins.stable, weight: weights[0] }, { name: 'canary', upstream: origins.canary, weight: weights[1] }]
+      versions: [{ name: 'stable', upstream: origins.stable, weight: weights[0] }, { name: 'canary', upstream: origins.canary, weight: weights[1] }],
+      ...route
     }],
     ...extra
   }
@@ -48,11 +49,12 @@ async function startCluster (origins: { stable: string, canary: string }, weight
   return await serve(file, ['--workers', '2'])
 }
 
-/** Sum of canaryd_requests_total per version from the admin /metrics. */
-async function requestsByVersion (admin: string): Promise<Record<string, number>> {
+/** Sum of canaryd_requests_total per version from the admin /metrics (of one `source` when given). */
+async function requestsByVersion (admin: string, source?: 'user' | 'synthetic'): Promise<Record<string, number>> {
   const text = (await send(`${admin}/metrics`)).body.toString()
   const out: Record<string, number> = {}
   for (const m of text.matchAll(/^canaryd_requests_total\{([^}]*)\} (\d+)/gm)) {
+    if (source !== undefined && !m[1]!.includes(`source="${source}"`)) continue
     const version = /version="([^"]+)"/.exec(m[1]!)![1]!
     out[version] = (out[version] ?? 0) + Number(m[2])
   }
@@ -238,22 +240,9 @@ t.test('cluster mode: a shadow phase is judged in the primary on pairs from ever
 t.test('cluster mode: the primary\'s load test reaches both versions through the workers; its requests are counted apart and judged only when the plan says so', async (t) => {
   const stable = await startUpstream('stable')
   const canary = await startUpstream('canary')
-  const dir = mkdtempSync(join(tmpdir(), 'canaryd-cluster-'))
-  const file = join(dir, 'canaryd.json')
-  writeFileSync(file, JSON.stringify({
-    listen: { host: '127.0.0.1', port: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    state: { file: join(dir, 'state.json') },
-    routes: [{ name: 'web', override: { header: 'x-canaryd-version' }, versions: [{ name: 'stable', upstream: stable.origin, weight: 100 }, { name: 'canary', upstream: canary.origin, weight: 0 }] }]
-  }))
-  const c = await serve(file, ['--workers', '2'])
+  const c = await startCluster({ stable: stable.origin, canary: canary.origin }, [100, 0], {}, { override: { header: 'x-canaryd-version' } })
   t.teardown(async () => { c.child.kill('SIGKILL'); await stable.close(); await canary.close() })
-  const synthetic = async (): Promise<number> => {
-    const text = (await send(`${c.admin}/metrics`)).body.toString()
-    let n = 0
-    for (const m of text.matchAll(/^canaryd_requests_total\{([^}]*)\} (\d+)/gm)) if (m[1]!.includes('source="synthetic"')) n += Number(m[2])
-    return n
-  }
+  const synthetic = async (): Promise<number> => Object.values(await requestsByVersion(c.admin, 'synthetic')).reduce((a, b) => a + b, 0)
   const post = async (plan: unknown): Promise<number> => (await send(`${c.admin}/api/v1/routes/web/rollout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(plan) })).status
   const rollout = async (): Promise<{ state: string; checks: Array<{ verdict: string; canary: { requests: number } }> }> => (await send(`${c.admin}/api/v1/routes/web/rollout`)).json()
 

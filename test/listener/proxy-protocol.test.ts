@@ -3,6 +3,7 @@ import { isIP, SocketAddress } from 'node:net'
 import { isDeepStrictEqual } from 'node:util'
 import { parseProxyHeader, PROXY_V1_MAX, PROXY_V2_MAX, type ProxyAddress, type ProxyHeader, type ProxyParse } from '../../src/listener/proxy-protocol.js'
 import { ipv6Bytes, proxyV1, proxyV1Unknown, proxyV2 } from '../helpers/proxy-protocol.js'
+import { mulberry32 } from '../../src/rollout/loadtest.js'
 
 const SIG = Buffer.from('\r\n\r\n\0\r\nQUIT\n', 'latin1')
 const FULL6 = 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff'
@@ -146,18 +147,6 @@ t.test('the start of a connection', async (t) => {
 /** 16 bytes in the full, uncompressed text form; SocketAddress turns it into libuv's canonical form. */
 const fullHex = (b: Buffer): string => Array.from({ length: 8 }, (_, i) => b.readUInt16BE(2 * i).toString(16)).join(':')
 const canonical = (text: string): string => new SocketAddress({ address: text, family: 'ipv6' }).address
-
-/** mulberry32: a small seeded PRNG, so a failing case can be replayed. */
-function mulberry32 (seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let z = s
-    z = Math.imul(z ^ (z >>> 15), z | 1)
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61)
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** 16 random bytes biased to zero runs and the IPv4-mapped/compatible forms, where the text form has its special cases. */
 function randomIPv6Bytes (rnd: () => number): Buffer {

@@ -62,6 +62,15 @@ function metric (name: string, verdict: MetricResult['verdict'], canary: number 
   return { name, verdict, canary, queries: { canary: 'q{version="canary"}' }, durationMs: 1, ...extra }
 }
 
+/** `n` looks of one second each, the windows fed `canary` requests drawn from `model` and `stable` good ones before each. */
+async function looks (h: H, n: number, canary: number, model: VersionModel, stable: number, random: () => number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    feed(h.c.windows.canary, canary, model, random)
+    feed(h.c.windows.stable, stable, GOOD, random)
+    await h.clock.advance(1000)
+  }
+}
+
 const ORDERS = { name: 'orders', provider: { type: 'prometheus', address: 'http://127.0.0.1:9' }, query: 'x{version="{{version}}"}', compare: { maxRatio: 1.05 } }
 
 t.test('a failing provider metric fails checks the built-in figures pass, and rolls back', async (t) => {
@@ -69,11 +78,7 @@ t.test('a failing provider metric fails checks the built-in figures pass, and ro
     results: () => [metric('orders', 'fail', 0.88, { baseline: 0.98, ratio: 1.1136, reason: 'canary 0.88 vs stable 0.98 (ratio 1.1136 > 1.05, lower is worse)' })]
   })
   const random = rng(7)
-  for (let i = 0; i < 2; i++) {
-    feed(h.c.windows.canary, 300, GOOD, random)
-    feed(h.c.windows.stable, 3000, GOOD, random)
-    await h.clock.advance(1000)
-  }
+  await looks(h, 2, 300, GOOD, 3000, random)
   const r = h.c.record
   t.equal(r.state, 'rolled-back')
   t.equal(r.checks.length, 2)
@@ -90,11 +95,7 @@ t.test('an inconclusive provider metric holds the step (no rollback, no advance)
     results: () => [metric('orders', 'inconclusive', null, { reason: 'Prometheus at http://127.0.0.1:9 could not be reached' })]
   })
   const random = rng(8)
-  for (let i = 0; i < 4; i++) {
-    feed(h.c.windows.canary, 300, GOOD, random)
-    feed(h.c.windows.stable, 3000, GOOD, random)
-    await h.clock.advance(1000)
-  }
+  await looks(h, 4, 300, GOOD, 3000, random)
   const r = h.c.record
   t.equal(r.state, 'progressing')
   t.equal(r.weight, 10, 'still at the first step')
@@ -146,11 +147,7 @@ t.test('the sequential judge records an undecided interval as inconclusive once 
   const plan = { ...BASE, intervalMs: 10_000, analysis: { ...BASE.analysis, minRequests: 1_000_000, baseline: { judge: 'sequential' } } }
   const h = await start(plan)
   const random = rng(11)
-  for (let i = 0; i < 25; i++) {
-    feed(h.c.windows.canary, 10, GOOD, random)
-    feed(h.c.windows.stable, 100, GOOD, random)
-    await h.clock.advance(1000)
-  }
+  await looks(h, 25, 10, GOOD, 100, random)
   t.equal(h.c.record.checks.length, 2, 'two intervals, two records')
   t.ok(h.c.record.checks.every((c) => c.verdict === 'inconclusive' && c.guidance !== undefined))
 })
@@ -222,11 +219,7 @@ t.test('sequential judge with a confirm-promotion gate: the gate is asked once p
   let asked = 0
   const h = await start({ ...BASE, steps: [50], intervalMs: 10_000, analysis: { ...BASE.analysis, baseline: { judge: 'sequential' } }, webhooks: [{ type: 'confirm-promotion', url: 'http://127.0.0.1:9/gate' }] }, { gate: () => { asked++; return false } })
   const random = rng(21)
-  for (let look = 0; look < 20; look++) {
-    feed(h.c.windows.canary, 3000, GOOD, random)
-    feed(h.c.windows.stable, 3000, GOOD, random)
-    await h.clock.advance(1000)
-  }
+  await looks(h, 20, 3000, GOOD, 3000, random)
   t.ok(asked >= 1 && asked <= 2, `asked ${asked} times in two intervals`)
   t.ok(h.c.record.checks.length <= 3, `${h.c.record.checks.length} checks recorded`)
   t.equal(h.c.state, 'progressing', 'held by the gate')
@@ -236,11 +229,7 @@ t.test('sequential judge with a confirm-promotion gate: the gate is asked once p
 t.test('sequential judge, blue/green without a preview: the switch waits for the interval of stable\'s baseline', async (t) => {
   const h = await start({ canary: 'canary', strategy: 'blue-green', intervalMs: 10_000, analysis: { minRequests: 100, baseline: { judge: 'sequential' } } })
   const random = rng(22)
-  for (let look = 0; look < 9; look++) {
-    feed(h.c.windows.canary, 3000, GOOD, random)
-    feed(h.c.windows.stable, 3000, GOOD, random)
-    await h.clock.advance(1000)
-  }
+  await looks(h, 9, 3000, GOOD, 3000, random)
   t.equal(h.c.record.weight, 0, 'no switch before the interval ends, however clear the evidence')
   feed(h.c.windows.stable, 3000, GOOD, random)
   await h.clock.advance(1000)

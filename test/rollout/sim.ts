@@ -5,21 +5,13 @@
  * canary's share following the weight the controller has set.
  */
 import { ManualClock } from '../../src/rollout/clock.js'
+import { mulberry32 } from '../../src/rollout/loadtest.js'
 import { RolloutController, type ControllerDeps, type RolloutHost, type RolloutNotifier, type RolloutRecord } from '../../src/rollout/controller.js'
 import { validatePlan, type RolloutEvent, type RolloutPlan } from '../../src/config/plan.js'
 import type { SampleWindow } from '../../src/rollout/window.js'
 
-/** mulberry32: a tiny seeded PRNG, so every simulated rollout is reproducible. */
-export function rng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** mulberry32 (the load generator's): a tiny seeded PRNG, so every simulated rollout is reproducible. */
+export const rng = mulberry32
 
 /** Standard normal draw (Box-Muller). */
 export function gaussian (random: () => number): number {
