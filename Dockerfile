@@ -4,7 +4,7 @@ FROM node:22-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci
-COPY tsconfig.json tsconfig.build.json ./
+COPY tsconfig.json tsconfig.build.json tsconfig.ui.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
@@ -20,6 +20,8 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# the dashboard's page and style sheet (its scripts are in dist/ui)
+COPY --from=build /app/src/ui/index.html /app/src/ui/style.css ./src/ui/
 COPY package.json ./
 # a placeholder with no routes: start-up fails with a clear line until a real config is mounted here
 COPY config/container.yaml /etc/canaryd/canaryd.yaml

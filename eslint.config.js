@@ -21,6 +21,7 @@ const FOLDERS = ['admin', 'cluster', 'commands', 'config', 'listener', 'metrics'
  *   metrics  ──> nothing of ours                     written by the hot path, read by the control plane
  *   config   ──> routing                             validates and builds the first table
  *   store    ──> routing, config (types)             runtime state: its file, or Redis (fleet)
+ *   ui       ──> nothing of ours                     the dashboard (browser code; talks to the admin API only)
  */
 const ALLOWED = {
   proxy: { values: ['routing', 'upstream', 'metrics'], types: [] },
@@ -31,7 +32,9 @@ const ALLOWED = {
   metrics: { values: [], types: [] },
   config: { values: ['routing'], types: [] },
   store: { values: ['routing'], types: ['config'] },
-  listener: { values: [], types: [] }
+  listener: { values: [], types: [] },
+  // the dashboard runs in the browser: it knows the admin API, never the server's code
+  ui: { values: [], types: [] }
 }
 
 /** One config block per folder: @typescript-eslint/no-restricted-imports with the folders it may not reach. */

@@ -2,10 +2,12 @@ import type { AddressInfo } from 'node:net'
 import { isAbsolute } from 'node:path'
 import { createSecureContext } from 'node:tls'
 import { registerReloadRoute, registerVersionRoutes, type ReloadResult } from './admin/config-routes.js'
+import { Feed } from './admin/feed.js'
 import { registerFleetRoutes } from './admin/fleet-routes.js'
 import { registerRolloutRoutes } from './admin/rollout-routes.js'
 import { registerSegmentRoutes } from './admin/segment-routes.js'
 import { AdminServer, type MetricsSource } from './admin/server.js'
+import { registerUi } from './admin/ui.js'
 import { listenError, listenerCertificates, reloadConfig, restartRequired, type Config } from './config/load.js'
 import { RUNTIME_CHECKS } from './config/segments.js'
 import { CanarydError, ConfigError } from './errors.js'
@@ -383,6 +385,9 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   }
   const reload = reloader(config, logger, state, rollouts, src.applyCertificates)
   registerReloadRoute(admin, reload)
+  const feed = new Feed({ store: state, metrics: src.metrics, instance: () => redis?.instanceId ?? 'local', logger: logger.child({ component: 'admin' }) })
+  feed.register(admin)
+  registerUi(admin, config.admin.ui)
   // a restart resumes rollouts at their step (and keeps finished ones finished); a fleet does it once it has the fleet's state
   if (link === undefined) rollouts.restore()
   return {
@@ -404,6 +409,7 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
       rollouts.restore()
     },
     close: async () => {
+      feed.close()
       rollouts.close()
       await rollouts.leave()
       await state.close()

@@ -295,6 +295,7 @@ export async function runStory (opts: StoryOptions): Promise<StoryResult> {
     out(`  healthy build 2 at ${origin(good)}; build 3 at ${origin(bad)} answers 500 to 8% of requests`)
     out(`  plan: steps 1 → 10 → 50 → 100, minRequests ${minRequests}, successRate >= 99%, p99 <= 500 ms, baseline mann-whitney, maxFailedChecks ${maxFailedChecks}, finalize`)
     out('Watch it as it happens:')
+    out(`  ${opts.admin}/ui/#/routes/${encodeURIComponent(route)}   (the dashboard: live charts, each check, pause/abort buttons)`)
     out(`  curl -s ${api}/rollout`)
     out(`  node dist/cli.js rollout status ${route} --admin ${opts.admin}`)
     out(`  node dist/cli.js top --admin ${opts.admin}`)
@@ -377,6 +378,8 @@ export async function runDemo (opts: DemoOptions): Promise<StoryResult | undefin
   const proxy = `http://127.0.0.1:${app.proxyAddress!.port}`
   const admin = `http://127.0.0.1:${app.adminAddress!.port}`
   out(`canaryd demo: stable at ${origin(stable)}, canary at ${origin(canary)}, proxy at ${proxy} (weights 90/10)`)
+  // first, so a newcomer has the page open before the story starts
+  out(`dashboard: ${admin}/ui/#/routes/web   (open it in a browser now: the releases below play there live)`)
 
   const USERS = 1000
   const ROUNDS = 3
@@ -444,6 +447,7 @@ export async function runDemo (opts: DemoOptions): Promise<StoryResult | undefin
   out(`  curl -si ${proxy}/ | grep -iE 'set-cookie|x-canaryd-version'             # anonymous: gets a canaryd_id cookie`)
   out(`  curl -si --cookie 'canaryd_id=<id from above>' ${proxy}/                  # ...and stays on its version with it`)
   out('')
+  out(`Dashboard at ${admin}/ui/ (charts per version, the rollout timeline, weights and rollout actions).`)
   out(`Admin API at ${admin} (no token: loopback only). Change the weights live, watch the split:`)
   out(`  curl -s -X PUT -H 'content-type: application/json' -d '{"weights":{"stable":50,"canary":50},"reason":"demo"}' ${admin}/api/v1/routes/web/weights`)
   out(`  node dist/cli.js status --admin ${admin}`)

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import { isIP } from 'node:net'
+import { parse as parseYaml } from 'yaml'
 import { CanarydError } from '../errors.js'
 
 /** Largest admin request body, bytes; past it 413 and reading stops. */
@@ -46,12 +47,19 @@ export function tokenDigest (token: string): Buffer {
   return digest(token)
 }
 
+/** The media type of a Content-Type header, lower-cased, without parameters ('' when absent). */
+function mediaType (ct: string | undefined): string {
+  return ct === undefined ? '' : ct.split(';', 1)[0]!.trim().toLowerCase()
+}
+
 /** True for `application/json` and `application/*+json`, with any parameters. */
 function isJsonContentType (ct: string | undefined): boolean {
-  if (ct === undefined) return false
-  const type = ct.split(';', 1)[0]!.trim().toLowerCase()
+  const type = mediaType(ct)
   return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'))
 }
+
+/** The YAML media types in use (none is registered but application/yaml, RFC 9512). */
+const YAML_TYPES: ReadonlySet<string> = new Set(['application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml'])
 
 /**
  * Reads a JSON request body with the admin API's limits. A declared
@@ -63,6 +71,44 @@ export async function readJsonBody (req: IncomingMessage, max: number = MAX_BODY
   if (!isJsonContentType(req.headers['content-type'])) {
     throw new CanarydError('CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON with "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? '(none)')}`)
   }
+  return parseJson(await readBody(req, max))
+}
+
+/**
+ * Reads a body that is JSON or YAML by its Content-Type (`application/yaml`,
+ * also `text/yaml` and the x- forms), with the same limits: a rollout plan
+ * pasted as the CLI takes it from a file. YAML is read as plain data — no
+ * custom tags, at most 100 aliases (no billion laughs), duplicate keys refused.
+ */
+export async function readDocumentBody (req: IncomingMessage, max: number = MAX_BODY_BYTES): Promise<unknown> {
+  const ct = req.headers['content-type']
+  if (isJsonContentType(ct)) return parseJson(await readBody(req, max))
+  if (!YAML_TYPES.has(mediaType(ct))) {
+    throw new CanarydError('CANARYD_ERR_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON ("Content-Type: application/json") or YAML ("Content-Type: application/yaml"), got ${JSON.stringify(ct ?? '(none)')}`)
+  }
+  const text = await readBody(req, max)
+  if (text.trim().length === 0) throw new CanarydError('CANARYD_ERR_INVALID_YAML', 'the request body is empty; a YAML mapping is required')
+  try {
+    // logLevel error: an unknown tag is read as plain data without yaml's process warning,
+    // which would print the client's text on stderr, outside the log
+    return parseYaml(text, { maxAliasCount: 100, uniqueKeys: true, customTags: [], prettyErrors: true, logLevel: 'error' })
+  } catch (err) {
+    // the first line names line and column; the excerpt under it is the client's own text
+    throw new CanarydError('CANARYD_ERR_INVALID_YAML', `the request body is not valid YAML: ${(err as Error).message.split('\n', 1)[0]!.replace(/:\s*$/, '')}`)
+  }
+}
+
+function parseJson (text: string): unknown {
+  if (text.trim().length === 0) throw new CanarydError('CANARYD_ERR_INVALID_JSON', 'the request body is empty; a JSON object is required')
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    throw new CanarydError('CANARYD_ERR_INVALID_JSON', `the request body is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+/** The body as text, at most `max` bytes (413 past it; a declared length over it is refused before reading). */
+async function readBody (req: IncomingMessage, max: number): Promise<string> {
   const declared = req.headers['content-length']
   if (declared !== undefined && Number(declared) > max) throw tooLarge(max)
   const chunks: Buffer[] = []
@@ -82,13 +128,7 @@ export async function readJsonBody (req: IncomingMessage, max: number = MAX_BODY
     req.once('end', resolve)
     req.once('error', reject)
   })
-  const text = Buffer.concat(chunks).toString('utf8')
-  if (text.trim().length === 0) throw new CanarydError('CANARYD_ERR_INVALID_JSON', 'the request body is empty; a JSON object is required')
-  try {
-    return JSON.parse(text) as unknown
-  } catch (err) {
-    throw new CanarydError('CANARYD_ERR_INVALID_JSON', `the request body is not valid JSON: ${(err as Error).message}`)
-  }
+  return Buffer.concat(chunks).toString('utf8')
 }
 
 function tooLarge (max: number): CanarydError {

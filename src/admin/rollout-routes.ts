@@ -14,6 +14,9 @@ import type { AdminServer } from './server.js'
  * weight, `canaryUpstream=URL[,URL]` points the canary at a new build in the
  * same change, 409 unless its weight is 0), `GET …/rollout` (404 when none) and
  * `POST …/rollout/pause|resume|promote|abort` (409 when the state does not allow it).
+ * The plan is JSON or YAML (`Content-Type: application/yaml`); `dryRun=true`
+ * answers 200 with the plan as it would run, or the error a start would get,
+ * and starts nothing.
  */
 export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, manager: RolloutManager): void {
   const base = '/api/v1/routes/{route}/rollout'
@@ -27,7 +30,15 @@ export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, man
     const up = r.query.get('canaryUpstream')
     // one origin, or several separated by commas (origins contain none)
     if (up !== null) req.canaryUpstream = up.includes(',') ? up.split(',') : up
-    const { record, warnings } = await manager.begin(r.params.route!, await r.json(), req)
+    const dry = r.query.get('dryRun')
+    if (dry !== null && dry !== 'true' && dry !== 'false') throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `dryRun must be true or false, got ${JSON.stringify(dry)}`)
+    const body = await r.document()
+    if (dry === 'true') {
+      // what a start would answer, without starting (kubectl's --dry-run=server): the dashboard's Validate
+      const { plan, warnings } = manager.check(r.params.route!, body, req)
+      return { json: { valid: true, route: r.params.route!, plan, warnings } }
+    }
+    const { record, warnings } = await manager.begin(r.params.route!, body, req)
     return { status: 201, json: { ...rolloutView(record), warnings } }
   })
   admin.addRoute('GET', base, (r) => ({ json: rolloutView(manager.get(r.params.route!)) }))

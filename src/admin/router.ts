@@ -14,12 +14,21 @@ export interface AdminRequest {
    * 413 past 64 KiB (reading stops), 400 on invalid JSON.
    */
   readonly json: () => Promise<unknown>
+  /** Like `json`, but YAML too (`Content-Type: application/yaml`): for documents users write, like a rollout plan. */
+  readonly document: () => Promise<unknown>
 }
 
-/** What a handler answers: JSON by default, or raw text (e.g. /metrics). */
+/** What a handler answers: JSON by default, raw text (e.g. /metrics), or a stream it writes itself (the event feed). */
 export type AdminReply =
   | { status?: number; json: unknown; headers?: Record<string, string> }
   | { status?: number; text: string; contentType: string; headers?: Record<string, string> }
+  | {
+    status?: number
+    contentType: string
+    headers?: Record<string, string>
+    /** Called once the head is written (with the security headers); writes and ends the body when it will. */
+    stream: (res: import('node:http').ServerResponse) => void
+  }
 
 /** An admin endpoint; throw a CanarydError to answer with its status and JSON error. */
 export type AdminHandler = (r: AdminRequest) => AdminReply | Promise<AdminReply>

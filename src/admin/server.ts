@@ -5,7 +5,7 @@ import { CanarydError, ConfigError, createError } from '../errors.js'
 import { listenError } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import type { RuntimeStore } from '../store/store.js'
-import { checkBearer, isLoopbackHost, readJsonBody, tokenDigest } from './http.js'
+import { checkBearer, isLoopbackHost, readDocumentBody, readJsonBody, tokenDigest } from './http.js'
 import { AdminRouter, type AdminHandler, type AdminMethod, type AdminReply, type AdminRequest } from './router.js'
 
 // Type-only reference: it makes tsc copy openapi.json to dist/admin/, where
@@ -240,7 +240,8 @@ export class AdminServer {
         params: m.params,
         query: new URLSearchParams(qi === -1 ? '' : url.slice(qi + 1)),
         address: req.socket.remoteAddress ?? null,
-        json: async () => await readJsonBody(req)
+        json: async () => await readJsonBody(req),
+        document: async () => await readDocumentBody(req)
       })
       this.#send(res, reply)
     } catch (err) {
@@ -262,16 +263,23 @@ export class AdminServer {
 
   #send (res: ServerResponse, reply: AdminReply): void {
     if (res.headersSent) return
-    const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
     const own: Record<string, string> = {}
     // lower-cased, so a handler's own policy replaces the default instead of being sent beside it
     for (const [k, v] of Object.entries(reply.headers ?? {})) own[k.toLowerCase()] = v
+    if ('stream' in reply) {
+      // no length: the body lasts as long as the handler writes it
+      res.writeHead(reply.status ?? 200, { ...SECURITY_HEADERS, ...own, 'content-type': reply.contentType, 'cache-control': 'no-store' })
+      reply.stream(res)
+      return
+    }
+    const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
     res.writeHead(reply.status ?? 200, {
       ...SECURITY_HEADERS,
       ...own,
       'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
       'content-length': Buffer.byteLength(body),
-      'cache-control': 'no-store'
+      'cache-control': 'no-store',
+      ...(own['cache-control'] === undefined ? {} : { 'cache-control': own['cache-control'] })
     })
     res.end(body)
   }

@@ -243,7 +243,7 @@ export interface PlanContext {
  * own validator below; all of them add to one problem list, in key order.
  */
 export function validatePlan (raw: unknown, versions?: readonly string[], ctx: PlanContext = {}): RolloutPlan {
-  if (!isObj(raw)) throw new PlanError(['plan: must be a JSON object'])
+  if (!isObj(raw)) throw new PlanError(['plan: must be an object (a JSON object or a YAML mapping)'])
   const p = new Problems()
   p.keys(raw, PLAN_KEYS, '')
   const { canary, stable } = checkVersions(raw, versions, p)

@@ -69,7 +69,8 @@ export const schema = {
   admin: {
     host: { doc: 'Address of the admin server (API, /metrics, /healthz). A non-loopback address requires a token.', format: String, default: '127.0.0.1', env: 'CANARYD_ADMIN_HOST' },
     port: { doc: 'Port of the admin server (0 = any free port).', format: 'port', default: 9901, env: 'CANARYD_ADMIN_PORT' },
-    token: { doc: 'Bearer token required on /api/ when set.', format: String, default: '', env: 'CANARYD_ADMIN_TOKEN', sensitive: true }
+    token: { doc: 'Bearer token required on /api/ when set.', format: String, default: '', env: 'CANARYD_ADMIN_TOKEN', sensitive: true },
+    ui: { doc: 'Serve the web dashboard at /ui/ on the admin server (its pages hold no data: they read the admin API with the same token). false = /ui/ answers 404; the API and its event stream stay.', format: Boolean, default: true, env: 'CANARYD_ADMIN_UI' }
   },
   state: {
     file: { doc: 'File holding runtime state (weights, rollouts), written atomically. With `store.type` redis, the local snapshot of the fleet state is written next to it (`state.json` → `state.fleet.json`).', format: String, default: './data/state.json', env: 'CANARYD_STATE_FILE' }

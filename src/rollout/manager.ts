@@ -12,7 +12,7 @@ import { RolloutController, type ControllerDeps, type RolloutNotifier, type Roll
 import { FleetStats, type StatsTransport } from './fleet.js'
 import { LoadGenerator, type LoadTarget } from './loadtest.js'
 import { authorization } from './provider-http.js'
-import type { AuthSpec } from '../config/plan.js'
+import type { AuthSpec, RolloutPlan } from '../config/plan.js'
 import { ACTIVE_STATES, PlanError, validatePlan } from '../config/plan.js'
 import { checkUpstreams } from '../config/routes.js'
 import type { SubscribeShadow } from '../metrics/observer.js'
@@ -750,7 +750,24 @@ export class RolloutManager {
     if (isRecord(r) && ACTIVE_STATES.has(r.state)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout ${r.state}; pause, promote or abort it first`)
   }
 
-  async #begin (route: string, rawPlan: unknown, req: StartRequest): Promise<{ record: RolloutRecord; warnings: string[] }> {
+  /**
+   * What `begin` would answer now, without starting anything (the admin
+   * API's `?dryRun=true`, the dashboard's Validate): the plan as it would
+   * run (defaults filled in) and the warnings, or the same error a start
+   * would throw — an invalid plan, a route that cannot take it, a rollout
+   * already running.
+   */
+  check (route: string, rawPlan: unknown, req: StartRequest = {}): { plan: RolloutPlan; warnings: string[] } {
+    if (this.#fleet !== undefined) {
+      if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
+      this.#activeElsewhere(route)
+    }
+    const p = this.#prepare(route, rawPlan, req)
+    return { plan: { ...p.plan, stable: p.stable }, warnings: p.warnings }
+  }
+
+  /** Everything `#begin` checks before it starts: the plan, the route, the request; throws what the API answers. */
+  #prepare (route: string, rawPlan: unknown, req: StartRequest): { plan: RolloutPlan; stable: string; versions: string[]; canaryUpstream: string[] | undefined; currentWeight: number; warnings: string[]; existing: RolloutController | undefined } {
     const weights = this.#opts.store.weights(route)
     if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
@@ -789,6 +806,11 @@ export class RolloutManager {
       const exposed = (spec?.segments ?? []).filter((s) => s.version === plan.canary || (s.weights?.[plan.canary] ?? 0) > 0).map((s) => s.name)
       if (exposed.length !== 0) warnings.push(`canaryUpstream: segment${exposed.length === 1 ? '' : 's'} ${exposed.join(', ')} send${exposed.length === 1 ? 's' : ''} users to ${plan.canary}: they get the new build now, before the first step`)
     }
+    return { plan, stable, versions, canaryUpstream, currentWeight, warnings, existing }
+  }
+
+  async #begin (route: string, rawPlan: unknown, req: StartRequest): Promise<{ record: RolloutRecord; warnings: string[] }> {
+    const { plan, stable, versions, canaryUpstream, currentWeight, warnings, existing } = this.#prepare(route, rawPlan, req)
     for (const w of warnings) this.#opts.logger.warn({ route, canary: plan.canary }, w)
     this.#loadRefused.delete(route)
     this.#starting.add(route)

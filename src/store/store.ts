@@ -1197,6 +1197,16 @@ export class RuntimeStore {
     })
   }
 
+  /**
+   * A route's saved rollout state itself, not a copy, or undefined: read it,
+   * never change it. Every save (here or, in a fleet, anywhere) puts a new
+   * object in its place, so a reader that keeps the last one it saw knows
+   * by identity whether anything changed (the dashboard's feed, each second).
+   */
+  rolloutStateRef (route: string): unknown {
+    return this.#rollouts.get(route)
+  }
+
   /** A copy of a route's saved rollout state, or null. */
   getRolloutState (route: string): unknown {
     const v = this.#rollouts.get(route)

@@ -98,6 +98,7 @@ t.test('demo --once shows the split and that every user stayed on one version', 
   t.ok(canary > 60 && canary < 140, `about 10% of 1,000 users on canary (${canary})`)
   t.match(out, /every one of the 1000 users stayed on one version/)
   t.match(out, /anonymous: 100\/100/)
+  t.match(out, /^dashboard: http:\/\/127\.0\.0\.1:\d+\/ui\//m, 'the dashboard URL')
 })
 
 t.test('a reader that closes early (`canaryd … | head -1`): exit 0, no EPIPE stack', async (t) => {

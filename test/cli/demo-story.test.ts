@@ -38,6 +38,8 @@ t.test('the story: a healthy build promoted through 1 → 10 → 50, a failing o
   t.ok((story.traffic.failed.canary ?? 0) > 0, 'the failing build\'s 500s reached some canary users')
 
   // the printed timeline: where to watch, each step, the checks' figures, both outcomes
+  const dashboard = lines.findIndex((l) => /^dashboard: http:\/\/127\.0\.0\.1:\d+\/ui\/#\/routes\/web\b/.test(l))
+  t.ok(dashboard !== -1 && dashboard < lines.findIndex((l) => l.startsWith('The story')), 'the dashboard\'s URL is printed at the start, before the story')
   t.match(timeline, /rollout status web --admin http:\/\/127\.0\.0\.1:\d+/, 'where to watch')
   t.match(timeline, /user traffic: 800 req\/s from 5,000 users/)
   t.match(timeline, /release 1: build 2 \(healthy\)/)

@@ -108,7 +108,7 @@ t.test('wrong types in the file name the key', async (t) => {
     { name: 'log.level: 5', extra: { log: { level: 5 } }, want: /: log\.level: must be one of fatal, error, warn, info, debug, trace, silent, got 5\n$/ },
     { name: 'state.file: 7', extra: { state: { file: 7 } }, want: /: state\.file: must be a string, got 7\n$/ },
     { name: 'an unknown nested key', extra: { limits: { maxConection: 1 } }, want: /: limits\.maxConection: unknown key\n$/ },
-    { name: 'a rollout plan that is a string', extra: { routes: [{ ...(good().routes as object[])[0], rollout: 'junk' }] }, want: /: routes\[0\]\.rollout: plan: must be a JSON object\n$/ },
+    { name: 'a rollout plan that is a string', extra: { routes: [{ ...(good().routes as object[])[0], rollout: 'junk' }] }, want: /: routes\[0\]\.rollout: plan: must be an object \(a JSON object or a YAML mapping\)\n$/ },
     { name: 'a rollout plan full of junk', extra: { routes: [{ ...(good().routes as object[])[0], rollout: { canary: 'nope', steps: [-5, 'x'], stepMs: 1 } }] }, want: /: routes\[0\]\.rollout: .*(canary|steps|stepMs)/ }
   ]
   // serve runs the same checks (checkServeConfig) as validate: a few serve runs hold the two together

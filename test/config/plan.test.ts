@@ -60,8 +60,8 @@ const OK = { canary: 'c', steps: [10] }
 t.test('every section reports its own problems, with the key path', async (t) => {
   const cases: Record<string, Array<[unknown, string[]]>> = {
     plan: [
-      [null, ['plan: must be a JSON object']],
-      [[OK], ['plan: must be a JSON object']],
+      [null, ['plan: must be an object (a JSON object or a YAML mapping)']],
+      [[OK], ['plan: must be an object (a JSON object or a YAML mapping)']],
       [{ ...OK, bogus: 1 }, ['bogus: unknown key (allowed: canary, stable, strategy, steps, stepWeight, maxWeight, intervalMs, analysis, shadow, preview, rollbackWindowMs, promotion, finalize, webhooks)']]
     ],
     versions: [

@@ -1,0 +1,354 @@
+/**
+ * The dashboard's live feed: `GET /api/v1/events`, a server-sent-events
+ * stream with one sample per second (requests/s, 5xx %, p50 and p99 per
+ * version, weights, endpoints, the rollout's state) and marks where
+ * something happened (a weight change, a check, a rollout event).
+ *
+ * One sampler serves every open stream: whatever the number of tabs, this
+ * instance reads its own /metrics exposition once a second, and only while
+ * someone watches — nothing is added to the request path, which already
+ * counts what the exposition holds. The figures are the ones `canaryd top`
+ * computes from two scrapes (summarize), so the UI shows nothing the API
+ * lacks. A fleet's instances each show their own traffic; the weights and
+ * the rollout (checks included) are the fleet's.
+ */
+import type { ServerResponse } from 'node:http'
+import { CanarydError, createError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import { parseExposition, type Exposition } from '../metrics/exposition.js'
+import { METRIC_NAMES } from '../metrics/names.js'
+import { summarize } from '../metrics/summary.js'
+import type { AuditEntry } from '../store/audit.js'
+import type { RuntimeStore } from '../store/store.js'
+import type { AdminServer, MetricsSource } from './server.js'
+
+/** One version's figures over one sample interval. */
+export interface VersionSample {
+  weight: number
+  /** Responses per second. */
+  rps: number
+  /** 5xx share in percent; null without responses. */
+  errorPct: number | null
+  p50Ms: number | null
+  p99Ms: number | null
+  inFlight: number
+  /** Endpoints taking requests and ejected ones; null when unknown (metrics off). */
+  endpoints: { healthy: number; ejected: number } | null
+}
+
+/** What every stream gets each second. */
+export interface Sample {
+  /** End of the interval, ms since the epoch. */
+  t: number
+  /** Measured length of the interval, seconds (about 1). */
+  seconds: number
+  routes: Record<string, { versions: Record<string, VersionSample>; rollout: unknown }>
+}
+
+/** Something that happened on a route, to draw where it happened. */
+export type Mark =
+  | { t: number; route: string; kind: 'weights'; weights: Record<string, number>; source: string | null; reason: string | null }
+  | { t: number; route: string; kind: 'check'; verdict: string; step: number; weight: number; phase: string; reasons: string[] }
+  | { t: number; route: string; kind: 'rollout'; event: string; state: string; step: number; weight: number; reason: string | null }
+
+/** Sample interval, ms. */
+export const FEED_INTERVAL_MS = 1000
+
+/** Samples kept for a stream that opens later (five minutes at one a second). */
+const HISTORY = 300
+
+/** Marks kept (older ones also go once no kept sample is as old). */
+const MAX_MARKS = 500
+
+/** Streams one instance serves at once; past it 429. */
+export const MAX_STREAMS = 32
+
+/** A stream whose client reads slower than this much piles up is closed (it reconnects and gets the history). */
+const MAX_BUFFERED_BYTES = 1024 * 1024
+
+/** What the feed reads. */
+export interface FeedSources {
+  store: Pick<RuntimeStore, 'routeViews' | 'rolloutStateRef' | 'onChange' | 'routeNames'>
+  /** This instance's exposition (undefined: metrics off, no figures). */
+  metrics: MetricsSource | undefined
+  /** This instance's id in the fleet ('local' alone). */
+  instance: () => string
+  logger: Logger
+}
+
+interface Client {
+  res: ServerResponse
+  /** Only this route, or every route. */
+  route: string | undefined
+}
+
+/** The rollout record fields the marks read (RolloutRecord, as saved). */
+interface SavedRollout {
+  state?: string
+  checks?: Array<{ at?: string; verdict?: string; step?: number; weight?: number; phase?: string; reasons?: unknown }>
+  history?: Array<{ at?: string; event?: string; state?: string; step?: number; weight?: number; reason?: string }>
+}
+
+/** Where the marks of a route's rollout record stand: the record last read and the newest times taken from it. */
+interface Cursor {
+  ref: unknown
+  checkAt: string
+  historyAt: string
+}
+
+/** The live feed behind `GET /api/v1/events`; `close` stops it and ends every stream. */
+export class Feed {
+  readonly #src: FeedSources
+  readonly #clients = new Set<Client>()
+  readonly #history: Sample[] = []
+  #marks: Mark[] = []
+  #timer: NodeJS.Timeout | undefined
+  #busy = false
+  #prev: { at: number; exposition: Exposition } | undefined
+  readonly #weights = new Map<string, string>()
+  readonly #cursors = new Map<string, Cursor>()
+  #closed = false
+
+  constructor (src: FeedSources) {
+    this.#src = src
+    // a change made here is marked at once with who made it and why; one from
+    // elsewhere in the fleet shows up as a weights difference at the next sample
+    src.store.onChange((e) => { if (this.#timer !== undefined) this.#weightsMark(e.route, e.weights, Date.parse(e.time) || Date.now(), e) })
+  }
+
+  /** Open streams now. */
+  get streams (): number {
+    return this.#clients.size
+  }
+
+  /** Registers `GET /api/v1/events`. */
+  register (admin: Pick<AdminServer, 'addRoute'>): void {
+    admin.addRoute('GET', '/api/v1/events', (q) => {
+      const route = q.query.get('route') ?? undefined
+      if (route !== undefined && !this.#src.store.routeNames.includes(route)) {
+        throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#src.store.routeNames.join(', ') })
+      }
+      // a HEAD has no body to stream: it must neither hang nor hold one of the streams
+      if (q.req.method === 'HEAD') return { text: '', contentType: 'text/event-stream; charset=utf-8', headers: { 'x-accel-buffering': 'no' } }
+      if (this.#closed) throw new CanarydError('CANARYD_ERR_NOT_FOUND', 'the event feed is closed: this instance is shutting down')
+      if (this.#clients.size >= MAX_STREAMS) throw new CanarydError('CANARYD_ERR_TOO_MANY_STREAMS', `${MAX_STREAMS} event streams are open on this instance already; close a dashboard tab or retry later`)
+      return {
+        contentType: 'text/event-stream; charset=utf-8',
+        // a buffering proxy in front (nginx) would hold the stream back
+        headers: { 'x-accel-buffering': 'no' },
+        stream: (res) => { this.#open({ res, route }) }
+      }
+    })
+  }
+
+  /** Stops sampling and ends every stream. Idempotent. */
+  close (): void {
+    this.#closed = true
+    this.#stop()
+    for (const c of this.#clients) c.res.end()
+    this.#clients.clear()
+  }
+
+  #open (c: Client): void {
+    this.#clients.add(c)
+    c.res.once('close', () => {
+      this.#clients.delete(c)
+      if (this.#clients.size === 0) this.#stop()
+    })
+    // the socket's own buffering would hold the first small events back
+    c.res.socket?.setNoDelay(true)
+    const history = c.route === undefined ? this.#history : this.#history.map((s) => only(s, c.route!))
+    const marks = c.route === undefined ? this.#marks : this.#marks.filter((m) => m.route === c.route)
+    this.#write(c, event('hello', { intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, history, marks }))
+    if (this.#timer === undefined && !this.#closed) {
+      this.#seed()
+      this.#timer = setInterval(() => { void this.#tick() }, FEED_INTERVAL_MS)
+      this.#timer.unref()
+      void this.#tick()
+    }
+  }
+
+  /**
+   * What the weights and the rollout records are when the sampler starts: a change from
+   * here on is a mark, even one in the first second (the first sample needs two scrapes).
+   */
+  #seed (): void {
+    for (const view of this.#src.store.routeViews()) {
+      this.#weights.set(view.name, JSON.stringify(Object.fromEntries(view.versions.map((v) => [v.name, v.weight]))))
+    }
+    this.#marksFromRollouts(Date.now())
+  }
+
+  #stop (): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer)
+    this.#timer = undefined
+    // the next watcher starts afresh: a rate over the gap would mean nothing, and a change
+    // made while nobody watched has no time to be drawn at (the audit log and the timeline keep it)
+    this.#prev = undefined
+    this.#weights.clear()
+    this.#cursors.clear()
+  }
+
+  #write (c: Client, text: string): void {
+    if (c.res.writableLength > MAX_BUFFERED_BYTES) {
+      this.#src.logger.debug({ buffered: c.res.writableLength }, 'event stream closed: the client reads too slowly')
+      c.res.destroy()
+      return
+    }
+    c.res.write(text)
+  }
+
+  #broadcast (kind: string, data: Sample | Mark): void {
+    let all: string | undefined
+    for (const c of this.#clients) {
+      if (c.route === undefined) {
+        all ??= event(kind, data)
+        this.#write(c, all)
+      } else if (kind === 'sample') {
+        this.#write(c, event(kind, only(data as Sample, c.route)))
+      } else if ((data as Mark).route === c.route) {
+        this.#write(c, event(kind, data))
+      }
+    }
+  }
+
+  async #tick (): Promise<void> {
+    // a slow exposition (a cluster's workers answering late) skips a beat instead of piling up
+    if (this.#busy || this.#timer === undefined) return
+    this.#busy = true
+    try {
+      const now = Date.now()
+      let exposition: Exposition | undefined
+      if (this.#src.metrics !== undefined) {
+        try {
+          exposition = parseExposition(await this.#src.metrics.expose())
+        } catch (err) {
+          this.#src.logger.debug({ err }, 'event feed: the metrics could not be read this second')
+        }
+      }
+      if (this.#timer === undefined) return
+      const sample = this.#sample(now, exposition)
+      this.#marksFromRollouts(now)
+      if (sample !== undefined) {
+        this.#history.push(sample)
+        if (this.#history.length > HISTORY) this.#history.shift()
+        const oldest = this.#history[0]!.t
+        if (this.#marks.length > 0 && (this.#marks[0]!.t < oldest - FEED_INTERVAL_MS || this.#marks.length > MAX_MARKS)) {
+          this.#marks = this.#marks.filter((m) => m.t >= oldest - FEED_INTERVAL_MS).slice(-MAX_MARKS)
+        }
+        this.#broadcast('sample', sample)
+      }
+      if (exposition !== undefined) this.#prev = { at: now, exposition }
+    } finally {
+      this.#busy = false
+    }
+  }
+
+  /** One second's figures; undefined for the very first scrape (a rate needs two). */
+  #sample (now: number, cur: Exposition | undefined): Sample | undefined {
+    const prev = this.#prev
+    if (cur !== undefined && prev === undefined) return undefined
+    const seconds = prev === undefined ? FEED_INTERVAL_MS / 1000 : (now - prev.at) / 1000
+    const rows = new Map<string, ReturnType<typeof summarize>['rows'][number]>()
+    const endpoints = new Map<string, { healthy: number; ejected: number }>()
+    if (cur !== undefined && prev !== undefined) {
+      for (const r of summarize(prev.exposition, cur, seconds).rows) rows.set(`${r.route}\u0000${r.version}`, r)
+      for (const s of cur.samples) {
+        if (s.name !== METRIC_NAMES.endpoints) continue
+        const key = `${s.labels.route ?? ''}\u0000${s.labels.version ?? ''}`
+        let e = endpoints.get(key)
+        if (e === undefined) endpoints.set(key, e = { healthy: 0, ejected: 0 })
+        if (s.labels.state === 'healthy') e.healthy += s.value
+        else if (s.labels.state === 'ejected') e.ejected += s.value
+      }
+    }
+    const routes: Sample['routes'] = {}
+    for (const view of this.#src.store.routeViews()) {
+      const versions: Record<string, VersionSample> = {}
+      const weights: Record<string, number> = {}
+      for (const v of view.versions) {
+        const key = `${view.name}\u0000${v.name}`
+        const r = rows.get(key)
+        weights[v.name] = v.weight
+        versions[v.name] = {
+          weight: v.weight,
+          rps: round(r?.rps ?? 0, 2),
+          errorPct: r?.errorPct === undefined ? null : round(r.errorPct, 3),
+          p50Ms: r?.p50 === undefined ? null : round(r.p50 * 1000, 3),
+          p99Ms: r?.p99 === undefined ? null : round(r.p99 * 1000, 3),
+          inFlight: r?.inFlight ?? 0,
+          endpoints: endpoints.get(key) ?? null
+        }
+      }
+      // a change made elsewhere in the fleet (no local onChange) is seen here
+      this.#weightsMark(view.name, weights, now, undefined)
+      routes[view.name] = { versions, rollout: view.rollout }
+    }
+    return { t: now, seconds: round(seconds, 3), routes }
+  }
+
+  /** Marks a weight change of `route` unless these are the weights last seen. The first sight only records them. */
+  #weightsMark (route: string, weights: Record<string, number>, t: number, entry: AuditEntry | undefined): void {
+    const key = JSON.stringify(weights)
+    const before = this.#weights.get(route)
+    this.#weights.set(route, key)
+    if (before === undefined || before === key) return
+    this.#mark({ t, route, kind: 'weights', weights, source: entry?.source ?? null, reason: entry?.reason ?? null })
+  }
+
+  /** Marks the checks and events a rollout record gained since it was last read (by identity: every save is a new object). */
+  #marksFromRollouts (now: number): void {
+    for (const route of this.#src.store.routeNames) {
+      const ref = this.#src.store.rolloutStateRef(route)
+      const cur = this.#cursors.get(route)
+      if (cur !== undefined && cur.ref === ref) continue
+      const r = (typeof ref === 'object' && ref !== null ? ref : {}) as SavedRollout
+      const checks = Array.isArray(r.checks) ? r.checks : []
+      const history = Array.isArray(r.history) ? r.history : []
+      const next: Cursor = {
+        ref,
+        checkAt: latest(checks, cur?.checkAt ?? ''),
+        historyAt: latest(history, cur?.historyAt ?? '')
+      }
+      this.#cursors.set(route, next)
+      // the first read of a record only places the cursor: what happened before anyone watched has no figures to sit on
+      if (cur === undefined) continue
+      for (const c of checks) {
+        if (typeof c.at !== 'string' || c.at <= cur.checkAt) continue
+        this.#mark({ t: Date.parse(c.at) || now, route, kind: 'check', verdict: String(c.verdict ?? ''), step: c.step ?? 0, weight: c.weight ?? 0, phase: c.phase ?? 'steps', reasons: Array.isArray(c.reasons) ? c.reasons.map(String) : [] })
+      }
+      for (const h of history) {
+        if (typeof h.at !== 'string' || h.at <= cur.historyAt) continue
+        this.#mark({ t: Date.parse(h.at) || now, route, kind: 'rollout', event: String(h.event ?? ''), state: String(h.state ?? ''), step: h.step ?? 0, weight: h.weight ?? 0, reason: h.reason ?? null })
+      }
+    }
+  }
+
+  #mark (m: Mark): void {
+    this.#marks.push(m)
+    this.#broadcast('mark', m)
+  }
+}
+
+/** The newest `at` of `items` (ISO-8601 strings compare in time order), or `floor`. */
+function latest (items: ReadonlyArray<{ at?: string }>, floor: string): string {
+  let max = floor
+  for (const i of items) if (typeof i.at === 'string' && i.at > max) max = i.at
+  return max
+}
+
+/** A sample with only `route` in it. */
+function only (s: Sample, route: string): Sample {
+  const r = s.routes[route]
+  return { t: s.t, seconds: s.seconds, routes: r === undefined ? {} : { [route]: r } }
+}
+
+/** One server-sent event (JSON has no raw newline, so one data line). */
+function event (kind: string, data: unknown): string {
+  return `event: ${kind}\ndata: ${JSON.stringify(data)}\n\n`
+}
+
+function round (n: number, digits: number): number {
+  const f = 10 ** digits
+  return Math.round(n * f) / f
+}

@@ -1,0 +1,49 @@
+/**
+ * `#/fleet`: the instances sharing this one's runtime state, from
+ * `GET /api/v1/fleet`. Heartbeats are not in the feed, so the page re-reads
+ * every 5 s while it is open; the "x s ago" ages tick each second between.
+ */
+import { call } from './api.js'
+import { ago, fill, h, table } from './dom.js'
+import { readFailed } from './overview.js'
+import { pace } from './pace.js'
+import type { FleetView } from './types.js'
+
+/** Mounts the fleet page. */
+export function mountFleet (main: HTMLElement): () => void {
+  const facts = h('p', { class: 'muted' }, 'Loading…')
+  const out = h('div')
+  fill(main, h('h1', null, 'Fleet'), facts, out)
+  const ages: Array<[HTMLElement, string]> = []
+  const tick = (): void => {
+    const now = Date.now()
+    for (const [el, t] of ages) el.textContent = ago(t, now)
+  }
+  const load = async (): Promise<void> => {
+    try {
+      const { data } = await call<FleetView>('GET', '/api/v1/fleet')
+      fill(facts, data.store === 'redis'
+        ? `Fleet store: Redis (${data.storeUp ? 'reachable' : 'NOT reachable from this instance'}) · generation ${data.generation} · this instance: ${data.self}${data.configMismatch ? ' · its config differs from the fleet\'s' : ''}`
+        : `Single instance (store: ${data.store}): no fleet to show beyond this one.`)
+      ages.length = 0
+      fill(out, table(['instance', 'host', 'pid', 'admin', 'proxy', 'generation', 'heartbeat', 'leads rollouts of', 'config'], data.instances.map((i) => {
+        const age = h('span', { title: new Date(i.lastHeartbeat).toLocaleString() }, ago(i.lastHeartbeat))
+        ages.push([age, i.lastHeartbeat])
+        return [
+          i.self ? h('strong', null, `${i.id} (this one)`) : i.id, i.hostname, String(i.pid), i.admin, i.proxy, String(i.generation),
+          age, i.leader.length === 0 ? '–' : i.leader.join(', '),
+          i.configMismatch ? h('strong', { class: 'error' }, 'mismatch') : 'same'
+        ]
+      }), { 'data-testid': 'fleet-table' }))
+    } catch (err) {
+      fill(out, readFailed(err))
+      throw err
+    }
+  }
+  const pacer = pace(load, 5000)
+  const timer = setInterval(tick, 1000)
+  return () => {
+    pacer.stop()
+    clearInterval(timer)
+  }
+}
