@@ -387,7 +387,7 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   registerReloadRoute(admin, reload)
   const feed = new Feed({ store: state, metrics: src.metrics, instance: () => redis?.instanceId ?? 'local', logger: logger.child({ component: 'admin' }) })
   feed.register(admin)
-  registerUi(admin, config.admin.ui)
+  registerUi(admin, config.admin.ui, logger.child({ component: 'admin' }))
   // a restart resumes rollouts at their step (and keeps finished ones finished); a fleet does it once it has the fleet's state
   if (link === undefined) rollouts.restore()
   return {

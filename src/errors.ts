@@ -28,6 +28,7 @@ export const ERROR_CODES = {
   CANARYD_ERR_UNAUTHORIZED: { status: 401, doc: 'Admin API: missing or wrong `Authorization: Bearer` token.' },
   CANARYD_ERR_CROSS_ORIGIN: { status: 403, doc: 'Admin API: a state-changing request (POST, PUT, PATCH, DELETE) sent by a browser from another origin (its `Origin` is not the admin address, or `Sec-Fetch-Site` says cross-site). Without a token, also any request addressed to a name other than a loopback name or `admin.host` (DNS rebinding). Stops a web page from changing weights or aborting rollouts through a browser on the admin host; the CLI, curl and scripts send no `Origin` and are not affected.' },
   CANARYD_ERR_NOT_FOUND: { status: 404, doc: 'Admin API: unknown path.' },
+  CANARYD_ERR_SHUTTING_DOWN: { status: 503, doc: 'Admin API: `GET /api/v1/events` while this instance is shutting down (its event feed has closed); connect to another instance or retry once it is back.' },
   CANARYD_ERR_TOO_MANY_STREAMS: { status: 429, doc: 'Admin API: `GET /api/v1/events` while 32 event streams are open on this instance already (each dashboard tab holds one); close one or retry later.' },
   CANARYD_ERR_ROUTE_NOT_FOUND: { status: 404, doc: 'Admin API: no route with that name.', message: 'no route named {route} (routes: {routes})' },
   CANARYD_ERR_VERSION_NOT_FOUND: { status: 404, doc: 'Admin API: the route has no version with that name.', message: 'route {route} has no version {version} (versions: {versions})' },

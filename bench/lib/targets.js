@@ -14,9 +14,9 @@ const root = join(here, '..')
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
 /** Every target startTargets knows, in the order it starts them. */
-export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
+export const TARGET_NAMES = ['direct', 'canaryd', 'canaryd-watched', 'canaryd-base', 'canaryd-nometrics', 'canaryd-workers2', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis', 'undici-bare', 'http-bare', 'http-proxy', 'nginx']
 /** Started only when asked for by name (not part of the full run). */
-export const OPT_IN = ['http-bare', 'canaryd-base', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis']
+export const OPT_IN = ['http-bare', 'canaryd-watched', 'canaryd-base', 'canaryd-segments', 'canaryd-mirror', 'canaryd-redis']
 
 const children = new Set()
 const tmpDirs = []
@@ -226,6 +226,14 @@ export async function startTargets ({ names, log = () => {} } = {}) {
       const port = await freePort()
       const file = config({ listen: { host: '127.0.0.1', port } })
       const pid = await forkReady(join(here, 'peers/canaryd.js'), [file])
+      return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
+    },
+    // canaryd with a dashboard open: one event stream (GET /api/v1/events) read for
+    // the whole run, so the sampler reads the exposition once a second beside the traffic
+    'canaryd-watched': async () => {
+      const port = await freePort()
+      const file = config({ listen: { host: '127.0.0.1', port } })
+      const pid = await forkReady(join(here, 'peers/canaryd.js'), [file, 'watched'])
       return { url: `http://127.0.0.1:${port}/`, pids: [pid] }
     },
     // an earlier build of canaryd for a same-run before/after A/B: CANARYD_BASE is

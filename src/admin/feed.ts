@@ -5,9 +5,10 @@
  * something happened (a weight change, a check, a rollout event).
  *
  * One sampler serves every open stream: whatever the number of tabs, this
- * instance reads its own /metrics exposition once a second, and only while
+ * instance reads the few metric families it needs once a second (as
+ * prom-client's JSON: no text written and parsed back), and only while
  * someone watches — nothing is added to the request path, which already
- * counts what the exposition holds. The figures are the ones `canaryd top`
+ * counts what they hold. The figures are the ones `canaryd top`
  * computes from two scrapes (summarize), so the UI shows nothing the API
  * lacks. A fleet's instances each show their own traffic; the weights and
  * the rollout (checks included) are the fleet's.
@@ -15,7 +16,7 @@
 import type { ServerResponse } from 'node:http'
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
-import { parseExposition, type Exposition } from '../metrics/exposition.js'
+import { expositionFromJson, parseExposition, type Exposition } from '../metrics/exposition.js'
 import { METRIC_NAMES } from '../metrics/names.js'
 import { summarize } from '../metrics/summary.js'
 import type { AuditEntry } from '../store/audit.js'
@@ -51,6 +52,9 @@ export type Mark =
   | { t: number; route: string; kind: 'check'; verdict: string; step: number; weight: number; phase: string; reasons: string[] }
   | { t: number; route: string; kind: 'rollout'; event: string; state: string; step: number; weight: number; reason: string | null }
 
+/** The families a sample reads (summarize's and the endpoints), nothing else of the exposition. */
+const FAMILIES: readonly string[] = [METRIC_NAMES.requests, METRIC_NAMES.duration, METRIC_NAMES.inFlight, METRIC_NAMES.weight, METRIC_NAMES.upstreamErrors, METRIC_NAMES.endpoints]
+
 /** Sample interval, ms. */
 export const FEED_INTERVAL_MS = 1000
 
@@ -80,6 +84,8 @@ interface Client {
   res: ServerResponse
   /** Only this route, or every route. */
   route: string | undefined
+  /** Bytes of the hello: a large one (many routes, full history) is not the client falling behind. */
+  allowance: number
 }
 
 /** The rollout record fields the marks read (RolloutRecord, as saved). */
@@ -111,8 +117,9 @@ export class Feed {
 
   constructor (src: FeedSources) {
     this.#src = src
-    // a change made here is marked at once with who made it and why; one from
-    // elsewhere in the fleet shows up as a weights difference at the next sample
+    // a change is marked at once with who made it and why: one made here, and one made
+    // elsewhere in the fleet (the store hands on its audit entry when it applies it); the
+    // per-second diff in #sample catches any other (a config reload's weights, a missed entry)
     src.store.onChange((e) => { if (this.#timer !== undefined) this.#weightsMark(e.route, e.weights, Date.parse(e.time) || Date.now(), e) })
   }
 
@@ -130,13 +137,13 @@ export class Feed {
       }
       // a HEAD has no body to stream: it must neither hang nor hold one of the streams
       if (q.req.method === 'HEAD') return { text: '', contentType: 'text/event-stream; charset=utf-8', headers: { 'x-accel-buffering': 'no' } }
-      if (this.#closed) throw new CanarydError('CANARYD_ERR_NOT_FOUND', 'the event feed is closed: this instance is shutting down')
+      if (this.#closed) throw new CanarydError('CANARYD_ERR_SHUTTING_DOWN', 'the event feed is closed: this instance is shutting down')
       if (this.#clients.size >= MAX_STREAMS) throw new CanarydError('CANARYD_ERR_TOO_MANY_STREAMS', `${MAX_STREAMS} event streams are open on this instance already; close a dashboard tab or retry later`)
       return {
         contentType: 'text/event-stream; charset=utf-8',
         // a buffering proxy in front (nginx) would hold the stream back
         headers: { 'x-accel-buffering': 'no' },
-        stream: (res) => { this.#open({ res, route }) }
+        stream: (res) => { this.#open({ res, route, allowance: 0 }) }
       }
     })
   }
@@ -157,9 +164,14 @@ export class Feed {
     })
     // the socket's own buffering would hold the first small events back
     c.res.socket?.setNoDelay(true)
-    const history = c.route === undefined ? this.#history : this.#history.map((s) => only(s, c.route!))
-    const marks = c.route === undefined ? this.#marks : this.#marks.filter((m) => m.route === c.route)
-    this.#write(c, event('hello', { intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, history, marks }))
+    // samples from before a quiet spell count only while they are within the window a page draws
+    const since = Date.now() - HISTORY * FEED_INTERVAL_MS
+    const kept = this.#history.filter((s) => s.t >= since)
+    const history = c.route === undefined ? kept : kept.map((s) => keepRoute(s, c.route!))
+    const marks = this.#marks.filter((m) => m.t >= since && (c.route === undefined || m.route === c.route))
+    const hello = formatEvent('hello', { intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, history, marks })
+    c.allowance = Buffer.byteLength(hello)
+    c.res.write(hello)
     if (this.#timer === undefined && !this.#closed) {
       this.#seed()
       this.#timer = setInterval(() => { void this.#tick() }, FEED_INTERVAL_MS)
@@ -190,7 +202,7 @@ export class Feed {
   }
 
   #write (c: Client, text: string): void {
-    if (c.res.writableLength > MAX_BUFFERED_BYTES) {
+    if (c.res.writableLength > MAX_BUFFERED_BYTES + c.allowance) {
       this.#src.logger.debug({ buffered: c.res.writableLength }, 'event stream closed: the client reads too slowly')
       c.res.destroy()
       return
@@ -202,12 +214,12 @@ export class Feed {
     let all: string | undefined
     for (const c of this.#clients) {
       if (c.route === undefined) {
-        all ??= event(kind, data)
+        all ??= formatEvent(kind, data)
         this.#write(c, all)
       } else if (kind === 'sample') {
-        this.#write(c, event(kind, only(data as Sample, c.route)))
+        this.#write(c, formatEvent(kind, keepRoute(data as Sample, c.route)))
       } else if ((data as Mark).route === c.route) {
-        this.#write(c, event(kind, data))
+        this.#write(c, formatEvent(kind, data))
       }
     }
   }
@@ -221,7 +233,8 @@ export class Feed {
       let exposition: Exposition | undefined
       if (this.#src.metrics !== undefined) {
         try {
-          exposition = parseExposition(await this.#src.metrics.expose())
+          const m = this.#src.metrics
+          exposition = m.families === undefined ? parseExposition(await m.expose()) : expositionFromJson(await m.families(FAMILIES))
         } catch (err) {
           this.#src.logger.debug({ err }, 'event feed: the metrics could not be read this second')
         }
@@ -231,7 +244,11 @@ export class Feed {
       this.#marksFromRollouts(now)
       if (sample !== undefined) {
         this.#history.push(sample)
-        if (this.#history.length > HISTORY) this.#history.shift()
+        // at most HISTORY samples, none older than the window (after a quiet spell, the older ones go)
+        const since = now - HISTORY * FEED_INTERVAL_MS
+        let drop = Math.max(0, this.#history.length - HISTORY)
+        while (drop < this.#history.length && this.#history[drop]!.t < since) drop++
+        if (drop > 0) this.#history.splice(0, drop)
         const oldest = this.#history[0]!.t
         if (this.#marks.length > 0 && (this.#marks[0]!.t < oldest - FEED_INTERVAL_MS || this.#marks.length > MAX_MARKS)) {
           this.#marks = this.#marks.filter((m) => m.t >= oldest - FEED_INTERVAL_MS).slice(-MAX_MARKS)
@@ -244,10 +261,16 @@ export class Feed {
     }
   }
 
-  /** One second's figures; undefined for the very first scrape (a rate needs two). */
+  /**
+   * One second's figures; undefined for the very first scrape (a rate needs two) and when
+   * this second's scrape failed (no figures is not zero traffic: the next sample covers both seconds).
+   */
   #sample (now: number, cur: Exposition | undefined): Sample | undefined {
     const prev = this.#prev
-    if (cur !== undefined && prev === undefined) return undefined
+    const views = this.#src.store.routeViews()
+    // a change made elsewhere in the fleet (no local onChange) is seen here, figures or not
+    for (const view of views) this.#weightsMark(view.name, Object.fromEntries(view.versions.map((v) => [v.name, v.weight])), now, undefined)
+    if (this.#src.metrics !== undefined && (cur === undefined || prev === undefined)) return undefined
     const seconds = prev === undefined ? FEED_INTERVAL_MS / 1000 : (now - prev.at) / 1000
     const rows = new Map<string, ReturnType<typeof summarize>['rows'][number]>()
     const endpoints = new Map<string, { healthy: number; ejected: number }>()
@@ -263,13 +286,11 @@ export class Feed {
       }
     }
     const routes: Sample['routes'] = {}
-    for (const view of this.#src.store.routeViews()) {
+    for (const view of views) {
       const versions: Record<string, VersionSample> = {}
-      const weights: Record<string, number> = {}
       for (const v of view.versions) {
         const key = `${view.name}\u0000${v.name}`
         const r = rows.get(key)
-        weights[v.name] = v.weight
         versions[v.name] = {
           weight: v.weight,
           rps: round(r?.rps ?? 0, 2),
@@ -280,8 +301,6 @@ export class Feed {
           endpoints: endpoints.get(key) ?? null
         }
       }
-      // a change made elsewhere in the fleet (no local onChange) is seen here
-      this.#weightsMark(view.name, weights, now, undefined)
       routes[view.name] = { versions, rollout: view.rollout }
     }
     return { t: now, seconds: round(seconds, 3), routes }
@@ -307,8 +326,8 @@ export class Feed {
       const history = Array.isArray(r.history) ? r.history : []
       const next: Cursor = {
         ref,
-        checkAt: latest(checks, cur?.checkAt ?? ''),
-        historyAt: latest(history, cur?.historyAt ?? '')
+        checkAt: newestAt(checks, cur?.checkAt ?? ''),
+        historyAt: newestAt(history, cur?.historyAt ?? '')
       }
       this.#cursors.set(route, next)
       // the first read of a record only places the cursor: what happened before anyone watched has no figures to sit on
@@ -331,20 +350,20 @@ export class Feed {
 }
 
 /** The newest `at` of `items` (ISO-8601 strings compare in time order), or `floor`. */
-function latest (items: ReadonlyArray<{ at?: string }>, floor: string): string {
+function newestAt (items: ReadonlyArray<{ at?: string }>, floor: string): string {
   let max = floor
   for (const i of items) if (typeof i.at === 'string' && i.at > max) max = i.at
   return max
 }
 
 /** A sample with only `route` in it. */
-function only (s: Sample, route: string): Sample {
+function keepRoute (s: Sample, route: string): Sample {
   const r = s.routes[route]
   return { t: s.t, seconds: s.seconds, routes: r === undefined ? {} : { [route]: r } }
 }
 
 /** One server-sent event (JSON has no raw newline, so one data line). */
-function event (kind: string, data: unknown): string {
+function formatEvent (kind: string, data: unknown): string {
   return `event: ${kind}\ndata: ${JSON.stringify(data)}\n\n`
 }
 

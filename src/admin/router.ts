@@ -18,10 +18,11 @@ export interface AdminRequest {
   readonly document: () => Promise<unknown>
 }
 
-/** What a handler answers: JSON by default, raw text (e.g. /metrics), or a stream it writes itself (the event feed). */
+/** What a handler answers: JSON by default, raw text (e.g. /metrics), bytes (the dashboard's files), or a stream it writes itself (the event feed). */
 export type AdminReply =
   | { status?: number; json: unknown; headers?: Record<string, string> }
   | { status?: number; text: string; contentType: string; headers?: Record<string, string> }
+  | { status?: number; body: Buffer; contentType: string; headers?: Record<string, string> }
   | {
     status?: number
     contentType: string

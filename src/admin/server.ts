@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { CanarydError, ConfigError, createError } from '../errors.js'
 import { listenError } from '../config/load.js'
 import type { Logger } from '../logger.js'
+import type { FamilyJson } from '../metrics/exposition.js'
 import type { RuntimeStore } from '../store/store.js'
 import { checkBearer, isLoopbackHost, readDocumentBody, readJsonBody, tokenDigest } from './http.js'
 import { AdminRouter, type AdminHandler, type AdminMethod, type AdminReply, type AdminRequest } from './router.js'
@@ -16,6 +17,8 @@ type OpenApiDocument = typeof import('./openapi.json')
 /** What the admin server needs of the metrics: the exposition text and its content type. */
 export interface MetricsSource {
   expose: () => Promise<string>
+  /** These families only, as prom-client's JSON (cheaper than `expose` for a frequent reader); absent: `expose` is parsed. */
+  families?: (names: readonly string[]) => Promise<FamilyJson[]>
   registry: { contentType: string }
 }
 
@@ -272,14 +275,14 @@ export class AdminServer {
       reply.stream(res)
       return
     }
-    const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : reply.text
+    const body = 'json' in reply ? `${JSON.stringify(reply.json, null, 2)}\n` : 'text' in reply ? reply.text : reply.body
     res.writeHead(reply.status ?? 200, {
       ...SECURITY_HEADERS,
       ...own,
       'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
       'content-length': Buffer.byteLength(body),
-      'cache-control': 'no-store',
-      ...(own['cache-control'] === undefined ? {} : { 'cache-control': own['cache-control'] })
+      // API answers are never cached; the dashboard's files say their own (revalidate with an ETag)
+      'cache-control': own['cache-control'] ?? 'no-store'
     })
     res.end(body)
   }

@@ -31,7 +31,8 @@ export type ToWorker =
   | { canaryd: 'sub', route: string, version: string, on: boolean }
   /** Forward (or stop forwarding) the shadow pairs of a route: a rollout's shadow phase runs in the primary. */
   | { canaryd: 'shadow', route: string, on: boolean }
-  | { canaryd: 'metrics', id: number }
+  /** `names`: only these families (the dashboard's feed); absent: all of them (GET /metrics). */
+  | { canaryd: 'metrics', id: number, names?: string[] }
   | { canaryd: 'drain', ms: number }
 
 /** Worker → primary. */

@@ -18,10 +18,11 @@
 import cluster, { type Worker } from 'node:cluster'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { AggregatorRegistry } from 'prom-client'
+import { AggregatorRegistry, type Registry } from 'prom-client'
 import { addLogReadout, announceStarted, createControlPlane, createStore, listenerSummary, loadListenerCertificates, warnInsecure, type ControlPlane } from '../app.js'
 import type { ListenerCertificate } from '../listener/certs.js'
 import type { Config } from '../config/load.js'
+import type { FamilyJson } from '../metrics/exposition.js'
 import type { ShadowPair } from '../metrics/observer.js'
 import type { Logger } from '../logger.js'
 import { PrometheusMetrics, type FinishListener } from '../metrics/prometheus.js'
@@ -85,7 +86,7 @@ export class ClusterPrimary {
     this.state.holder.onSwap((table) => { this.#broadcast({ canaryd: 'table', routes: [...this.state.specs], generation: table.generation }) })
     const own = this.#own
     this.control = createControlPlane(opts.config, opts.logger, this.state, {
-      metrics: own === undefined ? undefined : { expose: async () => await this.metricsText(), registry: { contentType: own.registry.contentType } },
+      metrics: own === undefined ? undefined : { expose: async () => await this.metricsText(), families: async (names) => await this.metricsJson(names), registry: { contentType: own.registry.contentType } },
       registry: own?.registry,
       gauges: own,
       subscribe: this.#metricsOn ? (route, version, l) => this.#subscribe(route, version, l, undefined) : undefined,
@@ -290,6 +291,16 @@ export class ClusterPrimary {
 
   /** The /metrics exposition: every worker's registry and the primary's, merged by prom-client. */
   async metricsText (): Promise<string> {
+    return await (await this.#aggregate()).metrics()
+  }
+
+  /** Only the families `names`, merged across the workers, as prom-client's JSON (the dashboard's feed, once a second). */
+  async metricsJson (names: readonly string[]): Promise<FamilyJson[]> {
+    return await (await this.#aggregate(names)).getMetricsAsJSON() as unknown as FamilyJson[]
+  }
+
+  /** Every worker's registry and the primary's (or only the families `names`), merged by prom-client. */
+  async #aggregate (names?: readonly string[]): Promise<Registry> {
     const ready = [...this.#workers.values()].filter((w) => w.ready && w.worker.isConnected())
     // one array per worker: aggregate() merges same-named metrics across them
     const perSource: unknown[][] = ready.length === 0
@@ -305,10 +316,10 @@ export class ClusterPrimary {
         }, METRICS_TIMEOUT_MS)
         timer.unref()
         this.#pending.set(id, { resolve, reject, left: ready.length, parts: [], asked: new Set(ready.map((w) => w.worker.id)), timer })
-        for (const w of ready) this.#send(w.worker, { canaryd: 'metrics', id })
+        for (const w of ready) this.#send(w.worker, names === undefined ? { canaryd: 'metrics', id } : { canaryd: 'metrics', id, names: [...names] })
       })
-    if (this.#own !== undefined) perSource.push(await this.#own.registry.getMetricsAsJSON())
-    return await AggregatorRegistry.aggregate(perSource as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics()
+    if (this.#own !== undefined) perSource.push(names === undefined ? await this.#own.registry.getMetricsAsJSON() : await this.#own.families(names))
+    return AggregatorRegistry.aggregate(perSource as Parameters<typeof AggregatorRegistry.aggregate>[0])
   }
 
   /**

@@ -89,7 +89,8 @@ class Worker {
           send({ canaryd: 'metrics', id: m.id, data: [] })
           return
         }
-        reg.getMetricsAsJSON().then((data) => send({ canaryd: 'metrics', id: m.id, data }), (err: unknown) => {
+        const collect = m.names === undefined ? reg.getMetricsAsJSON() : this.#data.metrics!.families(m.names)
+        collect.then((data) => send({ canaryd: 'metrics', id: m.id, data }), (err: unknown) => {
           this.#log.error({ err }, 'cannot collect metrics')
           send({ canaryd: 'metrics', id: m.id, data: [] })
         })

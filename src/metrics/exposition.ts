@@ -99,3 +99,31 @@ function parseSampleLine (line: string): Sample {
   if (rest[0] === undefined || rest[0].length === 0) throw new SyntaxError(`no value for ${name}`)
   return { name, labels, value: parseValue(rest[0]) }
 }
+
+/** One family as prom-client hands it out (`metric.get()`, `getMetricsAsJSON()`), as far as it is read here. */
+export interface FamilyJson {
+  readonly name: string
+  /** prom-client's MetricType (a string enum): counter, gauge, histogram, … */
+  readonly type?: unknown
+  readonly values: ReadonlyArray<{ readonly labels?: Readonly<Record<string, string | number>>; readonly value: number; readonly metricName?: string }>
+}
+
+/**
+ * The samples of prom-client's JSON form, as `parseExposition` would read
+ * them from its text: a frequent reader (the dashboard's feed) skips writing
+ * and parsing the text. Label values become strings the way the text writes
+ * them (a histogram's `le` 0.005 → "0.005", Infinity → "+Inf").
+ */
+export function expositionFromJson (families: readonly FamilyJson[]): Exposition {
+  const samples: Sample[] = []
+  const types = new Map<string, string>()
+  for (const f of families) {
+    if (f.type !== undefined) types.set(f.name, String(f.type))
+    for (const v of f.values) {
+      const labels: Record<string, string> = {}
+      for (const [k, x] of Object.entries(v.labels ?? {})) labels[k] = x === Infinity ? '+Inf' : String(x)
+      samples.push({ name: v.metricName ?? f.name, labels, value: v.value })
+    }
+  }
+  return { samples, types }
+}

@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { FamilyJson } from './exposition.js'
 import { MIRROR_RESULTS, UPSTREAM_ERROR_KINDS, type MirrorResult, type UpstreamErrorKind } from './kinds.js'
 import { DEFAULT_METRICS_PREFIX, METRIC_NAMES, REQUEST_SOURCES, SYNTHETIC_HEADER } from './names.js'
 import type { CounterChild, MirrorObserver, ObserverFactory, SegmentLabels, ShadowListener, ShadowPair, VersionObserver } from './observer.js'
@@ -516,5 +517,20 @@ export class PrometheusMetrics implements ObserverFactory {
   /** The exposition text for GET /metrics. */
   async expose (): Promise<string> {
     return await this.registry.metrics()
+  }
+
+  /**
+   * These families (the ones registered) as prom-client's JSON: what a cluster
+   * worker sends the primary, and what the dashboard's feed reads once a
+   * second — without the process metrics (which read /proc) and without
+   * writing every family as text to parse it back.
+   */
+  async families (names: readonly string[]): Promise<FamilyJson[]> {
+    const out: FamilyJson[] = []
+    for (const n of names) {
+      const m = this.registry.getSingleMetric(n)
+      if (m !== undefined) out.push(await m.get() as unknown as FamilyJson)
+    }
+    return out
   }
 }

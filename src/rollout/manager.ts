@@ -758,9 +758,13 @@ export class RolloutManager {
    * already running.
    */
   check (route: string, rawPlan: unknown, req: StartRequest = {}): { plan: RolloutPlan; warnings: string[] } {
-    if (this.#fleet !== undefined) {
+    const fleet = this.#fleet
+    if (fleet !== undefined) {
+      // the same refusals, in the same order, as begin's fleet path
       if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
       this.#activeElsewhere(route)
+      if (this.#starting.has(route) || this.#held.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting or running; pause, promote or abort it first`)
+      if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', 'the fleet store (Redis) cannot be reached: a rollout cannot start; nothing was changed')
     }
     const p = this.#prepare(route, rawPlan, req)
     return { plan: { ...p.plan, stable: p.stable }, warnings: p.warnings }

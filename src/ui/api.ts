@@ -34,24 +34,49 @@ export function getToken (): string | null {
   }
 }
 
-/** Keeps the token for this tab; '' forgets it. */
+/** Keeps the token for this tab; '' forgets it. Either way the pages may ask the API again. */
 export function setToken (token: string): void {
   try {
     if (token === '') sessionStorage.removeItem(TOKEN_KEY)
     else sessionStorage.setItem(TOKEN_KEY, token)
   } catch {}
+  setNeeded(false)
 }
 
 let authListener: (message: string) => void = () => {}
+let needed = false
+const neededListeners = new Set<(needed: boolean) => void>()
+
+function setNeeded (value: boolean): void {
+  if (needed === value) return
+  needed = value
+  for (const fn of [...neededListeners]) fn(value)
+}
+
+/**
+ * True from a 401 (the token form is shown) until a token is set or
+ * forgotten: nothing should ask the API meanwhile, since each refused
+ * request is a warn line in the server's log.
+ */
+export function tokenNeeded (): boolean {
+  return needed
+}
+
+/** Hears when a token becomes needed (true) and when one is set or forgotten (false); returns the removal. */
+export function onTokenNeeded (fn: (needed: boolean) => void): () => void {
+  neededListeners.add(fn)
+  return () => { neededListeners.delete(fn) }
+}
 
 /** Sets who hears of a 401 (the token form): there is one listener, the page's shell. */
 export function onAuthNeeded (fn: (message: string) => void): void {
   authListener = fn
 }
 
-/** Tells the shell the token was refused (the feed reports its own 401 here too). */
+/** Tells the shell the token was refused (the feed reports its own 401 here too); the pacers pause until a token is set. */
 export function authNeeded (message: string): void {
   authListener(message)
+  setNeeded(true)
 }
 
 /** Request headers with the token when one is known (or the one given, to try it before keeping it). */

@@ -94,6 +94,8 @@ const HEIGHT = 170
 /** Samples further apart than this (the feed sends one a second) leave a gap. */
 const GAP_MS = 3500
 const MIN_SPAN_S = 60
+/** The span drawn, back from the newest sample: the five minutes the page is about, whatever older samples a hello carried. */
+const SPAN_S = 300
 
 /** One live chart in its container: sized to it (ResizeObserver), fed whole sample arrays. */
 export class LiveChart {
@@ -115,8 +117,8 @@ export class LiveChart {
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
       scales: {
-        // at least a minute wide: a page opened a few seconds ago still reads as a time line
-        x: { time: true, range: (_u, min, max) => Number.isFinite(max) ? [Math.min(min, max - MIN_SPAN_S), max] : [min, max] },
+        // the last five minutes at most, and at least a minute wide: a page opened a few seconds ago still reads as a time line
+        x: { time: true, range: (_u, min, max) => Number.isFinite(max) ? [Math.min(Math.max(min, max - SPAN_S), max - MIN_SPAN_S), max] : [min, max] },
         // from zero: a canary's 0.4 % must not look like stable's 40 %
         y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.15 : 1] }
       },
@@ -139,7 +141,9 @@ export class LiveChart {
     const xs: number[] = []
     const ys: Array<Array<number | null>> = this.#versions.map(() => [])
     let prev = 0
+    const from = (samples[samples.length - 1]?.t ?? 0) - SPAN_S * 1000
     for (const s of samples) {
+      if (s.t < from) continue
       // nobody watched, or the feed was down: a gap in the lines, not a straight line across it
       if (prev !== 0 && s.t - prev > GAP_MS) {
         xs.push((prev + s.t) / 2000)

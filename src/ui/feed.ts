@@ -5,10 +5,10 @@
  * open with the last five minutes the server kept instead of an empty plot.
  *
  * Reconnects after 1 s, 2 s, 4 s … up to 10 s while the stream fails, and
- * stops on a 401 until a token is given (retrying a refused token would
- * only fill the server's log).
+ * stops on a 401, or when an API call met one, until a token is given
+ * (retrying a refused token would only fill the server's log).
  */
-import { authHeaders, authNeeded, readError } from './api.js'
+import { authHeaders, authNeeded, readError, tokenNeeded } from './api.js'
 import { isObj } from './dom.js'
 import type { Mark, Sample } from './types.js'
 
@@ -21,11 +21,19 @@ export type FeedEvent =
   | { type: 'sample', sample: Sample }
   | { type: 'mark', mark: Mark }
   | { type: 'status', status: FeedStatus, message: string }
+  /** the latest sample just became too old to be "now" (no newer one came): the current figures go */
+  | { type: 'stale' }
 
 /** Samples kept: five minutes at the server's one per second, as many as hello sends. */
 const KEEP = 300
-/** No byte for this long (keepalives come every 15 s): the connection is dead though not closed. */
+/**
+ * No byte for this long: the connection is dead though not closed. The
+ * server sends no keepalives: its samples, one a second, are the heartbeat
+ * (a slow scrape may skip one, so the margin is wide).
+ */
 const IDLE_MS = 40_000
+/** A sample older than this is not "now": its figures are not shown as current. */
+const FRESH_MS = 5000
 const MIN_DELAY = 1000
 const MAX_DELAY = 10_000
 
@@ -80,6 +88,9 @@ export class Feed {
   #listeners = new Set<(ev: FeedEvent) => void>()
   #generation = 0
   #abort: AbortController | undefined
+  /** the browser's clock minus the server's, as the last live sample showed it (latency included); undefined before one */
+  #skew: number | undefined
+  #staleTimer: ReturnType<typeof setTimeout> | undefined
 
   /** Adds a listener; returns its removal. */
   on (fn: (ev: FeedEvent) => void): () => void {
@@ -108,6 +119,11 @@ export class Feed {
     let delay = MIN_DELAY
     let first = true
     while (gen === this.#generation) {
+      // an API call met a 401 meanwhile: this token would be refused too; restart() comes with the next one
+      if (tokenNeeded()) {
+        this.#setStatus('error', 'waiting for the admin token')
+        return
+      }
       this.#setStatus(first ? 'connecting' : 'reconnecting', this.message)
       first = false
       const ctrl = new AbortController()
@@ -185,6 +201,7 @@ export class Feed {
     this.samples = Array.isArray(msg.history) ? (msg.history as Sample[]).slice(-KEEP) : []
     this.marks = Array.isArray(msg.marks) ? msg.marks as Mark[] : []
     this.#setStatus('live')
+    this.#armStale()
     this.#emit({ type: 'hello' })
   }
 
@@ -195,12 +212,41 @@ export class Feed {
     const oldest = this.samples[0]?.t ?? s.t
     if (this.marks.length !== 0 && (this.marks[0]?.t ?? oldest) < oldest) this.marks = this.marks.filter((m) => m.t >= oldest)
     this.count++
+    // measured on live samples only: the server's clock need not agree with the browser's
+    this.#skew = Date.now() - s.t
+    this.#armStale()
     document.documentElement.dataset.feedSamples = String(this.count)
     this.#emit({ type: 'sample', sample: s })
   }
 
-  /** The latest sample, if any. */
+  /** Emits `stale` when the current sample ages past FRESH_MS with no newer one (the feed went quiet or down). */
+  #armStale (): void {
+    clearTimeout(this.#staleTimer)
+    const s = this.current
+    if (s === undefined) return
+    this.#staleTimer = setTimeout(() => {
+      if (this.current === undefined) this.#emit({ type: 'stale' })
+    }, FRESH_MS - this.#age(s) + 50)
+  }
+
+  /** How old a sample is by the server's clock, as far as the live samples tell it. */
+  #age (s: Sample): number {
+    return this.#skew === undefined ? Number.POSITIVE_INFINITY : Date.now() - this.#skew - s.t
+  }
+
+  /** The latest sample, if any (for the chart lines and "last sample at"; may be from before a gap). */
   get last (): Sample | undefined {
     return this.samples[this.samples.length - 1]
+  }
+
+  /**
+   * The latest sample if it is at most FRESH_MS old, else undefined: the
+   * "now" figures come only from it, so figures from before a quiet spell
+   * (a hello's history) are never shown as current. Before the first live
+   * sample the server's clock is not known, and nothing is current.
+   */
+  get current (): Sample | undefined {
+    const s = this.last
+    return s !== undefined && this.#age(s) <= FRESH_MS ? s : undefined
   }
 }

@@ -1,11 +1,12 @@
 /**
  * `#/fleet`: the instances sharing this one's runtime state, from
  * `GET /api/v1/fleet`. Heartbeats are not in the feed, so the page re-reads
- * every 5 s while it is open; the "x s ago" ages tick each second between.
+ * every 5 s while it is open (and a token is not needed); the "x s ago"
+ * ages tick each second between.
  */
-import { call } from './api.js'
+import { call, tokenNeeded } from './api.js'
 import { ago, fill, h, table } from './dom.js'
-import { readFailed } from './overview.js'
+import { readFailed } from './format.js'
 import { pace } from './pace.js'
 import type { FleetView } from './types.js'
 
@@ -15,13 +16,18 @@ export function mountFleet (main: HTMLElement): () => void {
   const out = h('div')
   fill(main, h('h1', null, 'Fleet'), facts, out)
   const ages: Array<[HTMLElement, string]> = []
+  /** set by unmount: a read that resolves later leaves the page alone */
+  let gone = false
   const tick = (): void => {
+    // while the token form is shown the table says "waiting for the token": nothing to tick
+    if (tokenNeeded()) return
     const now = Date.now()
     for (const [el, t] of ages) el.textContent = ago(t, now)
   }
   const load = async (): Promise<void> => {
     try {
       const { data } = await call<FleetView>('GET', '/api/v1/fleet')
+      if (gone) return
       fill(facts, data.store === 'redis'
         ? `Fleet store: Redis (${data.storeUp ? 'reachable' : 'NOT reachable from this instance'}) · generation ${data.generation} · this instance: ${data.self}${data.configMismatch ? ' · its config differs from the fleet\'s' : ''}`
         : `Single instance (store: ${data.store}): no fleet to show beyond this one.`)
@@ -36,6 +42,7 @@ export function mountFleet (main: HTMLElement): () => void {
         ]
       }), { 'data-testid': 'fleet-table' }))
     } catch (err) {
+      if (gone) return
       fill(out, readFailed(err))
       throw err
     }
@@ -43,6 +50,7 @@ export function mountFleet (main: HTMLElement): () => void {
   const pacer = pace(load, 5000)
   const timer = setInterval(tick, 1000)
   return () => {
+    gone = true
     pacer.stop()
     clearInterval(timer)
   }

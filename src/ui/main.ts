@@ -1,7 +1,9 @@
 /**
- * The dashboard's entry point: wires the header (feed state, sign-out),
- * the token form, the error banner and the hash router to the pages. Pages
- * only read and call the admin API; this module owns the token's life.
+ * The dashboard's entry point: wires the header (feed state, the "Forget
+ * token" button), the token form, the error banner and the hash router to
+ * the pages. Pages only read and call the admin API; this module owns the
+ * token's life. While the form is shown (api.ts tokenNeeded) the pacers and
+ * the feed ask nothing; setting or forgetting the token re-mounts the page.
  */
 import { call, errorText, getToken, onAuthNeeded, setToken } from './api.js'
 import { clearError } from './banner.js'
@@ -94,7 +96,10 @@ form.addEventListener('submit', (ev) => {
 })
 
 signOut.addEventListener('click', () => {
+  // whether a token is needed is not known any more: the next 401 shows the form again
   setToken('')
+  form.hidden = true
+  message.textContent = ''
   signOut.hidden = true
   feed.restart()
   route()

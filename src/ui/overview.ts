@@ -2,55 +2,23 @@
  * `#/`: every route, its versions with weight and endpoints, the live
  * requests/s and error % from the feed, and where its rollout stands. The
  * structure comes from `GET /api/v1/routes` (so the page works while the
- * feed is down); the feed's samples fill in the live cells each second, and
- * its marks ask for a re-read.
+ * feed is down); the feed's samples fill in the live cells each second
+ * (while the latest is at most 5 s old: otherwise the API's weights and
+ * "–"), and its marks ask for a re-read.
  */
-import { ApiError, call } from './api.js'
+import { call } from './api.js'
 import { versionColors } from './charts.js'
-import { fill, h, isObj, num, pct } from './dom.js'
+import { fill, h, num, pct } from './dom.js'
 import type { Feed } from './feed.js'
+import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
 import type { RolloutSummary, RouteView, Sample } from './types.js'
 
-/**
- * `progressing · steps · step 2/4 · canary at 10% · 0 failed checks`, or
- * `no rollout`. The promotion to 100 % counts as the last step, as
- * `canaryd status` and the audit log count it.
- */
-export function rolloutText (r: RolloutSummary | null | undefined): string {
-  if (r === null || r === undefined) return 'no rollout'
-  const step = r.state === 'promoted' ? r.steps + 1 : r.step
-  return `${r.state} · ${r.phase} · step ${step}/${r.steps + 1} · ${r.canary} at ${pct(r.weight)} · ${r.failedChecks} failed check${r.failedChecks === 1 ? '' : 's'}`
-}
+/** The live cells of one version, and its weight as the API last said (shown when the feed has nothing current). */
+interface Cells { weight: HTMLElement, endpoints: HTMLElement, rps: HTMLElement, errors: HTMLElement, p99: HTMLElement, base: number }
 
-/** The route's segments and mirror in one line ('' when it has neither): who gets what before the weights apply. */
-export function routeExtras (r: RouteView): string {
-  const parts: string[] = []
-  const segs = r.segments.map((g) => {
-    const to = typeof g.version === 'string' ? g.version : isObj(g.weights) ? Object.entries(g.weights).map(([v, w]) => `${v} ${String(w)}%`).join('/') : '?'
-    return `${String(g.name)} → ${to}`
-  })
-  if (segs.length !== 0) parts.push(`segments (first match wins): ${segs.join(', ')}`)
-  const m = r.mirror
-  if (m !== null) parts.push(`mirror: ${String(m.percent)}% of requests copied to ${String(m.version)}`)
-  return parts.join(' · ')
-}
-
-/** A small coloured square beside a version's name, the colour of its lines on the charts. */
-export function swatch (color: string | undefined): HTMLSpanElement {
-  const s = h('span', { class: 'swatch', 'aria-hidden': 'true' })
-  if (color !== undefined) s.style.background = color
-  return s
-}
-
-/** The live cells of one version. */
-interface Cells { weight: HTMLElement, endpoints: HTMLElement, rps: HTMLElement, errors: HTMLElement, p99: HTMLElement }
-
-/** A message for a failed read: a 401 waits for the token form, anything else says what the server said. */
-export function readFailed (err: unknown): HTMLElement {
-  if (err instanceof ApiError && err.status === 401) return h('p', { class: 'muted' }, 'Waiting for the admin token.')
-  return h('p', { class: 'error' }, `Could not read from the admin API: ${err instanceof ApiError ? `${err.message}${err.code === '' ? '' : ` (${err.code})`}` : String(err)}`)
-}
+/** A route's rollout link, and its rollout as the API last said. */
+interface RolloutCell { el: HTMLElement, base: RolloutSummary | null }
 
 /** Mounts the overview in `main`; returns its unmount. */
 export function mountOverview (main: HTMLElement, feed: Feed): () => void {
@@ -59,7 +27,9 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
   const problem = h('div')
   fill(main, h('h1', null, 'Routes'), note, problem, list)
   const cells = new Map<string, Map<string, Cells>>()
-  const rollouts = new Map<string, HTMLElement>()
+  const rollouts = new Map<string, RolloutCell>()
+  /** set by unmount: a read that resolves later leaves the page alone */
+  let gone = false
 
   let shown = ''
   const render = (routes: RouteView[]): void => {
@@ -79,9 +49,9 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
       cells.set(r.name, byVersion)
       const href = `#/routes/${encodeURIComponent(r.name)}`
       const rollout = h('a', { href, class: `state state-${r.rollout?.state ?? 'none'}` }, rolloutText(r.rollout))
-      rollouts.set(r.name, rollout)
+      rollouts.set(r.name, { el: rollout, base: r.rollout })
       const rows = r.versions.map((v) => {
-        const c: Cells = { weight: h('td', { class: 'n' }, pct(v.weight)), endpoints: h('td', { class: 'n' }, '–'), rps: h('td', { class: 'n' }, '–'), errors: h('td', { class: 'n' }, '–'), p99: h('td', { class: 'n' }, '–') }
+        const c: Cells = { weight: h('td', { class: 'n' }, pct(v.weight)), endpoints: h('td', { class: 'n' }, '–'), rps: h('td', { class: 'n' }, '–'), errors: h('td', { class: 'n' }, '–'), p99: h('td', { class: 'n' }, '–'), base: v.weight }
         byVersion.set(v.name, c)
         const upstream = Array.isArray(v.upstream) ? v.upstream.join(', ') : v.upstream
         return h('tr', null, h('th', { scope: 'row' }, swatch(colors.get(v.name)), v.name), c.weight, c.rps, c.errors, c.p99, c.endpoints, h('td', { class: 'upstream' }, upstream))
@@ -94,28 +64,30 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
           h('thead', null, h('tr', null, ...['version', 'weight', 'req/s', 'error %', 'p99 ms', 'healthy / ejected', 'upstream'].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', null, ...rows))))
     }))
-    const last = feed.last
-    if (last !== undefined) live(last)
+    live(feed.current)
   }
 
-  const live = (s: Sample): void => {
+  /** Fills the live cells from a current sample; with none (the latest is too old), back to the API's answer and "–". */
+  const live = (s: Sample | undefined): void => {
     note.hidden = feed.metrics
     for (const [route, byVersion] of cells) {
-      const rs = s.routes[route]
-      if (rs === undefined) continue
+      const rs = s?.routes[route]
+      // a current sample without this route (just added by a reload) leaves its row as it is
+      if (s !== undefined && rs === undefined) continue
       for (const [name, c] of byVersion) {
-        const v = rs.versions[name]
-        if (v === undefined) continue
-        c.weight.textContent = pct(v.weight)
-        c.endpoints.textContent = v.endpoints === undefined || v.endpoints === null ? '–' : `${v.endpoints.healthy} / ${v.endpoints.ejected}`
-        c.rps.textContent = num(v.rps, 1)
-        c.errors.textContent = num(v.errorPct, 2)
-        c.p99.textContent = num(v.p99Ms, 1)
+        const v = rs?.versions[name]
+        if (rs !== undefined && v === undefined) continue
+        c.weight.textContent = pct(v?.weight ?? c.base)
+        c.endpoints.textContent = v?.endpoints === undefined || v.endpoints === null ? '–' : `${v.endpoints.healthy} / ${v.endpoints.ejected}`
+        c.rps.textContent = num(v?.rps, 1)
+        c.errors.textContent = num(v?.errorPct, 2)
+        c.p99.textContent = num(v?.p99Ms, 1)
       }
       const ro = rollouts.get(route)
-      if (ro !== undefined && rs.rollout !== undefined) {
-        ro.textContent = rolloutText(rs.rollout)
-        ro.className = `state state-${rs.rollout?.state ?? 'none'}`
+      const summary = rs === undefined ? ro?.base : rs.rollout
+      if (ro !== undefined && summary !== undefined) {
+        ro.el.textContent = rolloutText(summary)
+        ro.el.className = `state state-${summary?.state ?? 'none'}`
       }
     }
   }
@@ -124,9 +96,11 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
   const pacer = pace(async () => {
     try {
       const { data } = await call<{ routes: RouteView[] }>('GET', '/api/v1/routes')
+      if (gone) return
       fill(problem)
       render(data.routes)
     } catch (err) {
+      if (gone) return
       // what was read before stays up, with what went wrong above it
       fill(problem, readFailed(err))
       if (cells.size === 0) fill(list)
@@ -134,10 +108,11 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
     }
   }, 5000, () => feed.status !== 'live')
   const off = feed.on((ev) => {
-    if (ev.type === 'sample') live(ev.sample)
+    if (ev.type === 'sample' || ev.type === 'stale') live(feed.current)
     else if (ev.type === 'mark' || ev.type === 'hello') pacer.now()
   })
   return () => {
+    gone = true
     off()
     pacer.stop()
   }

@@ -4,7 +4,12 @@
  * pacer turns any burst of asks into at most one request in flight and one
  * queued, never a storm. An optional fallback re-reads every `everyMs` while
  * the tab is visible, for what the feed does not announce.
+ *
+ * While a token is needed (the token form is shown) the pacer asks nothing:
+ * each refused request would be a warn line in the server's log. It reads
+ * again once a token is set.
  */
+import { onTokenNeeded, tokenNeeded } from './api.js'
 
 /** A pacer's handle. */
 export interface Pacer {
@@ -22,7 +27,8 @@ export function pace (load: () => Promise<void>, everyMs = 0, fallback = (): boo
   let lastRun = 0
   let timer: ReturnType<typeof setTimeout> | undefined
   const run = async (): Promise<void> => {
-    if (stopped) return
+    // a read skipped while a token is needed is made when one is set (see the subscription below)
+    if (stopped || tokenNeeded()) return
     if (running) {
       queued = true
       return
@@ -40,19 +46,23 @@ export function pace (load: () => Promise<void>, everyMs = 0, fallback = (): boo
       setTimeout(() => { void run() }, gapMs)
     }
   }
+  const now = (): void => {
+    if (timer !== undefined || stopped) return
+    timer = setTimeout(() => { timer = undefined; void run() }, gapMs)
+  }
   const interval = everyMs > 0
     ? setInterval(() => {
       if (!document.hidden && Date.now() - lastRun >= everyMs * 0.8 && fallback()) void run()
     }, everyMs)
     : undefined
+  // after a refused token, what the page shows is "waiting for the token": read again once one is set
+  const off = onTokenNeeded((needed) => { if (!needed) now() })
   void run()
   return {
-    now: () => {
-      if (timer !== undefined || stopped) return
-      timer = setTimeout(() => { timer = undefined; void run() }, gapMs)
-    },
+    now,
     stop: () => {
       stopped = true
+      off()
       clearTimeout(timer)
       clearInterval(interval)
     }

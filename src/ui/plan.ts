@@ -9,6 +9,7 @@ import { ApiError, call, errorText, routePath } from './api.js'
 import { clearError, showError } from './banner.js'
 import { confirmAction } from './dialogs.js'
 import { fill, h } from './dom.js'
+import { planStep } from './format.js'
 import type { PlanView, RolloutView } from './types.js'
 
 const EXAMPLE = `# for example:
@@ -111,7 +112,7 @@ export class PlanPanel {
       // validated right before sending, whatever was validated earlier: the text may have changed since
       const dry = await this.#dryRun()
       if (dry === null) return
-      const steps = (dry.plan.steps ?? []).map((s) => typeof s === 'number' ? String(s) : `${s.segment}:${s.weight}`)
+      const steps = (dry.plan.steps ?? []).map(planStep)
       const up = this.#upstream.value.replace(/\s+/g, '')
       const answer = await confirmAction({
         title: `Start a rollout on ${this.#route}?`,

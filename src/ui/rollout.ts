@@ -9,23 +9,46 @@ import { call, routePath } from './api.js'
 import { clearError, showError } from './banner.js'
 import { confirmAction } from './dialogs.js'
 import { fill, h, pct, when } from './dom.js'
+import { planStep } from './format.js'
 import type { RolloutView } from './types.js'
 
 type Action = 'pause' | 'resume' | 'promote' | 'abort'
 
-/** States in which a rollout owns the route's weights: a second start is refused, a weight change pauses it. */
+/** States in which a rollout owns the route's weights: a second start is refused. */
 export const ACTIVE: ReadonlySet<string> = new Set(['progressing', 'paused', 'awaiting-promotion'])
 
+/**
+ * States a pause applies to: the operator's, and the one a weight change
+ * from outside the rollout makes (src/rollout/manager.ts; a paused rollout
+ * stays as it is).
+ */
+export const PAUSABLE: ReadonlySet<string> = new Set(['progressing', 'awaiting-promotion'])
+
 const ALLOWED: Readonly<Record<Action, readonly string[]>> = {
-  pause: ['progressing', 'awaiting-promotion'],
+  pause: [...PAUSABLE],
   resume: ['paused'],
   promote: [...ACTIVE],
   abort: [...ACTIVE]
 }
 
-/** A plan step as text: `10` or `staff:100`. */
-function stepText (s: RolloutView['steps'][number]): string {
-  return typeof s === 'number' ? String(s) : `${s.segment}:${s.weight}`
+/** `Pause`, `Abort`: an action's name as a button and a title start it. */
+function label (a: Action): string {
+  return a[0]!.toUpperCase() + a.slice(1)
+}
+
+/**
+ * What an abort puts back (src/rollout/controller.ts abort): after a
+ * blue/green switch (its rollback window) the weights from before the
+ * switch, else the canary at 0 %; and either way the canary's origins from
+ * before the start's `canaryUpstream` (the view does not say whether there
+ * was one) and the segments the steps moved, as they were at start.
+ */
+function abortText (v: RolloutView): string {
+  const weights = v.strategy === 'blue-green' && v.phase === 'rollback-window'
+    ? 'The weights before the switch are put back'
+    : `The route's weights are put back: ${v.canary} goes back to 0 %, ${v.stable} to 100 %`
+  const segments = Object.keys(v.segmentWeights ?? {}).length === 0 ? '' : ', and the segments it moved go back to their definitions at start'
+  return `${weights}. The previous upstream of ${v.canary} is put back too, if the rollout set one${segments}. The rollout ends as aborted.`
 }
 
 /** What each action will do, for its confirmation. */
@@ -34,7 +57,7 @@ function consequence (a: Action, v: RolloutView): string {
     case 'pause': return `${v.canary} stays at ${pct(v.weight)} and checks stop until you resume.`
     case 'resume': return 'Checks start again with fresh measurements.'
     case 'promote': return `${v.canary} goes to 100 % now, skipping the remaining steps (a confirm-promotion gate in the plan may still hold it).`
-    case 'abort': return `${v.canary} goes to 0 % now and the rollout ends as aborted.`
+    case 'abort': return abortText(v)
   }
 }
 
@@ -51,7 +74,7 @@ export class RolloutPanel {
   constructor (private readonly onChanged: () => void) {
     const actions = h('p', { class: 'actions' })
     for (const a of ['pause', 'resume', 'promote', 'abort'] as const) {
-      const b = h('button', { type: 'button', 'data-testid': `rollout-${a}`, class: a === 'abort' ? 'danger' : '', disabled: true }, a[0]!.toUpperCase() + a.slice(1) + '…')
+      const b = h('button', { type: 'button', 'data-testid': `rollout-${a}`, class: a === 'abort' ? 'danger' : '', disabled: true }, `${label(a)}…`)
       b.addEventListener('click', () => { void this.#act(a) })
       this.#buttons.set(a, b)
       actions.append(b)
@@ -75,7 +98,7 @@ export class RolloutPanel {
     }
     const fact = (k: string, val: string | Node | null | undefined): Node[] => val === null || val === undefined || val === '' ? [] : [h('dt', null, k), h('dd', null, val)]
     // the promotion to 100 % is the last step, as canaryd rollout status counts it
-    const steps = [...v.steps.map(stepText), '100']
+    const steps = [...v.steps.map(planStep), '100']
     const max = v.plan?.analysis?.maxFailedChecks
     const seg = Object.entries(v.segmentWeights ?? {}).map(([s, w]) => `${s} ${pct(w)}`).join(', ')
     fill(this.#facts,
@@ -95,9 +118,9 @@ export class RolloutPanel {
     const v = this.#view
     if (v === null) return
     const answer = await confirmAction({
-      title: `${a[0]!.toUpperCase()}${a.slice(1)} the rollout of ${v.canary} on ${this.#route}?`,
+      title: `${label(a)} the rollout of ${v.canary} on ${this.#route}?`,
       body: [h('p', null, consequence(a, v))],
-      ok: a[0]!.toUpperCase() + a.slice(1),
+      ok: label(a),
       danger: a === 'abort' || a === 'promote'
     })
     if (answer === null) return

@@ -4,12 +4,14 @@
  * timeline. Charts follow the feed each second; the route and its rollout
  * are re-read when the feed marks something on this route, and every 5 s as
  * a fallback (a check the feed missed while reconnecting still shows up).
+ * The figures beside the charts are the latest sample's only while it is
+ * at most 5 s old; otherwise they read "–".
  */
 import { ApiError, call, routePath } from './api.js'
 import { KINDS, LiveChart, VERDICT_COLORS, valueOf, versionColors, type ChartKind } from './charts.js'
 import { clock, fill, h, num } from './dom.js'
 import type { Feed } from './feed.js'
-import { readFailed, rolloutText, routeExtras, swatch } from './overview.js'
+import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
 import { PlanPanel } from './plan.js'
 import { ACTIVE, RolloutPanel } from './rollout.js'
@@ -63,8 +65,11 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
   let chartKey = ''
   let colors = new Map<string, string>()
   let versions: string[] = []
+  /** set by unmount: a load that resolves later must not build charts nobody would destroy */
+  let gone = false
 
   const buildCharts = (): void => {
+    if (gone) return
     for (const p of panels) p.chart?.destroy()
     fill(versionsLegend, ...versions.map((v) => h('span', null, swatch(colors.get(v)), ` ${v}`)))
     grid.replaceChildren()
@@ -95,10 +100,12 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
     metricsOff.hidden = feed.metrics
     const marks = feed.marks.filter((m) => m.route === name)
     const last = feed.last
+    // the lines show what was; the figures only what is (a sample from before a gap is not "now")
+    const now = feed.current
     lastSample.textContent = last === undefined ? '(waiting for the feed)' : `(last sample ${clock(last.t)})`
     for (const p of panels) {
       p.chart?.update(feed.samples, name, marks)
-      for (const [v, td] of p.cells) td.textContent = num(valueOf(last?.routes[name]?.versions[v], p.kind.field), p.kind.digits)
+      for (const [v, td] of p.cells) td.textContent = num(valueOf(now?.routes[name]?.versions[v], p.kind.field), p.kind.digits)
     }
   }
 
@@ -111,6 +118,7 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
     let view: RolloutView | null = null
     try {
       route = (await call<RouteView>('GET', routePath(name))).data
+      if (gone) return
       // the route's summary says whether there is a rollout to read: a route that never had one is
       // not asked (its 404 would be an error line in the browser's console at every refresh)
       view = route.rollout === null
@@ -120,7 +128,9 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
           if (err instanceof ApiError && err.status === 404 && err.code !== 'CANARYD_ERR_ROUTE_NOT_FOUND') return null
           throw err
         })
+      if (gone) return
     } catch (err) {
+      if (gone) return
       fill(problem, readFailed(err))
       // a route that does not exist will not appear by asking again every 5 s
       if (err instanceof ApiError && err.code === 'CANARYD_ERR_ROUTE_NOT_FOUND') pacer.stop()
@@ -146,7 +156,7 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
   pacer.now = p.now
   pacer.stop = p.stop
   const off = feed.on((ev) => {
-    if (ev.type === 'sample') draw()
+    if (ev.type === 'sample' || ev.type === 'stale') draw()
     else if (ev.type === 'hello' || (ev.type === 'mark' && ev.mark.route === name)) {
       draw()
       p.now()
@@ -157,6 +167,7 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
   const rebuild = (): void => { if (panels.length !== 0) buildCharts() }
   scheme.addEventListener('change', rebuild)
   return () => {
+    gone = true
     off()
     p.stop()
     scheme.removeEventListener('change', rebuild)

@@ -8,7 +8,7 @@ import { call, routePath } from './api.js'
 import { clearError, showError } from './banner.js'
 import { confirmAction } from './dialogs.js'
 import { h, pct, weightChange } from './dom.js'
-import { ACTIVE } from './rollout.js'
+import { PAUSABLE } from './rollout.js'
 import type { RouteView } from './types.js'
 
 /**
@@ -139,7 +139,8 @@ export class WeightsPanel {
       title: `Change the weights of ${route.name}?`,
       body: [
         h('p', { class: 'change' }, weightChange(this.#server, weights)),
-        ro !== null && ACTIVE.has(ro.state) && h('p', { class: 'warn' }, `The rollout of ${ro.canary} (${ro.state}) will be paused: a weight change from outside a rollout hands the route to you. Resume or abort it afterwards.`)
+        // the server pauses a progressing or awaiting-promotion rollout on such a change; a paused one stays paused
+        ro !== null && PAUSABLE.has(ro.state) && h('p', { class: 'warn' }, `The rollout of ${ro.canary} (${ro.state}) will be paused: a weight change from outside a rollout hands the route to you. Resume or abort it afterwards.`)
       ],
       ok: 'Apply weights',
       reason: true

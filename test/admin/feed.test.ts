@@ -405,6 +405,37 @@ t.test('a client connecting later gets the earlier samples in hello.history, old
   t.ok(next.t > ts.at(-1)!, 'then live samples follow the history')
 })
 
+t.test('a second whose scrape fails publishes no sample (no figures is not zero traffic); the next one covers both seconds', async (t) => {
+  const p = await setup(t)
+  const m = p.app.metrics!
+  const families = m.families.bind(m)
+  let failing = false
+  let failed = 0
+  // the instance's own metric families, failing for a while as a cluster worker's answer might
+  m.families = async (names) => {
+    if (failing) {
+      failed++
+      throw new Error('metrics unavailable')
+    }
+    return await families(names)
+  }
+  t.teardown(() => { m.families = families })
+  const load = traffic(t, p.url, { clients: 2 })
+  const s = await openStream(t, p)
+  const before = await s.moreSamples(2, 6000)
+  t.ok(before.every((x) => (x.routes.web?.versions.stable?.rps ?? 0) > 0), 'traffic shows before')
+  failing = true
+  const startedFailing = Date.now()
+  await until('two failed scrapes', () => failed >= 2, 5000, 20)
+  failing = false
+  const after = await s.moreSamples(2, 6000)
+  await load.stop()
+  const during = s.samples().filter((x) => x.t >= startedFailing && x.t < after[0]!.t)
+  t.same(during, [], `no sample for the seconds whose scrape failed (${failed} failed)`)
+  t.ok((after[0]!.routes.web?.versions.stable?.rps ?? 0) > 0, `the first sample after: traffic, not a drop to 0 (rps ${after[0]!.routes.web?.versions.stable?.rps})`)
+  t.ok(after[0]!.seconds >= 1.9, `it covers the failed seconds too (${after[0]!.seconds} s)`)
+})
+
 t.test('32 streams at most: the 33rd is 429 CANARYD_ERR_TOO_MANY_STREAMS, and closing one lets a new one in', async (t) => {
   const p = await setup(t)
   const open: Stream[] = []
@@ -462,8 +493,9 @@ t.test('nobody watching: the sampler stops — no exposition read and no sample 
   const p = await setup(t)
   const metrics = p.app.metrics!
   let exposes = 0
-  const expose = metrics.expose.bind(metrics)
-  metrics.expose = async () => { exposes++; return await expose() }
+  // the feed reads the families it needs (not the whole exposition): count those reads
+  const families = metrics.families.bind(metrics)
+  metrics.families = async (names) => { exposes++; return await families(names) }
   const a = await openStream(t, p)
   await a.moreSamples(2, 5000)
   t.ok(exposes >= 3, `the sampler reads the exposition while watched (${exposes})`)

@@ -1,6 +1,8 @@
 import t from 'tap'
 import { parseTopOptions, renderFrame } from '../../src/commands/top.js'
-import { ExpositionSyntaxError, parseExposition, parseValue } from '../../src/metrics/exposition.js'
+import { ExpositionSyntaxError, expositionFromJson, parseExposition, parseValue } from '../../src/metrics/exposition.js'
+import { METRIC_NAMES } from '../../src/metrics/names.js'
+import { PrometheusMetrics } from '../../src/metrics/prometheus.js'
 import { histogramQuantile, summarize } from '../../src/metrics/summary.js'
 
 /** Two scrapes 2 s apart, in the exact shape canaryd exposes (every code once per source). */
@@ -141,4 +143,31 @@ t.test('parseTopOptions: flags over environment over defaults; bad values throw'
   t.throws(() => parseTopOptions(['--interval', 'x'], {}), TypeError)
   t.throws(() => parseTopOptions(['--admin', 'ftp://x'], {}), TypeError)
   t.throws(() => parseTopOptions(['--bogus'], {}))
+})
+
+t.test('the feed\'s JSON path reads the same samples as the text: summarize gives the same frame', async (t) => {
+  const m = new PrometheusMetrics({ defaultMetrics: false })
+  const stable = m.bind('web', 'stable')
+  const canary = m.bind('web', 'canary')
+  m.setWeights([{ route: 'web', version: 'stable', weight: 90 }, { route: 'web', version: 'canary', weight: 10 }])
+  const names = [METRIC_NAMES.requests, METRIC_NAMES.duration, METRIC_NAMES.inFlight, METRIC_NAMES.weight, METRIC_NAMES.upstreamErrors]
+  const round = (seed: number): void => {
+    for (let i = 0; i < 200; i++) {
+      const o = i % 10 === 0 ? canary : stable
+      o.start()
+      o.finish(i % 37 === 0 ? 503 : 200, ((i * seed) % 97) / 1000 + 0.0005, false, i % 50 === 0)
+    }
+    canary.upstreamError('connect')
+  }
+  round(7)
+  const textA = parseExposition(await m.expose())
+  const jsonA = expositionFromJson(await m.families(names))
+  round(13)
+  const textB = parseExposition(await m.expose())
+  const jsonB = expositionFromJson(await m.families(names))
+  const fromText = summarize(textA, textB, 1)
+  const fromJson = summarize(jsonA, jsonB, 1)
+  t.same(fromJson.rows, fromText.rows, 'rows: rps, error %, p50, p99, in flight, upstream errors, weight')
+  t.ok(fromJson.rows.length === 2 && fromJson.rows.every((r) => r.rps > 0 && r.p99 !== undefined), 'both versions have figures')
+  t.equal(fromJson.rows.find((r) => r.version === 'stable')?.weight, 90)
 })
