@@ -185,7 +185,7 @@ export interface Mark {
   route: string
   kind: 'weights' | 'check' | 'rollout' | string
   weights?: Record<string, number>
-  source?: string
+  source?: string | null
   reason?: string | null
   verdict?: string
   step?: number

@@ -8,6 +8,7 @@
 import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
 import t, { type Test } from 'tap'
 import { Pool } from 'undici'
+import type { VersionSample } from '../../src/admin/feed.js'
 import { send } from '../helpers/http.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { startUpstream, startUpstreams } from '../helpers/upstream.js'
@@ -15,16 +16,6 @@ import { sleep, until } from '../helpers/until.js'
 
 // the long-stream test alone takes ~36 s; the file's default 120 s would be tight on a busy machine
 t.setTimeout(240_000)
-
-interface VersionSample {
-  weight: number
-  rps: number
-  errorPct: number | null
-  p50Ms: number | null
-  p99Ms: number | null
-  inFlight: number
-  endpoints: { healthy: number; ejected: number } | null
-}
 
 interface Sample {
   t: number
