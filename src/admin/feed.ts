@@ -64,6 +64,13 @@ const HISTORY = 300
 /** Marks kept (older ones also go once no kept sample is as old). */
 const MAX_MARKS = 500
 
+/**
+ * Largest history a hello carries, bytes (newest samples first): 300 samples of a few
+ * routes fit; with a hundred routes about a minute does. A new stream costs at most a
+ * copy of that much text, never a serialisation of the whole history.
+ */
+const MAX_HELLO_HISTORY_BYTES = 2 * 1024 * 1024
+
 /** Streams one instance serves at once; past it 429. */
 export const MAX_STREAMS = 32
 
@@ -106,7 +113,8 @@ interface Cursor {
 export class Feed {
   readonly #src: FeedSources
   readonly #clients = new Set<Client>()
-  readonly #history: Sample[] = []
+  /** Kept samples, oldest first, each with its JSON (written once, when it is sent live). */
+  readonly #history: Array<{ sample: Sample; json: string }> = []
   #marks: Mark[] = []
   #timer: NodeJS.Timeout | undefined
   #busy = false
@@ -164,12 +172,24 @@ export class Feed {
     })
     // the socket's own buffering would hold the first small events back
     c.res.socket?.setNoDelay(true)
-    // samples from before a quiet spell count only while they are within the window a page draws
+    // samples from before a quiet spell count only while they are within the window a page draws;
+    // newest first up to the byte budget, from the JSON each sample was sent live with
     const since = Date.now() - HISTORY * FEED_INTERVAL_MS
-    const kept = this.#history.filter((s) => s.t >= since)
-    const history = c.route === undefined ? kept : kept.map((s) => keepRoute(s, c.route!))
-    const marks = this.#marks.filter((m) => m.t >= since && (c.route === undefined || m.route === c.route))
-    const hello = formatEvent('hello', { intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, history, marks })
+    const parts: string[] = []
+    let bytes = 0
+    for (let i = this.#history.length - 1; i >= 0; i--) {
+      const h = this.#history[i]!
+      if (h.sample.t < since) break
+      const json = c.route === undefined ? h.json : JSON.stringify(keepRoute(h.sample, c.route))
+      bytes += json.length + 1
+      if (bytes > MAX_HELLO_HISTORY_BYTES) break
+      parts.push(json)
+    }
+    const oldest = parts.length === 0 ? Infinity : this.#history[this.#history.length - parts.length]!.sample.t
+    const marks = this.#marks.filter((m) => m.t >= Math.min(oldest, Date.now()) - FEED_INTERVAL_MS && (c.route === undefined || m.route === c.route))
+    const head = JSON.stringify({ intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, marks })
+    // the history spliced in as text: {"intervalMs":…,"marks":[…],"history":[…]}
+    const hello = `event: hello\ndata: ${head.slice(0, -1)},"history":[${parts.reverse().join(',')}]}\n\n`
     c.allowance = Buffer.byteLength(hello)
     c.res.write(hello)
     if (this.#timer === undefined && !this.#closed) {
@@ -210,11 +230,10 @@ export class Feed {
     c.res.write(text)
   }
 
-  #broadcast (kind: string, data: Sample | Mark): void {
-    let all: string | undefined
+  #broadcast (kind: string, data: Sample | Mark, json: string = JSON.stringify(data)): void {
+    const all = `event: ${kind}\ndata: ${json}\n\n`
     for (const c of this.#clients) {
       if (c.route === undefined) {
-        all ??= formatEvent(kind, data)
         this.#write(c, all)
       } else if (kind === 'sample') {
         this.#write(c, formatEvent(kind, keepRoute(data as Sample, c.route)))
@@ -243,17 +262,18 @@ export class Feed {
       const sample = this.#sample(now, exposition)
       this.#marksFromRollouts(now)
       if (sample !== undefined) {
-        this.#history.push(sample)
+        const json = JSON.stringify(sample)
+        this.#history.push({ sample, json })
         // at most HISTORY samples, none older than the window (after a quiet spell, the older ones go)
         const since = now - HISTORY * FEED_INTERVAL_MS
         let drop = Math.max(0, this.#history.length - HISTORY)
-        while (drop < this.#history.length && this.#history[drop]!.t < since) drop++
+        while (drop < this.#history.length && this.#history[drop]!.sample.t < since) drop++
         if (drop > 0) this.#history.splice(0, drop)
-        const oldest = this.#history[0]!.t
+        const oldest = this.#history[0]!.sample.t
         if (this.#marks.length > 0 && (this.#marks[0]!.t < oldest - FEED_INTERVAL_MS || this.#marks.length > MAX_MARKS)) {
           this.#marks = this.#marks.filter((m) => m.t >= oldest - FEED_INTERVAL_MS).slice(-MAX_MARKS)
         }
-        this.#broadcast('sample', sample)
+        this.#broadcast('sample', sample, json)
       }
       if (exposition !== undefined) this.#prev = { at: now, exposition }
     } finally {
@@ -358,7 +378,8 @@ function newestAt (items: ReadonlyArray<{ at?: string }>, floor: string): string
 
 /** A sample with only `route` in it. */
 function keepRoute (s: Sample, route: string): Sample {
-  const r = s.routes[route]
+  // own keys only: a route named `constructor` must not find Object's
+  const r = Object.hasOwn(s.routes, route) ? s.routes[route] : undefined
   return { t: s.t, seconds: s.seconds, routes: r === undefined ? {} : { [route]: r } }
 }
 

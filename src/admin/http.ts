@@ -88,14 +88,53 @@ export async function readDocumentBody (req: IncomingMessage, max: number = MAX_
   }
   const text = await readBody(req, max)
   if (text.trim().length === 0) throw new CanarydError('CANARYD_ERR_INVALID_YAML', 'the request body is empty; a YAML mapping is required')
+  let value: unknown
   try {
     // logLevel error: an unknown tag is read as plain data without yaml's process warning,
     // which would print the client's text on stderr, outside the log
-    return parseYaml(text, { maxAliasCount: 100, uniqueKeys: true, customTags: [], prettyErrors: true, logLevel: 'error' })
+    value = parseYaml(text, { maxAliasCount: 100, uniqueKeys: true, customTags: [], prettyErrors: true, logLevel: 'error' })
   } catch (err) {
     // the first line names line and column; the excerpt under it is the client's own text
     throw new CanarydError('CANARYD_ERR_INVALID_YAML', `the request body is not valid YAML: ${(err as Error).message.split('\n', 1)[0]!.replace(/:\s*$/, '')}`)
   }
+  const why = notPlainData(value)
+  if (why !== undefined) throw new CanarydError('CANARYD_ERR_INVALID_YAML', `the request body is YAML a plan cannot be: ${why}`)
+  return value
+}
+
+/** Most values (nodes, counted with every alias expanded) a YAML body may hold: a plan has a few hundred. */
+const MAX_YAML_NODES = 10_000
+
+/**
+ * Why a parsed YAML value is not what JSON could have said, or undefined:
+ * an alias that contains itself (a cycle no validator can print), a value
+ * that is not null, a boolean, a finite number, a string, an array or a plain
+ * mapping (`%YAML 1.1` brings dates, sets, binary), or aliases that expand
+ * past MAX_YAML_NODES (a small body whose echo in an error would be huge).
+ */
+function notPlainData (root: unknown): string | undefined {
+  let nodes = 0
+  const path: unknown[] = []
+  const walk = (v: unknown): string | undefined => {
+    if (++nodes > MAX_YAML_NODES) return `more than ${MAX_YAML_NODES} values once its aliases are expanded`
+    if (v === null || typeof v === 'boolean' || typeof v === 'string') return undefined
+    if (typeof v === 'number') return Number.isFinite(v) ? undefined : `${v} is not a finite number`
+    if (typeof v !== 'object') return `a ${typeof v} value`
+    if (path.includes(v)) return 'an alias that contains itself'
+    const proto = Object.getPrototypeOf(v) as unknown
+    if (!Array.isArray(v) && proto !== Object.prototype && proto !== null) return `a ${(v as object).constructor?.name ?? 'non-plain'} value (only mappings, sequences and scalars)`
+    path.push(v)
+    try {
+      for (const x of Array.isArray(v) ? v : Object.values(v)) {
+        const why = walk(x)
+        if (why !== undefined) return why
+      }
+    } finally {
+      path.pop()
+    }
+    return undefined
+  }
+  return walk(root)
 }
 
 function parseJson (text: string): unknown {

@@ -280,7 +280,8 @@ export class AdminServer {
       ...SECURITY_HEADERS,
       ...own,
       'content-type': 'json' in reply ? 'application/json; charset=utf-8' : reply.contentType,
-      'content-length': Buffer.byteLength(body),
+      // a 304 has no body and says nothing of the length of the one it stands for (RFC 9110 §8.6)
+      ...(reply.status === 304 ? {} : { 'content-length': Buffer.byteLength(body) }),
       // API answers are never cached; the dashboard's files say their own (revalidate with an ETag)
       'cache-control': own['cache-control'] ?? 'no-store'
     })

@@ -20,12 +20,23 @@ function formatPercent (ppm: number): string {
   return String(ppm / 10_000)
 }
 
+/** A value as an error message shows it: JSON, at most 100 characters (a body's echo stays small). */
+function shownValue (v: unknown): string {
+  let s: string
+  try {
+    s = JSON.stringify(v) ?? String(v)
+  } catch {
+    s = Object.prototype.toString.call(v)
+  }
+  return s.length > 100 ? `${s.slice(0, 100)}…` : s
+}
+
 /**
  * Returns why one weight is invalid, or undefined: must be a finite number in
  * [0, 100] with at most 4 decimals.
  */
 export function checkWeight (weight: unknown): string | undefined {
-  if (typeof weight !== 'number' || !Number.isFinite(weight)) return `must be a number, got ${JSON.stringify(weight) ?? String(weight)}`
+  if (typeof weight !== 'number' || !Number.isFinite(weight)) return `must be a number, got ${shownValue(weight)}`
   if (weight < 0 || weight > 100) return `must be between 0 and 100, got ${weight}`
   if (toPpm(weight) === undefined) return `must have at most 4 decimals, got ${weight}`
   return undefined

@@ -5,7 +5,7 @@
  * vertical lines, rollout state changes as solid ones, checks as ticks
  * along the top coloured by verdict.
  */
-import { clock } from './dom.js'
+import { clock, own } from './dom.js'
 import type { Mark, Sample, VersionSample } from './types.js'
 
 // uPlot comes from its IIFE (served by the admin server from the package): a global, types only here
@@ -151,7 +151,7 @@ export class LiveChart {
       }
       prev = s.t
       xs.push(s.t / 1000)
-      this.#versions.forEach((v, i) => ys[i]!.push(valueOf(s.routes[route]?.versions[v], this.#kind.field)))
+      this.#versions.forEach((v, i) => ys[i]!.push(valueOf(own(own(s.routes, route)?.versions, v), this.#kind.field)))
     }
     this.#plot.setData([xs, ...ys])
   }

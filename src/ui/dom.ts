@@ -90,6 +90,14 @@ export function weightChange (prev: Record<string, number> | null | undefined, n
 }
 
 /** True for a plain object (API answers are checked before use, never trusted to have a shape). */
+/**
+ * `obj[key]` when `obj` has it itself: a route named `constructor` or `toString`
+ * (valid names) must not find Object's own members through the prototype.
+ */
+export function own<T> (obj: Readonly<Record<string, T>> | undefined | null, key: string): T | undefined {
+  return obj !== undefined && obj !== null && Object.hasOwn(obj, key) ? obj[key] : undefined
+}
+
 export function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }

@@ -106,7 +106,14 @@ export class Feed {
   }
 
   #emit (ev: FeedEvent): void {
-    for (const fn of this.#listeners) fn(ev)
+    for (const fn of this.#listeners) {
+      // one page's bug must not end the stream for the others (nor leak it: see #read)
+      try {
+        fn(ev)
+      } catch (err) {
+        console.error('dashboard: a feed listener failed', err)
+      }
+    }
   }
 
   #setStatus (status: FeedStatus, message = ''): void {
@@ -190,7 +197,10 @@ export class Feed {
       }
     } finally {
       clearTimeout(idle)
-      reader.releaseLock()
+      // a stream left for any reason is closed, not just let go: an open one holds one of the
+      // browser's six connections to the admin host and one of the server's 32 streams
+      reader.cancel().catch(() => {})
+      ctrl.abort()
     }
     return greeted
   }

@@ -37,7 +37,7 @@ export function mountFleet (main: HTMLElement): () => void {
         ages.push([age, i.lastHeartbeat])
         return [
           i.self ? h('strong', null, `${i.id} (this one)`) : i.id, i.hostname, String(i.pid), i.admin, i.proxy, String(i.generation),
-          age, i.leader.length === 0 ? '–' : i.leader.join(', '),
+          age, !Array.isArray(i.leader) || i.leader.length === 0 ? '–' : i.leader.map(String).join(', '),
           i.configMismatch ? h('strong', { class: 'error' }, 'mismatch') : 'same'
         ]
       }), { 'data-testid': 'fleet-table' }))

@@ -8,7 +8,7 @@
  */
 import { call } from './api.js'
 import { versionColors } from './charts.js'
-import { fill, h, num, pct } from './dom.js'
+import { fill, h, num, own, pct } from './dom.js'
 import type { Feed } from './feed.js'
 import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
@@ -71,11 +71,11 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
   const live = (s: Sample | undefined): void => {
     note.hidden = feed.metrics
     for (const [route, byVersion] of cells) {
-      const rs = s?.routes[route]
+      const rs = own(s?.routes, route)
       // a current sample without this route (just added by a reload) leaves its row as it is
       if (s !== undefined && rs === undefined) continue
       for (const [name, c] of byVersion) {
-        const v = rs?.versions[name]
+        const v = own(rs?.versions, name)
         if (rs !== undefined && v === undefined) continue
         c.weight.textContent = pct(v?.weight ?? c.base)
         c.endpoints.textContent = v?.endpoints === undefined || v.endpoints === null ? '–' : `${v.endpoints.healthy} / ${v.endpoints.ejected}`

@@ -9,7 +9,7 @@
  */
 import { ApiError, call, routePath } from './api.js'
 import { KINDS, LiveChart, VERDICT_COLORS, valueOf, versionColors, type ChartKind } from './charts.js'
-import { clock, fill, h, num } from './dom.js'
+import { clock, fill, h, num, own } from './dom.js'
 import type { Feed } from './feed.js'
 import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
@@ -105,7 +105,7 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
     lastSample.textContent = last === undefined ? '(waiting for the feed)' : `(last sample ${clock(last.t)})`
     for (const p of panels) {
       p.chart?.update(feed.samples, name, marks)
-      for (const [v, td] of p.cells) td.textContent = num(valueOf(now?.routes[name]?.versions[v], p.kind.field), p.kind.digits)
+      for (const [v, td] of p.cells) td.textContent = num(valueOf(own(own(now?.routes, name)?.versions, v), p.kind.field), p.kind.digits)
     }
   }
 
