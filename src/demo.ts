@@ -379,7 +379,7 @@ export async function runDemo (opts: DemoOptions): Promise<StoryResult | undefin
   const admin = `http://127.0.0.1:${app.adminAddress!.port}`
   out(`canaryd demo: stable at ${origin(stable)}, canary at ${origin(canary)}, proxy at ${proxy} (weights 90/10)`)
   // first, so a newcomer has the page open before the story starts
-  out(`dashboard: ${admin}/ui/#/routes/web   (open it in a browser now: the releases below play there live)`)
+  out(`dashboard: ${admin}/ui/#/routes/web   (open it in a browser${opts.story === false ? ': live charts per version, the weights, rollouts)' : ' now: the releases below play there live)'}`)
 
   const USERS = 1000
   const ROUNDS = 3
