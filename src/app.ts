@@ -376,7 +376,8 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   registerRolloutRoutes(admin, rollouts)
   registerVersionRoutes(admin, state)
   registerSegmentRoutes(admin, state)
-  const self = (): Heartbeat => heartbeatNow(redis?.instanceId ?? 'local', STARTED_AT, describe())
+  const instanceId = (): string => redis?.instanceId ?? 'local'
+  const self = (): Heartbeat => heartbeatNow(instanceId(), STARTED_AT, describe())
   registerFleetRoutes(admin, { store: state, self, ...(link === undefined ? {} : { instances: async () => await link.instances() }) })
   if (src.gauges !== undefined) {
     src.gauges.addReadout(METRIC_NAMES.storeUp, 'Whether the runtime store can be reached (1) or not (0); always 1 with the file store. While 0 the proxy serves the last applied state, admin writes answer 503 and rollouts hold.', 'gauge', () => state.up ? 1 : 0)
@@ -385,9 +386,10 @@ export function createControlPlane (config: Config, logger: Logger, state: Runti
   }
   const reload = reloader(config, logger, state, rollouts, src.applyCertificates)
   registerReloadRoute(admin, reload)
-  const feed = new Feed({ store: state, metrics: src.metrics, instance: () => redis?.instanceId ?? 'local', logger: logger.child({ component: 'admin' }) })
+  const adminLog = logger.child({ component: 'admin' })
+  const feed = new Feed({ store: state, metrics: src.metrics, instance: instanceId, logger: adminLog })
   feed.register(admin)
-  registerUi(admin, config.admin.ui, logger.child({ component: 'admin' }))
+  registerUi(admin, config.admin.ui, adminLog)
   // a restart resumes rollouts at their step (and keeps finished ones finished); a fleet does it once it has the fleet's state
   if (link === undefined) rollouts.restore()
   return {

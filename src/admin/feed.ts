@@ -16,9 +16,10 @@
 import type { ServerResponse } from 'node:http'
 import { CanarydError, createError } from '../errors.js'
 import type { Logger } from '../logger.js'
-import { expositionFromJson, parseExposition, type Exposition } from '../metrics/exposition.js'
+import { expositionFromJson, type Exposition } from '../metrics/exposition.js'
 import { METRIC_NAMES } from '../metrics/names.js'
 import { summarize } from '../metrics/summary.js'
+import { round } from '../rollout/judge.js'
 import type { AuditEntry } from '../store/audit.js'
 import type { RuntimeStore } from '../store/store.js'
 import type { AdminServer, MetricsSource } from './server.js'
@@ -52,8 +53,8 @@ export type Mark =
   | { t: number; route: string; kind: 'check'; verdict: string; step: number; weight: number; phase: string; reasons: string[] }
   | { t: number; route: string; kind: 'rollout'; event: string; state: string; step: number; weight: number; reason: string | null }
 
-/** The families a sample reads (summarize's and the endpoints), nothing else of the exposition. */
-const FAMILIES: readonly string[] = [METRIC_NAMES.requests, METRIC_NAMES.duration, METRIC_NAMES.inFlight, METRIC_NAMES.weight, METRIC_NAMES.upstreamErrors, METRIC_NAMES.endpoints]
+/** The families a sample reads: summarize's rate, 5xx share, quantiles and in-flight, and the endpoints (the weights come from the store). */
+const FAMILIES: readonly string[] = [METRIC_NAMES.requests, METRIC_NAMES.duration, METRIC_NAMES.inFlight, METRIC_NAMES.endpoints]
 
 /** Sample interval, ms. */
 export const FEED_INTERVAL_MS = 1000
@@ -131,11 +132,6 @@ export class Feed {
     src.store.onChange((e) => { if (this.#timer !== undefined) this.#weightsMark(e.route, e.weights, Date.parse(e.time) || Date.now(), e) })
   }
 
-  /** Open streams now. */
-  get streams (): number {
-    return this.#clients.size
-  }
-
   /** Registers `GET /api/v1/events`. */
   register (admin: Pick<AdminServer, 'addRoute'>): void {
     admin.addRoute('GET', '/api/v1/events', (q) => {
@@ -189,7 +185,7 @@ export class Feed {
     const marks = this.#marks.filter((m) => m.t >= Math.min(oldest, Date.now()) - FEED_INTERVAL_MS && (c.route === undefined || m.route === c.route))
     const head = JSON.stringify({ intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, marks })
     // the history spliced in as text: {"intervalMs":…,"marks":[…],"history":[…]}
-    const hello = `event: hello\ndata: ${head.slice(0, -1)},"history":[${parts.reverse().join(',')}]}\n\n`
+    const hello = formatEvent('hello', `${head.slice(0, -1)},"history":[${parts.reverse().join(',')}]}`)
     c.allowance = Buffer.byteLength(hello)
     c.res.write(hello)
     if (this.#timer === undefined && !this.#closed) {
@@ -205,10 +201,10 @@ export class Feed {
    * here on is a mark, even one in the first second (the first sample needs two scrapes).
    */
   #seed (): void {
-    for (const view of this.#src.store.routeViews()) {
-      this.#weights.set(view.name, JSON.stringify(Object.fromEntries(view.versions.map((v) => [v.name, v.weight]))))
-    }
-    this.#marksFromRollouts(Date.now())
+    const now = Date.now()
+    // the first sight of a route's weights records them without a mark
+    for (const view of this.#src.store.routeViews()) this.#weightsMark(view.name, weightsOf(view), now, undefined)
+    this.#marksFromRollouts(now)
   }
 
   #stop (): void {
@@ -231,14 +227,14 @@ export class Feed {
   }
 
   #broadcast (kind: string, data: Sample | Mark, json: string = JSON.stringify(data)): void {
-    const all = `event: ${kind}\ndata: ${json}\n\n`
+    const all = formatEvent(kind, json)
     for (const c of this.#clients) {
       if (c.route === undefined) {
         this.#write(c, all)
       } else if (kind === 'sample') {
-        this.#write(c, formatEvent(kind, keepRoute(data as Sample, c.route)))
+        this.#write(c, formatEvent(kind, JSON.stringify(keepRoute(data as Sample, c.route))))
       } else if ((data as Mark).route === c.route) {
-        this.#write(c, formatEvent(kind, data))
+        this.#write(c, all)
       }
     }
   }
@@ -252,8 +248,7 @@ export class Feed {
       let exposition: Exposition | undefined
       if (this.#src.metrics !== undefined) {
         try {
-          const m = this.#src.metrics
-          exposition = m.families === undefined ? parseExposition(await m.expose()) : expositionFromJson(await m.families(FAMILIES))
+          exposition = expositionFromJson(await this.#src.metrics.families(FAMILIES))
         } catch (err) {
           this.#src.logger.debug({ err }, 'event feed: the metrics could not be read this second')
         }
@@ -289,7 +284,7 @@ export class Feed {
     const prev = this.#prev
     const views = this.#src.store.routeViews()
     // a change made elsewhere in the fleet (no local onChange) is seen here, figures or not
-    for (const view of views) this.#weightsMark(view.name, Object.fromEntries(view.versions.map((v) => [v.name, v.weight])), now, undefined)
+    for (const view of views) this.#weightsMark(view.name, weightsOf(view), now, undefined)
     if (this.#src.metrics !== undefined && (cur === undefined || prev === undefined)) return undefined
     const seconds = prev === undefined ? FEED_INTERVAL_MS / 1000 : (now - prev.at) / 1000
     const rows = new Map<string, ReturnType<typeof summarize>['rows'][number]>()
@@ -369,6 +364,11 @@ export class Feed {
   }
 }
 
+/** A route view's weights by version. */
+function weightsOf (view: { versions: ReadonlyArray<{ name: string; weight: number }> }): Record<string, number> {
+  return Object.fromEntries(view.versions.map((v) => [v.name, v.weight]))
+}
+
 /** The newest `at` of `items` (ISO-8601 strings compare in time order), or `floor`. */
 function newestAt (items: ReadonlyArray<{ at?: string }>, floor: string): string {
   let max = floor
@@ -383,12 +383,7 @@ function keepRoute (s: Sample, route: string): Sample {
   return { t: s.t, seconds: s.seconds, routes: r === undefined ? {} : { [route]: r } }
 }
 
-/** One server-sent event (JSON has no raw newline, so one data line). */
-function formatEvent (kind: string, data: unknown): string {
-  return `event: ${kind}\ndata: ${JSON.stringify(data)}\n\n`
-}
-
-function round (n: number, digits: number): number {
-  const f = 10 ** digits
-  return Math.round(n * f) / f
+/** One server-sent event of JSON text (JSON has no raw newline, so one data line). */
+function formatEvent (kind: string, json: string): string {
+  return `event: ${kind}\ndata: ${json}\n\n`
 }

@@ -22,18 +22,14 @@ export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, man
   const base = '/api/v1/routes/{route}/rollout'
   admin.addRoute('POST', base, async (r) => {
     const req: StartRequest = {}
-    const from = r.query.get('fromStart')
-    if (from !== null) {
-      if (from !== 'true' && from !== 'false') throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `fromStart must be true or false, got ${JSON.stringify(from)}`)
-      req.fromStart = from === 'true'
-    }
+    const from = boolParam(r.query, 'fromStart')
+    if (from !== undefined) req.fromStart = from
     const up = r.query.get('canaryUpstream')
     // one origin, or several separated by commas (origins contain none)
     if (up !== null) req.canaryUpstream = up.includes(',') ? up.split(',') : up
-    const dry = r.query.get('dryRun')
-    if (dry !== null && dry !== 'true' && dry !== 'false') throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `dryRun must be true or false, got ${JSON.stringify(dry)}`)
+    const dry = boolParam(r.query, 'dryRun') === true
     const body = await r.document()
-    if (dry === 'true') {
+    if (dry) {
       // what a start would answer, without starting (kubectl's --dry-run=server): the dashboard's Validate
       const { plan, warnings } = manager.check(r.params.route!, body, req)
       return { json: { valid: true, route: r.params.route!, plan, warnings } }
@@ -50,4 +46,12 @@ export function registerRolloutRoutes (admin: Pick<AdminServer, 'addRoute'>, man
     // 202: the request was valid but the gate holds the promotion for now
     return { status: held ? 202 : 200, json: { ...rolloutView(record), held } }
   })
+}
+
+/** A true/false query parameter: undefined when absent, 400 for anything else. */
+function boolParam (q: URLSearchParams, name: string): boolean | undefined {
+  const v = q.get(name)
+  if (v === null) return undefined
+  if (v !== 'true' && v !== 'false') throw new CanarydError('CANARYD_ERR_INVALID_QUERY', `${name} must be true or false, got ${JSON.stringify(v)}`)
+  return v === 'true'
 }

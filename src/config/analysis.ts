@@ -5,6 +5,7 @@
  * these validators); the queries themselves are run by rollout/analysis.ts.
  */
 import parseJsonPath from 'jsonpath-rfc9535/parser'
+import { isObj, type Obj } from './segments.js'
 
 /** A metric's accepted range: the canary fails below `min` or above `max`. */
 export interface ThresholdRange {
@@ -138,12 +139,6 @@ export function promDuration (ms: number): string {
   if (ms % 60_000 === 0) return `${ms / 60_000}m`
   if (ms % 1000 === 0) return `${ms / 1000}s`
   return `${ms}ms`
-}
-
-type Obj = Record<string, unknown>
-
-function isObj (v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 /** The part of plan.ts's problem list these validators use. */

@@ -6,6 +6,7 @@
  * file on restart.
  */
 import { CanarydError } from '../errors.js'
+import type { RouteSpec } from '../routing/spec.js'
 import { checkWeight } from '../routing/weights.js'
 import { MIRROR_DEFAULTS } from './segments.js'
 import { checkLoadTest, checkMetrics, checkVariables, type LoadTestSpec, type MetricSpec } from './analysis.js'
@@ -233,6 +234,11 @@ export interface PlanContext {
   segments?: readonly string[]
   /** Whether the route has an override header or cookie (analysis.loadTest needs one). */
   override?: boolean
+}
+
+/** What a plan needs to know of the route it runs on (config validation and a start check the same). */
+export function planContext (spec: Pick<RouteSpec, 'segments' | 'override'>): PlanContext {
+  return { segments: (spec.segments ?? []).map((s) => s.name), override: spec.override.header !== undefined || spec.override.cookie !== undefined }
 }
 
 /**

@@ -1,6 +1,6 @@
 import { ConfigError } from '../errors.js'
 import type { Balance, RouteSpec, TlsSpec, VersionSpec } from '../routing/spec.js'
-import { PlanError, validatePlan } from './plan.js'
+import { PlanError, planContext, validatePlan } from './plan.js'
 import { isObj, type Obj, onlyKeys, shown, validateMirror, validateSegments } from './segments.js'
 import { parseKeySource } from '../routing/table.js'
 import { checkWeight, checkWeightSum } from '../routing/weights.js'
@@ -191,7 +191,7 @@ function validateRoute (r: unknown, i: number): RouteSpec {
   if (r.mirror !== undefined && r.mirror !== null) spec.mirror = validateMirror(r.mirror, names, `${at}.mirror`)
   if (r.rollout !== undefined) {
     try {
-      spec.rollout = validatePlan(r.rollout, names, { segments: (spec.segments ?? []).map((s) => s.name), override: spec.override.header !== undefined || spec.override.cookie !== undefined })
+      spec.rollout = validatePlan(r.rollout, names, planContext(spec))
     } catch (err) {
       if (err instanceof PlanError) throw new ConfigError(`${at}.rollout`, err.problems.join('; '))
       throw err

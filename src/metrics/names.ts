@@ -36,9 +36,6 @@ export const DEFAULT_METRICS_PREFIX = 'canaryd_'
  */
 export const REQUEST_SOURCES = Object.freeze(['user', 'synthetic'] as const)
 
-/** A value of the `source` label. */
-export type RequestSource = typeof REQUEST_SOURCES[number]
-
 /**
  * The request header that marks a request as synthetic when its value is
  * exactly `1` (sent by the load generator; the proxy forwards it unchanged).

@@ -7,9 +7,9 @@
  * inconclusive, never failed, unless the metric says `failOnNoData`: a
  * Prometheus outage must not roll canaries back.
  */
-import { promDuration, renderTemplate } from '../config/analysis.js'
+import { promDuration, renderTemplate, type MetricCompare } from '../config/analysis.js'
 import type { MetricSpec } from '../config/plan.js'
-import type { CheckResult } from './judge.js'
+import { round, type CheckResult } from './judge.js'
 import { queryHttp, type ProviderAnswer } from './provider-http.js'
 import { prometheusLabel, queryPrometheus } from './provider-prometheus.js'
 
@@ -63,6 +63,11 @@ function why (a: ProviderAnswer): string {
   return 'noData' in a ? a.noData : 'error' in a ? a.error : ''
 }
 
+/** The version a compare's baseline names: "stable" is the role (the plan's stable version, whatever its name). */
+export function baselineVersion (c: MetricCompare, stable: string): string {
+  return c.baseline === 'stable' ? stable : c.baseline
+}
+
 /**
  * Judges one metric's numbers (pure).
  *
@@ -98,7 +103,7 @@ export function judgeMetric (m: MetricSpec, canary: ProviderAnswer, baseline?: P
       else {
         const [num, den] = direction === 'lower-is-worse' ? [b, c] : [c, b]
         const r = den > 0 ? num / den : num > 0 ? null : 1
-        out.ratio = r === null ? null : Math.round(r * 1e4) / 1e4
+        out.ratio = r === null ? null : round(r, 4)
         if (r === null || r > maxRatio) {
           fails.push(`canary ${fmt(c)} vs ${name} ${fmt(b)} (ratio ${r === null ? 'infinite' : fmt(out.ratio!)} > ${maxRatio}, ${direction === 'lower-is-worse' ? 'lower' : 'higher'} is worse)`)
         }
@@ -166,8 +171,7 @@ async function runMetric (m: MetricSpec, ctx: MetricContext, outer: AbortSignal 
   const timeout = AbortSignal.timeout(m.provider.timeoutMs)
   const signal = outer === undefined ? timeout : AbortSignal.any([outer, timeout])
   const canaryQ = render(m, ctx, ctx.canary)
-  // "stable" is the role (the plan's stable version, whatever its name); anything else names a version
-  const baselineQ = m.compare === undefined ? undefined : render(m, ctx, m.compare.baseline === 'stable' ? ctx.stable : m.compare.baseline)
+  const baselineQ = m.compare === undefined ? undefined : render(m, ctx, baselineVersion(m.compare, ctx.stable))
   const timedOut = (): boolean => timeout.aborted
   const [c, b] = await Promise.all([
     ask(m, canaryQ, signal, timedOut, env),

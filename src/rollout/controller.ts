@@ -9,7 +9,7 @@
 import { CanarydError } from '../errors.js'
 import type { Clock } from './clock.js'
 import { judgeCheck, type CheckResult, type Verdict } from './judge.js'
-import { combineMetrics, runMetrics as defaultRunMetrics, type MetricContext, type MetricResult } from './analysis.js'
+import { baselineVersion, combineMetrics, runMetrics as defaultRunMetrics, type MetricContext, type MetricResult } from './analysis.js'
 import { decisionGuidance } from './power.js'
 import { judgeSequential } from './sequential.js'
 import type { LoadTestSpec, MetricSpec } from '../config/plan.js'
@@ -855,7 +855,7 @@ export class RolloutController {
       for (const m of results) {
         report(this.route, m.name, r.plan.canary, m.canary)
         const spec = metrics.find((x) => x.name === m.name)
-        if (spec?.compare !== undefined && m.baseline !== undefined) report(this.route, m.name, spec.compare.baseline === 'stable' ? r.stable : spec.compare.baseline, m.baseline)
+        if (spec?.compare !== undefined && m.baseline !== undefined) report(this.route, m.name, baselineVersion(spec.compare, r.stable), m.baseline)
       }
     }
     return true
@@ -891,10 +891,11 @@ export class RolloutController {
         shadow = judged.figures
       } else {
         canaryWindow = this.windows.canary.peek()
-        stableWindow = phase === 'rollback-window' && this.#baseline !== undefined && this.windows.stable.peek().requests < plan.analysis.minRequests
+        const stableNow = this.windows.stable.peek()
+        stableWindow = phase === 'rollback-window' && this.#baseline !== undefined && stableNow.requests < plan.analysis.minRequests
           // stable serves nobody after the switch: the canary is compared with stable just before it
           ? this.#baseline
-          : this.windows.stable.peek()
+          : stableNow
         result = this.#judgeWindows(canaryWindow, stableWindow, final)
         // a sequential look records only what acts: a fail, or a pass that moves the rollout on
         // (a pass while awaiting promotion, or before a phase's minimum duration, changes
@@ -912,8 +913,7 @@ export class RolloutController {
       this.#earlyPassHeld = false
       if (phase === 'shadow' && result.verdict !== 'inconclusive') this.#resetShadow()
       if (result.verdict === 'inconclusive' && canaryWindow !== undefined && stableWindow !== undefined) {
-        const guidance = decisionGuidance(canaryWindow, stableWindow, plan.analysis, now - this.#windowStart)
-        if (guidance !== undefined) result.guidance = guidance
+        result.guidance = decisionGuidance(canaryWindow, stableWindow, plan.analysis, now - this.#windowStart)
       }
       const instances = this.#deps.subscribeSnapshots === undefined ? undefined : new Set([...this.windows.canary.sources, ...this.windows.stable.sources]).size
       // inconclusive: keep accumulating so a quiet route eventually reaches minRequests

@@ -114,6 +114,18 @@ export function ejectionReason (canary: Pick<SideFigures, 'ejections' | 'stillEj
   return undefined
 }
 
+/** The plan's absolute thresholds the canary breaks (successRate.min, latencyP99Ms.max): every judge applies them alike. */
+export function thresholdFailures (canary: SideFigures, analysis: AnalysisSpec): string[] {
+  const out: string[] = []
+  if (analysis.successRate !== undefined && canary.successRate < analysis.successRate.min) {
+    out.push(`canary success rate ${canary.successRate}% is below ${analysis.successRate.min}%`)
+  }
+  if (analysis.latencyP99Ms !== undefined && canary.p99Ms !== null && canary.p99Ms > analysis.latencyP99Ms.max) {
+    out.push(`canary p99 ${canary.p99Ms} ms is above ${analysis.latencyP99Ms.max} ms`)
+  }
+  return out
+}
+
 /** `x` rounded to `digits` decimals (the figures' precision). */
 export function round (x: number, digits: number): number {
   const f = 10 ** digits
@@ -164,12 +176,7 @@ export function judgeCheck (canaryWindow: WindowSnapshot, stableWindow: WindowSn
     result.reasons = [...fails, `canary had ${canary.requests} requests, fewer than minRequests ${analysis.minRequests}`]
     return result
   }
-  if (analysis.successRate !== undefined && canary.successRate < analysis.successRate.min) {
-    fails.push(`canary success rate ${canary.successRate}% is below ${analysis.successRate.min}%`)
-  }
-  if (analysis.latencyP99Ms !== undefined && canary.p99Ms !== null && canary.p99Ms > analysis.latencyP99Ms.max) {
-    fails.push(`canary p99 ${canary.p99Ms} ms is above ${analysis.latencyP99Ms.max} ms`)
-  }
+  fails.push(...thresholdFailures(canary, analysis))
   const b = analysis.baseline
   if (b.judge !== 'none') {
     if (stable.requests < analysis.minRequests) {

@@ -13,7 +13,7 @@ import { FleetStats, type StatsTransport } from './fleet.js'
 import { LoadGenerator, type LoadTarget } from './loadtest.js'
 import { authorization } from './provider-http.js'
 import type { AuthSpec, RolloutPlan } from '../config/plan.js'
-import { ACTIVE_STATES, PlanError, validatePlan } from '../config/plan.js'
+import { ACTIVE_STATES, PlanError, planContext, validatePlan } from '../config/plan.js'
 import { checkUpstreams } from '../config/routes.js'
 import type { SubscribeShadow } from '../metrics/observer.js'
 import type { MirrorSpec, RouteSpec, SegmentSpec } from '../routing/spec.js'
@@ -723,10 +723,7 @@ export class RolloutManager {
     const fleet = this.#fleet
     if (fleet === undefined) return await this.#begin(route, rawPlan, req)
     // fleet: the instance that starts a rollout leads it; the lease makes sure only one does
-    if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
-    this.#activeElsewhere(route)
-    if (this.#starting.has(route) || this.#held.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting or running; pause, promote or abort it first`)
-    if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', 'the fleet store (Redis) cannot be reached: a rollout cannot start; nothing was changed')
+    this.#fleetRefusals(route, fleet.up)
     this.#starting.add(route)
     let token: number
     try {
@@ -744,6 +741,14 @@ export class RolloutManager {
     })
   }
 
+  /** Fleet mode: why a start is refused before the lease is asked for (begin), or instead of asking (check). */
+  #fleetRefusals (route: string, up: boolean): void {
+    if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
+    this.#activeElsewhere(route)
+    if (this.#starting.has(route) || this.#held.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting or running; pause, promote or abort it first`)
+    if (!up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', 'the fleet store (Redis) cannot be reached: a rollout cannot start; nothing was changed')
+  }
+
   /** Fleet mode: 409 when the fleet state holds an active rollout of the route. */
   #activeElsewhere (route: string): void {
     const r = this.#opts.store.getRolloutState(route)
@@ -758,14 +763,7 @@ export class RolloutManager {
    * already running.
    */
   check (route: string, rawPlan: unknown, req: StartRequest = {}): { plan: RolloutPlan; warnings: string[] } {
-    const fleet = this.#fleet
-    if (fleet !== undefined) {
-      // the same refusals, in the same order, as begin's fleet path
-      if (this.#opts.store.weights(route) === undefined) throw this.#noRoute(route)
-      this.#activeElsewhere(route)
-      if (this.#starting.has(route) || this.#held.has(route)) throw new CanarydError('CANARYD_ERR_ROLLOUT_CONFLICT', `route ${route} already has a rollout starting or running; pause, promote or abort it first`)
-      if (!fleet.up) throw new CanarydError('CANARYD_ERR_STORE_UNAVAILABLE', 'the fleet store (Redis) cannot be reached: a rollout cannot start; nothing was changed')
-    }
+    if (this.#fleet !== undefined) this.#fleetRefusals(route, this.#fleet.up)
     const p = this.#prepare(route, rawPlan, req)
     return { plan: { ...p.plan, stable: p.stable }, warnings: p.warnings }
   }
@@ -776,7 +774,7 @@ export class RolloutManager {
     if (weights === undefined) throw this.#noRoute(route)
     const versions = Object.keys(weights)
     const spec = this.#opts.store.specs?.find((s) => s.name === route)
-    const plan = validatePlan(rawPlan, versions, spec === undefined ? {} : { segments: (spec.segments ?? []).map((s) => s.name), override: spec.override.header !== undefined || spec.override.cookie !== undefined })
+    const plan = validatePlan(rawPlan, versions, spec === undefined ? {} : planContext(spec))
     let canaryUpstream: string[] | undefined
     if (req.canaryUpstream !== undefined) {
       try {

@@ -36,7 +36,7 @@ export class RolloutMetrics implements RolloutObserver {
 
   update (record: RolloutRecord): void {
     // a new rollout starts with no provider figures: the last one's would read as this one's
-    if (record.checks.length === 0 && record.startedAt !== this.#started.get(record.route)) this.#clearMetrics(record.route)
+    if (record.checks.length === 0 && record.startedAt !== this.#started.get(record.route)) this.forgetMetrics(record.route)
     this.#started.set(record.route, record.startedAt)
     for (const s of ROLLOUT_STATES) this.state.labels(record.route, s).set(s === record.state ? 1 : 0)
     this.step.labels(record.route).set(record.stepIndex + 1)
@@ -54,10 +54,6 @@ export class RolloutMetrics implements RolloutObserver {
   }
 
   forgetMetrics (route: string): void {
-    this.#clearMetrics(route)
-  }
-
-  #clearMetrics (route: string): void {
     for (const l of this.#metricSeries.get(route)?.values() ?? []) this.metricValue.remove({ route, metric: l.metric, version: l.version })
     this.#metricSeries.delete(route)
   }

@@ -22,6 +22,12 @@ export const GUIDANCE_POWER = 0.8
  */
 export const GUIDANCE_RATE_FLOOR = 0.001
 
+/** Milliseconds until `more` requests arrive at `perSecond` (0 when none are missing, null when nothing arrives). */
+function eta (more: number, perSecond: number | null): number | null {
+  if (more === 0) return 0
+  return perSecond === null || perSecond === 0 ? null : Math.ceil(1000 * more / perSecond)
+}
+
 /**
  * Guidance for an inconclusive check: the canary requests a one-sided
  * two-proportion test at the plan's confidence needs to detect, with 80 %
@@ -30,15 +36,9 @@ export const GUIDANCE_RATE_FLOOR = 0.001
  * stable's and canary's request counts in their observed proportion; never
  * fewer than minRequests. `elapsedMs`: since the window started (the
  * canary's request rate). `note` says when minRequests alone would stop
- * short of that power. Always defined (the type allows a judge without one).
+ * short of that power.
  */
-/** Milliseconds until `more` requests arrive at `perSecond` (0 when none are missing, null when nothing arrives). */
-function eta (more: number, perSecond: number | null): number | null {
-  if (more === 0) return 0
-  return perSecond === null || perSecond === 0 ? null : Math.ceil(1000 * more / perSecond)
-}
-
-export function decisionGuidance (canary: WindowSnapshot, stable: WindowSnapshot, analysis: AnalysisSpec, elapsedMs: number): DecisionGuidance | undefined {
+export function decisionGuidance (canary: WindowSnapshot, stable: WindowSnapshot, analysis: AnalysisSpec, elapsedMs: number): DecisionGuidance {
   const b = analysis.baseline
   const stableRate = stable.requests > 0 ? stable.failures / stable.requests : 0
   const p2 = Math.min(0.99, Math.max(stableRate, GUIDANCE_RATE_FLOOR))
@@ -55,9 +55,12 @@ export function decisionGuidance (canary: WindowSnapshot, stable: WindowSnapshot
     canaryRps: perSecond === null ? null : round(perSecond, 3),
     expectedMs: eta(moreRequests, perSecond)
   }
-  // the fixed judges stop being inconclusive at minRequests: when that comes first, say when
+  // the fixed judges stop being inconclusive at minRequests: when that comes before the
+  // sized count (neededRequests is the larger of the two), say when and with what power
   const toMin = Math.max(0, analysis.minRequests - canary.requests)
-  if (analysis.minRequests < neededRequests) g.minRequests = { more: toMin, expectedMs: eta(toMin, perSecond) }
-  if (analysis.minRequests < sized) g.note = `minRequests ${analysis.minRequests} is below the ${sized} requests that detect a ${round(p1 / p2, 2)}× error rate at ${round(100 * GUIDANCE_POWER, 0)} % power`
+  if (analysis.minRequests < sized) {
+    g.minRequests = { more: toMin, expectedMs: eta(toMin, perSecond) }
+    g.note = `minRequests ${analysis.minRequests} is below the ${sized} requests that detect a ${round(p1 / p2, 2)}× error rate at ${round(100 * GUIDANCE_POWER, 0)} % power`
+  }
   return g
 }

@@ -8,7 +8,7 @@
  * Pure: windows in, a verdict and its figures out.
  */
 import type { AnalysisSpec } from '../config/plan.js'
-import { ejectionReason, figures, ratio, round, type CheckResult, type SequentialBounds, type SequentialFigures, type SideFigures } from './judge.js'
+import { ejectionReason, figures, ratio, round, thresholdFailures, type CheckResult, type SequentialBounds, type SequentialFigures, type SideFigures } from './judge.js'
 import { confidenceSequence, sequentialRadius } from './stats.js'
 import type { WindowSnapshot } from './window.js'
 
@@ -163,13 +163,7 @@ export function judgeSequential (canaryWindow: WindowSnapshot, stableWindow: Win
     result.reasons = [...fails, `canary had ${canary.requests} requests, fewer than minRequests ${analysis.minRequests}`]
     return result
   }
-  const thresholds: string[] = []
-  if (analysis.successRate !== undefined && canary.successRate < analysis.successRate.min) {
-    thresholds.push(`canary success rate ${canary.successRate}% is below ${analysis.successRate.min}%`)
-  }
-  if (analysis.latencyP99Ms !== undefined && canary.p99Ms !== null && canary.p99Ms > analysis.latencyP99Ms.max) {
-    thresholds.push(`canary p99 ${canary.p99Ms} ms is above ${analysis.latencyP99Ms.max} ms`)
-  }
+  const thresholds = thresholdFailures(canary, analysis)
   const b = analysis.baseline
   const alpha = 1 - b.confidence
   const level = `${round(100 * b.confidence, 4)}%`

@@ -89,7 +89,6 @@ export function weightChange (prev: Record<string, number> | null | undefined, n
   return Object.entries(next).map(([v, w]) => `${v} ${prev?.[v] ?? '?'}→${Number(w.toFixed(4))}`).join(', ')
 }
 
-/** True for a plain object (API answers are checked before use, never trusted to have a shape). */
 /**
  * `obj[key]` when `obj` has it itself: a route named `constructor` or `toString`
  * (valid names) must not find Object's own members through the prototype.
@@ -98,6 +97,7 @@ export function own<T> (obj: Readonly<Record<string, T>> | undefined | null, key
   return obj !== undefined && obj !== null && Object.hasOwn(obj, key) ? obj[key] : undefined
 }
 
+/** True for a plain object (API answers are checked before use, never trusted to have a shape). */
 export function isObj (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }

@@ -9,7 +9,7 @@
  */
 import { ApiError, call, routePath } from './api.js'
 import { KINDS, LiveChart, VERDICT_COLORS, valueOf, versionColors, type ChartKind } from './charts.js'
-import { clock, fill, h, num, own } from './dom.js'
+import { clock, fill, h, num, own, pct } from './dom.js'
 import type { Feed } from './feed.js'
 import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
@@ -138,7 +138,7 @@ export function mountRoute (main: HTMLElement, feed: Feed, name: string): () => 
     }
     fill(problem)
     body.hidden = false
-    summary.textContent = [`${route.versions.map((v) => `${v.name} ${Number(v.weight.toFixed(4))}%`).join(', ')}`, `rollout: ${rolloutText(route.rollout)}`, routeExtras(route)].filter((x) => x !== '').join(' · ')
+    summary.textContent = [route.versions.map((v) => `${v.name} ${pct(v.weight)}`).join(', '), `rollout: ${rolloutText(route.rollout)}`, routeExtras(route)].filter((x) => x !== '').join(' · ')
     versions = route.versions.map((v) => v.name)
     colors = versionColors(versions, view?.stable, view?.canary ?? route.rollout?.canary)
     const key = [...colors].join('|')

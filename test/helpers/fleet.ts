@@ -162,11 +162,14 @@ async function waitStarted (s: Spawned, ms: number): Promise<LogLine | undefined
   return s.lines.find((l) => l.msg === 'canaryd started')
 }
 
-/** One JSON admin call (bounded: 10 s for headers and body). */
-export async function adminCall (adminUrl: string, method: string, path: string, body?: unknown): Promise<AdminReply> {
+/** One JSON admin call (bounded: 10 s for headers and body), with the Bearer token when given. */
+export async function adminCall (adminUrl: string, method: string, path: string, body?: unknown, token?: string): Promise<AdminReply> {
+  const headers: Record<string, string> = {}
+  if (token !== undefined) headers.authorization = `Bearer ${token}`
+  if (body !== undefined) headers['content-type'] = 'application/json'
   const res = await request(`${adminUrl}${path}`, {
     method: method as 'GET',
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     headersTimeout: 10_000,
     bodyTimeout: 10_000

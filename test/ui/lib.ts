@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { Locator, Page } from 'playwright-core'
 import type { Test } from 'tap'
-import { request } from 'undici'
+import { adminCall } from '../helpers/fleet.js'
 import { userTraffic, type UserTraffic } from '../helpers/business.js'
 import { startProxy, testConfig, twoVersionRoute, type TestProxy } from '../helpers/proxy.js'
 import { until } from '../helpers/until.js'
@@ -40,20 +40,7 @@ export function traffic (t: Test, p: TestProxy): UserTraffic {
 
 /** One admin API call (10 s bound), with the Bearer token when given. */
 export async function api (p: TestProxy, method: string, path: string, opts: { token?: string; body?: unknown } = {}): Promise<{ status: number; json: Record<string, unknown> }> {
-  const headers: Record<string, string> = {}
-  if (opts.token !== undefined) headers.authorization = `Bearer ${opts.token}`
-  if (opts.body !== undefined) headers['content-type'] = 'application/json'
-  const res = await request(`${p.adminUrl}${path}`, {
-    method: method as 'GET',
-    headers,
-    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-    headersTimeout: 10_000,
-    bodyTimeout: 10_000
-  })
-  const text = await res.body.text()
-  let json: Record<string, unknown>
-  try { json = JSON.parse(text) as Record<string, unknown> } catch { json = { text } }
-  return { status: res.statusCode, json }
+  return await adminCall(p.adminUrl, method, path, opts.body, opts.token)
 }
 
 /** Every route's weights by version, from GET /api/v1/routes. */
