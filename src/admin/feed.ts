@@ -67,8 +67,9 @@ const MAX_MARKS = 500
 
 /**
  * Largest history a hello carries, bytes (newest samples first): 300 samples of a few
- * routes fit; with a hundred routes about a minute does. A new stream costs at most a
- * copy of that much text, never a serialisation of the whole history.
+ * routes fit; with a hundred routes about a minute does. The history part is built once
+ * per second and view and shared by every stream opening then (see #historyChunk), never a
+ * serialisation of the whole history per stream.
  */
 const MAX_HELLO_HISTORY_BYTES = 2 * 1024 * 1024
 
@@ -110,12 +111,31 @@ interface Cursor {
   historyAt: string
 }
 
+/** A kept sample: its JSON as sent live, and as sent to streams of one route (made once per route, on first need). */
+interface Kept {
+  readonly sample: Sample
+  readonly json: string
+  byRoute?: Map<string, string>
+}
+
+/** The history part of a hello for one view, and the kept samples it spans (a kept sample never changes and the history only grows at one end and shrinks at the other, so the two ends name the span). */
+interface HistoryChunk {
+  readonly oldest: Kept
+  readonly newest: Kept
+  readonly bytes: Buffer
+}
+
 /** The live feed behind `GET /api/v1/events`; `close` stops it and ends every stream. */
 export class Feed {
   readonly #src: FeedSources
   readonly #clients = new Set<Client>()
   /** Kept samples, oldest first, each with its JSON (written once, when it is sent live). */
-  readonly #history: Array<{ sample: Sample; json: string }> = []
+  readonly #history: Kept[] = []
+  /**
+   * The last history chunk built per view ('' all routes, else the route): 31 dashboards
+   * reconnecting at once share one buffer instead of each copying and encoding 2 MiB.
+   */
+  readonly #chunks = new Map<string, HistoryChunk>()
   #marks: Mark[] = []
   #timer: NodeJS.Timeout | undefined
   #busy = false
@@ -168,26 +188,21 @@ export class Feed {
     })
     // the socket's own buffering would hold the first small events back
     c.res.socket?.setNoDelay(true)
-    // samples from before a quiet spell count only while they are within the window a page draws;
-    // newest first up to the byte budget, from the JSON each sample was sent live with
-    const since = Date.now() - HISTORY * FEED_INTERVAL_MS
-    const parts: string[] = []
-    let bytes = 0
-    for (let i = this.#history.length - 1; i >= 0; i--) {
-      const h = this.#history[i]!
-      if (h.sample.t < since) break
-      const json = c.route === undefined ? h.json : JSON.stringify(keepRoute(h.sample, c.route))
-      bytes += json.length + 1
-      if (bytes > MAX_HELLO_HISTORY_BYTES) break
-      parts.push(json)
-    }
-    const oldest = parts.length === 0 ? Infinity : this.#history[this.#history.length - parts.length]!.sample.t
+    const chunk = this.#historyChunk(c.route)
+    const oldest = chunk === undefined ? Infinity : chunk.oldest.sample.t
     const marks = this.#marks.filter((m) => m.t >= Math.min(oldest, Date.now()) - FEED_INTERVAL_MS && (c.route === undefined || m.route === c.route))
     const head = JSON.stringify({ intervalMs: FEED_INTERVAL_MS, instance: this.#src.instance(), metrics: this.#src.metrics !== undefined, marks })
-    // the history spliced in as text: {"intervalMs":…,"marks":[…],"history":[…]}
-    const hello = formatEvent('hello', `${head.slice(0, -1)},"history":[${parts.reverse().join(',')}]}`)
-    c.allowance = Buffer.byteLength(hello)
-    c.res.write(hello)
+    // one event, the history spliced in as text: {"intervalMs":…,"marks":[…],"history":[…]};
+    // written in three pieces, corked into one send, the shared chunk by reference
+    const [open, close] = eventFrame('hello')
+    const before = `${open}${head.slice(0, -1)},"history":[`
+    const after = `]}${close}`
+    c.allowance = Buffer.byteLength(before) + (chunk?.bytes.length ?? 0) + Buffer.byteLength(after)
+    c.res.cork()
+    c.res.write(before)
+    if (chunk !== undefined) c.res.write(chunk.bytes)
+    c.res.write(after)
+    c.res.uncork()
     if (this.#timer === undefined && !this.#closed) {
       this.#seed()
       this.#timer = setInterval(() => { void this.#tick() }, FEED_INTERVAL_MS)
@@ -207,9 +222,39 @@ export class Feed {
     this.#marksFromRollouts(now)
   }
 
+  /**
+   * The history part of a hello for `route` (undefined: all routes), newest samples first up
+   * to the byte budget and none older than the window a page draws (samples from before a
+   * quiet spell count only while within it); undefined when there is none. Rebuilt only when
+   * the span changed: a new sample, or the oldest one leaving the window.
+   */
+  #historyChunk (route: string | undefined): HistoryChunk | undefined {
+    const since = Date.now() - HISTORY * FEED_INTERVAL_MS
+    let bytes = 0
+    let first = this.#history.length
+    while (first > 0) {
+      const h = this.#history[first - 1]!
+      if (h.sample.t < since) break
+      bytes += jsonFor(h, route).length + 1
+      if (bytes > MAX_HELLO_HISTORY_BYTES) break
+      first--
+    }
+    if (first === this.#history.length) return undefined
+    const oldest = this.#history[first]!
+    const newest = this.#history[this.#history.length - 1]!
+    const key = route ?? ''
+    const had = this.#chunks.get(key)
+    if (had !== undefined && had.oldest === oldest && had.newest === newest) return had
+    const chunk = { oldest, newest, bytes: Buffer.from(this.#history.slice(first).map((h) => jsonFor(h, route)).join(',')) }
+    this.#chunks.set(key, chunk)
+    return chunk
+  }
+
   #stop (): void {
     if (this.#timer !== undefined) clearInterval(this.#timer)
     this.#timer = undefined
+    // the chunks go with the watchers (the samples stay for the next one's hello)
+    this.#chunks.clear()
     // the next watcher starts afresh: a rate over the gap would mean nothing, and a change
     // made while nobody watched has no time to be drawn at (the audit log and the timeline keep it)
     this.#prev = undefined
@@ -226,13 +271,17 @@ export class Feed {
     c.res.write(text)
   }
 
-  #broadcast (kind: string, data: Sample | Mark, json: string = JSON.stringify(data)): void {
-    const all = formatEvent(kind, json)
+  /** A sample to every stream (a route's streams its part, made once per route), or a mark to the streams it concerns. */
+  #broadcast (kind: 'sample', data: Kept): void
+  #broadcast (kind: 'mark', data: Mark): void
+  #broadcast (kind: 'sample' | 'mark', data: Kept | Mark): void {
+    const kept = kind === 'sample' ? data as Kept : undefined
+    const all = formatEvent(kind, kept === undefined ? JSON.stringify(data) : kept.json)
     for (const c of this.#clients) {
       if (c.route === undefined) {
         this.#write(c, all)
-      } else if (kind === 'sample') {
-        this.#write(c, formatEvent(kind, JSON.stringify(keepRoute(data as Sample, c.route))))
+      } else if (kept !== undefined) {
+        this.#write(c, formatEvent(kind, jsonFor(kept, c.route)))
       } else if ((data as Mark).route === c.route) {
         this.#write(c, all)
       }
@@ -257,8 +306,8 @@ export class Feed {
       const sample = this.#sample(now, exposition)
       this.#marksFromRollouts(now)
       if (sample !== undefined) {
-        const json = JSON.stringify(sample)
-        this.#history.push({ sample, json })
+        const kept: Kept = { sample, json: JSON.stringify(sample) }
+        this.#history.push(kept)
         // at most HISTORY samples, none older than the window (after a quiet spell, the older ones go)
         const since = now - HISTORY * FEED_INTERVAL_MS
         let drop = Math.max(0, this.#history.length - HISTORY)
@@ -268,7 +317,7 @@ export class Feed {
         if (this.#marks.length > 0 && (this.#marks[0]!.t < oldest - FEED_INTERVAL_MS || this.#marks.length > MAX_MARKS)) {
           this.#marks = this.#marks.filter((m) => m.t >= oldest - FEED_INTERVAL_MS).slice(-MAX_MARKS)
         }
-        this.#broadcast('sample', sample, json)
+        this.#broadcast('sample', kept)
       }
       if (exposition !== undefined) this.#prev = { at: now, exposition }
     } finally {
@@ -376,6 +425,15 @@ function newestAt (items: ReadonlyArray<{ at?: string }>, floor: string): string
   return max
 }
 
+/** A kept sample's JSON for the streams of `route` (undefined: all routes); a route's is made once, on first need. */
+function jsonFor (k: Kept, route: string | undefined): string {
+  if (route === undefined) return k.json
+  k.byRoute ??= new Map()
+  let json = k.byRoute.get(route)
+  if (json === undefined) k.byRoute.set(route, json = JSON.stringify(keepRoute(k.sample, route)))
+  return json
+}
+
 /** A sample with only `route` in it. */
 function keepRoute (s: Sample, route: string): Sample {
   // own keys only: a route named `constructor` must not find Object's
@@ -383,7 +441,13 @@ function keepRoute (s: Sample, route: string): Sample {
   return { t: s.t, seconds: s.seconds, routes: r === undefined ? {} : { [route]: r } }
 }
 
-/** One server-sent event of JSON text (JSON has no raw newline, so one data line). */
+/** The text before and after the JSON of one server-sent event (JSON has no raw newline, so one data line). */
+function eventFrame (kind: string): readonly [string, string] {
+  return [`event: ${kind}\ndata: `, '\n\n']
+}
+
+/** One server-sent event of JSON text. */
 function formatEvent (kind: string, json: string): string {
-  return `event: ${kind}\ndata: ${json}\n\n`
+  const [open, close] = eventFrame(kind)
+  return open + json + close
 }

@@ -325,26 +325,47 @@ t.test('a larger config: 31 streams opening at once do not stall the event loop 
     hello = await helloSize()
   }
   t.comment(`hello is ${(hello / 1024 / 1024).toFixed(1)} MiB after the history filled for a while`)
-  // the event loop's stalls while 31 streams open: a 1 ms ticker, every gap past 5 ms counted
-  const rss = process.memoryUsage().rss
-  let last = performance.now()
-  let blocked = 0
-  let longest = 0
-  let ticking = true
-  const tick = (): void => {
-    const now = performance.now()
-    const gap = now - last
-    if (gap > 5) { blocked += gap; longest = Math.max(longest, gap) }
-    last = now
-    if (ticking) setTimeout(tick, 1)
+  // the event loop's stalls while 31 streams open: a 1 ms ticker, every gap past 5 ms counted.
+  // With the history chunk shared by the streams a round costs 35-55 ms here; serialising
+  // the samples per stream (the defect, even with the 2 MiB budget) costs 350-450 ms, and
+  // copying and encoding the 2 MiB text per stream (as first fixed) 120-230 ms. A busy
+  // machine adds its own stalls (one round measured 526 ms with two CPU hogs beside the
+  // suite), so: the best of at most 3 rounds under 200 ms; noise from other processes
+  // seldom hits every round, the defect does.
+  const round = async (): Promise<{ blocked: number, longest: number, grew: number, opened: number, cpuMs: number }> => {
+    const rss = process.memoryUsage().rss
+    const cpu0 = process.cpuUsage()
+    let last = performance.now()
+    let blocked = 0
+    let longest = 0
+    let ticking = true
+    const tick = (): void => {
+      const now = performance.now()
+      const gap = now - last
+      if (gap > 5) { blocked += gap; longest = Math.max(longest, gap) }
+      last = now
+      if (ticking) setTimeout(tick, 1)
+    }
+    setTimeout(tick, 1)
+    const streams = await Promise.all(Array.from({ length: 31 }, async () => await rawStream(t, port)))
+    await sleep(1500)
+    ticking = false
+    const cpu = process.cpuUsage(cpu0)
+    const grew = process.memoryUsage().rss - rss
+    for (const s of streams) s.socket.destroy()
+    return { blocked, longest, grew, opened: streams.filter((s) => s.status === 200).length, cpuMs: (cpu.user + cpu.system) / 1000 }
   }
-  setTimeout(tick, 1)
-  const streams = await Promise.all(Array.from({ length: 31 }, async () => await rawStream(t, port)))
-  await sleep(1500)
-  ticking = false
-  const grew = process.memoryUsage().rss - rss
-  for (const s of streams) s.socket.destroy()
-  t.equal(streams.filter((s) => s.status === 200).length, 31, '31 streams opened beside the watcher')
-  t.comment(`event loop: blocked ${blocked.toFixed(0)} ms in all (longest ${longest.toFixed(0)} ms) while 31 streams opened; RSS ${grew >= 0 ? '+' : ''}${(grew / 1024 / 1024).toFixed(0)} MiB`)
-  t.ok(blocked < 200, `the event loop was blocked ${blocked.toFixed(0)} ms in all`)
+  const BOUND_MS = 200
+  const rounds: Array<Awaited<ReturnType<typeof round>>> = []
+  for (let i = 0; i < 3 && !rounds.some((r) => r.blocked < BOUND_MS); i++) {
+    // the last round's streams free their slots once the server sees them close (loopback: at once)
+    if (i > 0) await sleep(500)
+    rounds.push(await round())
+  }
+  for (const r of rounds) {
+    t.comment(`event loop: blocked ${r.blocked.toFixed(0)} ms in all (longest ${r.longest.toFixed(0)} ms), CPU ${r.cpuMs.toFixed(0)} ms while 31 streams opened; RSS ${r.grew >= 0 ? '+' : ''}${(r.grew / 1024 / 1024).toFixed(0)} MiB`)
+  }
+  t.equal(rounds[0]!.opened, 31, '31 streams opened beside the watcher')
+  const best = Math.min(...rounds.map((r) => r.blocked))
+  t.ok(best < BOUND_MS, `the event loop was blocked ${best.toFixed(0)} ms in all (the best of ${rounds.length} round(s))`)
 })

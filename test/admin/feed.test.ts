@@ -377,6 +377,13 @@ t.test('?route= keeps one route in samples, marks and history; an unknown route 
   t.ok(h.history.length >= 3, 'history')
   for (const x of h.history) t.same(Object.keys(x.routes), ['web'], 'history holds only route web')
   t.same(h.marks.map((m) => m.route), ['web'], 'hello.marks only route web')
+  // the route's history part is built once and shared; a new sample must still reach the next hello
+  const live = (await late.moreSamples(1))[0]!
+  const later = await openStream(t, p, '/api/v1/events?route=web')
+  await later.waitFor('hello', () => true)
+  const lh = later.hello().history
+  t.same(lh.find((x) => x.t === live.t), live, 'a route stream opening after a sample has it in its history, as it was sent live')
+  t.same(lh.filter((x) => h.history.some((y) => y.t === x.t)), h.history, 'and the earlier samples, unchanged')
 })
 
 t.test('a client connecting later gets the earlier samples in hello.history, oldest first', async (t) => {
@@ -394,6 +401,12 @@ t.test('a client connecting later gets the earlier samples in hello.history, old
   t.same(h.history.find((x) => x.t === seen[0]!.t), seen[0], 'the same sample, figure for figure')
   const next = (await b.moreSamples(1))[0]!
   t.ok(next.t > ts.at(-1)!, 'then live samples follow the history')
+  // the history part of a hello is built once per second and shared; it must not go stale
+  const c = await openStream(t, p)
+  await c.waitFor('hello', () => true)
+  const hc = c.hello().history
+  t.same(hc.find((x) => x.t === next.t), next, 'a stream opening after a new sample has it in its history')
+  t.same(hc.filter((x) => ts.includes(x.t)), h.history, 'and the earlier samples, unchanged')
 })
 
 t.test('a second whose scrape fails publishes no sample (no figures is not zero traffic); the next one covers both seconds', async (t) => {
