@@ -450,7 +450,12 @@ t.test('held: a mirror target that hangs, resets, answers a huge body or never r
   }))
   t.same([...statuses.entries()], [[200, 200]], 'every user got stable\'s 200')
   slow.sort((a, b) => a - b)
-  t.ok(slow[Math.floor(slow.length * 0.99)]! < 300, `users' p99 ${Math.round(slow[Math.floor(slow.length * 0.99)]!)} ms while copies hang, reset and stream`)
+  // a user held by its copy would wait for the copy's 400 ms timeout on every /hang request,
+  // a fifth of them: p90 past 400 ms. p90, not p99: of 200 requests p99 is the second slowest,
+  // a 300 KB upload on a machine shared with the rest of the suite (170-240 ms seen)
+  const at = (q: number): number => slow[Math.floor(slow.length * q)]!
+  t.comment(`users' latency while copies hang, reset and stream: p50 ${Math.round(at(0.5))} ms, p90 ${Math.round(at(0.9))} ms, p99 ${Math.round(at(0.99))} ms`)
+  t.ok(at(0.9) < 300, `users' p90 ${Math.round(at(0.9))} ms while copies hang, reset and stream`)
   // every copy that started ends (timeout at most 400 ms after it was sent)
   await until(() => { const x = totals(p); return settled(x) + x.dropped + x.too_large === 200 }, 3000)
   const x = totals(p)
