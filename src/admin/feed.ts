@@ -111,7 +111,11 @@ interface Cursor {
   historyAt: string
 }
 
-/** A kept sample: its JSON as sent live, and as sent to streams of one route (made once per route, on first need). */
+/**
+ * A kept sample: its JSON as sent live, and as sent to streams of one route (made once per
+ * route, on first need; dropped when the sampler stops). With every route watched, the route
+ * copies add at most the history's size again.
+ */
 interface Kept {
   readonly sample: Sample
   readonly json: string
@@ -132,8 +136,9 @@ export class Feed {
   /** Kept samples, oldest first, each with its JSON (written once, when it is sent live). */
   readonly #history: Kept[] = []
   /**
-   * The last history chunk built per view ('' all routes, else the route): 31 dashboards
-   * reconnecting at once share one buffer instead of each copying and encoding 2 MiB.
+   * This second's history chunk per view ('' all routes, else the route; route names are
+   * never empty): 31 dashboards reconnecting at once share one buffer instead of each
+   * copying and encoding 2 MiB. Emptied at each new sample and when the sampler stops.
    */
   readonly #chunks = new Map<string, HistoryChunk>()
   #marks: Mark[] = []
@@ -253,8 +258,9 @@ export class Feed {
   #stop (): void {
     if (this.#timer !== undefined) clearInterval(this.#timer)
     this.#timer = undefined
-    // the chunks go with the watchers (the samples stay for the next one's hello)
+    // the chunks and the route copies go with the watchers (the samples stay for the next one's hello)
     this.#chunks.clear()
+    for (const k of this.#history) delete k.byRoute
     // the next watcher starts afresh: a rate over the gap would mean nothing, and a change
     // made while nobody watched has no time to be drawn at (the audit log and the timeline keep it)
     this.#prev = undefined
@@ -308,6 +314,8 @@ export class Feed {
       if (sample !== undefined) {
         const kept: Kept = { sample, json: JSON.stringify(sample) }
         this.#history.push(kept)
+        // every chunk ends at the newest sample: none holds memory (or old samples) past this second
+        this.#chunks.clear()
         // at most HISTORY samples, none older than the window (after a quiet spell, the older ones go)
         const since = now - HISTORY * FEED_INTERVAL_MS
         let drop = Math.max(0, this.#history.length - HISTORY)

@@ -365,7 +365,8 @@ t.test('a larger config: 31 streams opening at once do not stall the event loop 
   for (const r of rounds) {
     t.comment(`event loop: blocked ${r.blocked.toFixed(0)} ms in all (longest ${r.longest.toFixed(0)} ms), CPU ${r.cpuMs.toFixed(0)} ms while 31 streams opened; RSS ${r.grew >= 0 ? '+' : ''}${(r.grew / 1024 / 1024).toFixed(0)} MiB`)
   }
-  t.equal(rounds[0]!.opened, 31, '31 streams opened beside the watcher')
+  // every round must have opened all 31 (a round refused with 429s would build no hello and measure nothing)
+  t.same(rounds.map((r) => r.opened), rounds.map(() => 31), '31 streams opened beside the watcher, in every round')
   const best = Math.min(...rounds.map((r) => r.blocked))
   t.ok(best < BOUND_MS, `the event loop was blocked ${best.toFixed(0)} ms in all (the best of ${rounds.length} round(s))`)
 })
