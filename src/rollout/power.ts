@@ -6,6 +6,7 @@
  */
 import type { AnalysisSpec } from '../config/plan.js'
 import { round, type DecisionGuidance } from './judge.js'
+import { ERROR_FLOOR } from './sequential.js'
 import { requiredSampleSize } from './stats.js'
 import type { WindowSnapshot } from './window.js'
 
@@ -17,10 +18,10 @@ export const GUIDANCE_POWER = 0.8
  * regression it sizes (0.1 percentage point). A stable window with no error
  * says its rate is small, not zero; sized at zero, "maxErrorRateRatio ×
  * stable" is zero too and no sample size exists. 0.1 % is the error budget
- * of a 99.9 % objective, the tightest plans commonly state; the same floor
- * is the sequential judge's absolute early-pass margin (sequential.ts).
+ * of a 99.9 % objective, the tightest plans commonly state: the sequential
+ * judge's absolute early-pass margin, the same number by definition.
  */
-export const GUIDANCE_RATE_FLOOR = 0.001
+export const GUIDANCE_RATE_FLOOR = ERROR_FLOOR
 
 /** Milliseconds until `more` requests arrive at `perSecond` (0 when none are missing, null when nothing arrives). */
 function eta (more: number, perSecond: number | null): number | null {
