@@ -103,6 +103,11 @@ export function createError (code: ErrorCode, params: Readonly<Record<string, st
   return new CanarydError(code, message, options)
 }
 
+/** 404 CANARYD_ERR_ROUTE_NOT_FOUND for `route`, naming the routes there are. */
+export function routeNotFound (route: string, routes: readonly string[]): CanarydError {
+  return createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: routes.join(', ') })
+}
+
 /** A configuration error: `key` is the dotted path of the offending key (e.g. `routes[0].versions`). */
 export class ConfigError extends CanarydError {
   readonly key: string

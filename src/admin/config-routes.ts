@@ -4,7 +4,7 @@
  * (config/routes.ts), so the file and the API accept exactly the same thing.
  */
 import { applyEndpoints } from '../config/routes.js'
-import { CanarydError, ConfigError, createError } from '../errors.js'
+import { CanarydError, ConfigError, createError, routeNotFound } from '../errors.js'
 import type { VersionSpec } from '../routing/spec.js'
 import type { ReloadSummary, RuntimeStore } from '../store/store.js'
 import { isObj, parseReason, type AdminServer } from './server.js'
@@ -39,7 +39,7 @@ export function registerVersionRoutes (admin: Pick<AdminServer, 'addRoute'>, sto
   /** The version's spec in force, or the 404 naming what exists. */
   const find = (route: string, version: string): VersionSpec => {
     const r = store.specs.find((s) => s.name === route)
-    if (r === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: store.routeNames.join(', ') })
+    if (r === undefined) throw routeNotFound(route, store.routeNames)
     const spec = r.versions.find((v) => v.name === version)
     if (spec === undefined) throw createError('CANARYD_ERR_VERSION_NOT_FOUND', { route, version: JSON.stringify(version), versions: r.versions.map((v) => v.name).join(', ') })
     return spec

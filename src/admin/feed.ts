@@ -14,7 +14,7 @@
  * the rollout (checks included) are the fleet's.
  */
 import type { ServerResponse } from 'node:http'
-import { CanarydError, createError } from '../errors.js'
+import { CanarydError, routeNotFound } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { expositionFromJson, type Exposition } from '../metrics/exposition.js'
 import { METRIC_NAMES } from '../metrics/names.js'
@@ -162,7 +162,7 @@ export class Feed {
     admin.addRoute('GET', '/api/v1/events', (q) => {
       const route = q.query.get('route') ?? undefined
       if (route !== undefined && !this.#src.store.routeNames.includes(route)) {
-        throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#src.store.routeNames.join(', ') })
+        throw routeNotFound(route, this.#src.store.routeNames)
       }
       // a HEAD has no body to stream: it must neither hang nor hold one of the streams
       if (q.req.method === 'HEAD') return { text: '', contentType: 'text/event-stream; charset=utf-8', headers: { 'x-accel-buffering': 'no' } }
@@ -277,21 +277,16 @@ export class Feed {
     c.res.write(text)
   }
 
-  /** A sample to every stream (a route's streams its part, made once per route), or a mark to the streams it concerns. */
-  #broadcast (kind: 'sample', data: Kept): void
-  #broadcast (kind: 'mark', data: Mark): void
-  #broadcast (kind: 'sample' | 'mark', data: Kept | Mark): void {
-    const kept = kind === 'sample' ? data as Kept : undefined
-    const all = formatEvent(kind, kept === undefined ? JSON.stringify(data) : kept.json)
-    for (const c of this.#clients) {
-      if (c.route === undefined) {
-        this.#write(c, all)
-      } else if (kept !== undefined) {
-        this.#write(c, formatEvent(kind, jsonFor(kept, c.route)))
-      } else if ((data as Mark).route === c.route) {
-        this.#write(c, all)
-      }
-    }
+  /** A sample to every stream; a route's streams get its part (made once per route). */
+  #sendSample (kept: Kept): void {
+    const all = formatEvent('sample', kept.json)
+    for (const c of this.#clients) this.#write(c, c.route === undefined ? all : formatEvent('sample', jsonFor(kept, c.route)))
+  }
+
+  /** A mark to the streams of every route and those of its route. */
+  #sendMark (m: Mark): void {
+    const all = formatEvent('mark', JSON.stringify(m))
+    for (const c of this.#clients) if (c.route === undefined || c.route === m.route) this.#write(c, all)
   }
 
   async #tick (): Promise<void> {
@@ -325,7 +320,7 @@ export class Feed {
         if (this.#marks.length > 0 && (this.#marks[0]!.t < oldest - FEED_INTERVAL_MS || this.#marks.length > MAX_MARKS)) {
           this.#marks = this.#marks.filter((m) => m.t >= oldest - FEED_INTERVAL_MS).slice(-MAX_MARKS)
         }
-        this.#broadcast('sample', kept)
+        this.#sendSample(kept)
       }
       if (exposition !== undefined) this.#prev = { at: now, exposition }
     } finally {
@@ -417,7 +412,7 @@ export class Feed {
 
   #mark (m: Mark): void {
     this.#marks.push(m)
-    this.#broadcast('mark', m)
+    this.#sendMark(m)
   }
 }
 

@@ -4,7 +4,7 @@
  * the file and the API accept exactly the same segments.
  */
 import { validateSegments } from '../config/segments.js'
-import { CanarydError, ConfigError, createError } from '../errors.js'
+import { CanarydError, ConfigError, routeNotFound } from '../errors.js'
 import type { RuntimeStore } from '../store/store.js'
 import { isObj, parseReason, type AdminServer } from './server.js'
 
@@ -19,7 +19,7 @@ export function registerSegmentRoutes (admin: Pick<AdminServer, 'addRoute'>, sto
   const path = '/api/v1/routes/{route}/segments'
   const view = (route: string): NonNullable<ReturnType<RuntimeStore['segmentsView']>> => {
     const v = store.segmentsView(route)
-    if (v === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: store.routeNames.join(', ') })
+    if (v === undefined) throw routeNotFound(route, store.routeNames)
     return v
   }
   admin.addRoute('GET', path, (q) => ({ json: view(q.params.route!) }))

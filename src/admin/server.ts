@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { CanarydError, ConfigError, createError } from '../errors.js'
+import { CanarydError, ConfigError, routeNotFound } from '../errors.js'
 import { listenError } from '../config/load.js'
 import type { Logger } from '../logger.js'
 import type { FamilyJson } from '../metrics/exposition.js'
@@ -183,7 +183,7 @@ export class AdminServer {
 
   #route (name: string): NonNullable<ReturnType<RuntimeStore['routeView']>> {
     const v = this.#opts.store.routeView(name)
-    if (v === undefined) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(name), routes: this.#opts.store.routeNames.join(', ') })
+    if (v === undefined) throw routeNotFound(name, this.#opts.store.routeNames)
     return v
   }
 

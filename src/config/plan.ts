@@ -8,7 +8,7 @@
 import { CanarydError } from '../errors.js'
 import type { RouteSpec } from '../routing/spec.js'
 import { checkWeight } from '../routing/weights.js'
-import { MIRROR_DEFAULTS } from './segments.js'
+import { isObj, MIRROR_DEFAULTS, type Obj } from './segments.js'
 import { checkLoadTest, checkMetrics, checkVariables, type LoadTestSpec, type MetricSpec } from './analysis.js'
 
 export type { AuthSpec, HttpProviderSpec, LoadTestSpec, MetricCompare, MetricSpec, PrometheusProviderSpec, ProviderSpec, ThresholdRange } from './analysis.js'
@@ -166,12 +166,6 @@ export const STABLE_NAME = 'stable'
 /** The canary weight of a numeric step, or undefined for a segment step. */
 export function stepWeight (s: Step): number | undefined {
   return typeof s === 'number' ? s : undefined
-}
-
-type Obj = Record<string, unknown>
-
-function isObj (v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 /** Collects problems instead of stopping at the first: a 400 should say everything that is wrong at once. */

@@ -9,7 +9,7 @@
  */
 import { promDuration, renderTemplate, type MetricCompare } from '../config/analysis.js'
 import type { MetricSpec } from '../config/plan.js'
-import { round, type CheckResult } from './judge.js'
+import { ratio, type CheckResult } from './judge.js'
 import { queryHttp, type ProviderAnswer } from './provider-http.js'
 import { prometheusLabel, queryPrometheus } from './provider-prometheus.js'
 
@@ -103,7 +103,7 @@ export function judgeMetric (m: MetricSpec, canary: ProviderAnswer, baseline?: P
       else {
         const [num, den] = direction === 'lower-is-worse' ? [b, c] : [c, b]
         const r = den > 0 ? num / den : num > 0 ? null : 1
-        out.ratio = r === null ? null : round(r, 4)
+        out.ratio = ratio(num, den)
         if (r === null || r > maxRatio) {
           fails.push(`canary ${fmt(c)} vs ${name} ${fmt(b)} (ratio ${r === null ? 'infinite' : fmt(out.ratio!)} > ${maxRatio}, ${direction === 'lower-is-worse' ? 'lower' : 'higher'} is worse)`)
         }

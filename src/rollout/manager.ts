@@ -4,7 +4,7 @@
  * the per-version finish and ejection listeners of the metrics, the webhooks and the
  * rollout metrics. The admin endpoints and the CLI go through here.
  */
-import { CanarydError, createError } from '../errors.js'
+import { CanarydError, createError, routeNotFound } from '../errors.js'
 import { LeaseLostError, StaleRolloutError, type Fence } from '../store/store.js'
 import type { Logger } from '../logger.js'
 import { systemClock, type Clock } from './clock.js'
@@ -706,7 +706,7 @@ export class RolloutManager {
    */
   /** The 404 of a route the store does not hold (the same wording as the admin API's). */
   #noRoute (route: string): CanarydError {
-    return createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#opts.store.routeNames.join(', ') })
+    return routeNotFound(route, this.#opts.store.routeNames)
   }
 
   async start (route: string, rawPlan: unknown, req: StartRequest = {}): Promise<RolloutRecord> {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { CanarydError, ConfigError, createError } from '../errors.js'
+import { CanarydError, ConfigError, createError, routeNotFound } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { TableHolder } from '../routing/holder.js'
 import { jsonEqual, upstreamView, withWeights, type MirrorSpec, type RouteSpec, type SegmentSpec, type VersionSpec } from '../routing/spec.js'
@@ -939,7 +939,7 @@ export class RuntimeStore {
 
   #routeIndex (route: string): number {
     const i = this.#specs.findIndex((s) => s.name === route)
-    if (i === -1) throw createError('CANARYD_ERR_ROUTE_NOT_FOUND', { route: JSON.stringify(route), routes: this.#specs.map((s) => s.name).join(', ') })
+    if (i === -1) throw routeNotFound(route, this.#specs.map((s) => s.name))
     return i
   }
 

@@ -9,14 +9,9 @@
 import { ApiError, call } from './api.js'
 import { fill, h, isObj, table, weightChange, when } from './dom.js'
 import type { Feed } from './feed.js'
-import { readFailed } from './format.js'
+import { origins, readFailed } from './format.js'
 import { pace } from './pace.js'
 import type { AuditEntry, RouteView } from './types.js'
-
-/** Origins as one string (a version's upstream is one origin or a list). */
-function origins (v: unknown): string {
-  return Array.isArray(v) ? v.join(', ') : String(v ?? '–')
-}
 
 /** What an entry changed beyond the weights: upstreams, segments, mirror. */
 function extras (e: AuditEntry): string {

@@ -71,9 +71,14 @@ export function num (v: number | null | undefined, digits = 1): string {
   return typeof v === 'number' && Number.isFinite(v) ? v.toFixed(digits) : '–'
 }
 
-/** A weight as the API has it (up to 4 decimals), without trailing zeros. */
+/** A weight as the API has it (up to 4 decimals), without trailing zeros: `12.5`. */
+export function weightNum (v: number): string {
+  return String(Number(v.toFixed(4)))
+}
+
+/** A weight as a percentage, `12.5%`; '–' without one. */
 export function pct (v: number | null | undefined): string {
-  return typeof v === 'number' ? `${Number(v.toFixed(4))}%` : '–'
+  return typeof v === 'number' ? `${weightNum(v)}%` : '–'
 }
 
 /** How long ago, `12 s ago` / `3 min ago`, from a timestamp and now. */
@@ -86,7 +91,7 @@ export function ago (t: number | string, now = Date.now()): string {
 
 /** `stable 90→80, canary 10→20`: a weight change in one line (versions in the order of `next`). */
 export function weightChange (prev: Record<string, number> | null | undefined, next: Record<string, number>): string {
-  return Object.entries(next).map(([v, w]) => `${v} ${prev?.[v] ?? '?'}→${Number(w.toFixed(4))}`).join(', ')
+  return Object.entries(next).map(([v, w]) => `${v} ${prev?.[v] ?? '?'}→${weightNum(w)}`).join(', ')
 }
 
 /**

@@ -151,9 +151,9 @@ export class Feed {
           delay = MIN_DELAY
         }
       } catch (err) {
-        if (ctrl.signal.aborted && gen !== this.#generation) return
         message = err instanceof Error ? err.message : String(err)
       }
+      // a newer connection (or a stop) took over: this one says nothing more
       if (gen !== this.#generation) return
       this.#setStatus('reconnecting', message)
       await new Promise((resolve) => setTimeout(resolve, delay))

@@ -14,8 +14,17 @@ import type { RolloutSummary, RolloutView, RouteView } from './types.js'
  */
 export function rolloutText (r: RolloutSummary | null | undefined): string {
   if (r === null || r === undefined) return 'no rollout'
-  const step = r.state === 'promoted' ? r.steps + 1 : r.step
-  return `${r.state} · ${r.phase} · step ${step}/${r.steps + 1} · ${r.canary} at ${pct(r.weight)} · ${r.failedChecks} failed check${r.failedChecks === 1 ? '' : 's'}`
+  return `${r.state} · ${r.phase} · step ${stepOf(r.state, r.step, r.steps)} · ${r.canary} at ${pct(r.weight)} · ${r.failedChecks} failed check${r.failedChecks === 1 ? '' : 's'}`
+}
+
+/** `2/4`: the step of `steps` plan steps, the promotion to 100 % counted as the last (reached once promoted). */
+export function stepOf (state: string, step: number, steps: number): string {
+  return `${state === 'promoted' ? steps + 1 : step}/${steps + 1}`
+}
+
+/** Origins as one string (a version's upstream is one origin or a list). */
+export function origins (v: unknown): string {
+  return Array.isArray(v) ? v.join(', ') : String(v ?? '–')
 }
 
 /** The route's segments and mirror in one line ('' when it has neither): who gets what before the weights apply. */

@@ -10,7 +10,7 @@ import { call } from './api.js'
 import { versionColors } from './charts.js'
 import { fill, h, num, own, pct } from './dom.js'
 import type { Feed } from './feed.js'
-import { readFailed, rolloutText, routeExtras, swatch } from './format.js'
+import { origins, readFailed, rolloutText, routeExtras, swatch } from './format.js'
 import { pace } from './pace.js'
 import type { RolloutSummary, RouteView, Sample } from './types.js'
 
@@ -53,13 +53,13 @@ export function mountOverview (main: HTMLElement, feed: Feed): () => void {
       const rows = r.versions.map((v) => {
         const c: Cells = { weight: h('td', { class: 'n' }, pct(v.weight)), endpoints: h('td', { class: 'n' }, '–'), rps: h('td', { class: 'n' }, '–'), errors: h('td', { class: 'n' }, '–'), p99: h('td', { class: 'n' }, '–'), base: v.weight }
         byVersion.set(v.name, c)
-        const upstream = Array.isArray(v.upstream) ? v.upstream.join(', ') : v.upstream
-        return h('tr', null, h('th', { scope: 'row' }, swatch(colors.get(v.name)), v.name), c.weight, c.rps, c.errors, c.p99, c.endpoints, h('td', { class: 'upstream' }, upstream))
+        return h('tr', null, h('th', { scope: 'row' }, swatch(colors.get(v.name)), v.name), c.weight, c.rps, c.errors, c.p99, c.endpoints, h('td', { class: 'upstream' }, origins(v.upstream)))
       })
+      const extras = routeExtras(r)
       return h('section', { class: 'card', 'data-testid': `route-row-${r.name}`, 'aria-labelledby': `route-${r.name}` },
         h('h2', { id: `route-${r.name}` }, h('a', { href, 'data-testid': `route-link-${r.name}` }, r.name)),
         h('p', null, 'Rollout: ', rollout),
-        routeExtras(r) !== '' && h('p', { class: 'muted' }, routeExtras(r)),
+        extras !== '' && h('p', { class: 'muted' }, extras),
         h('div', { class: 'scroll' }, h('table', null,
           h('thead', null, h('tr', null, ...['version', 'weight', 'req/s', 'error %', 'p99 ms', 'healthy / ejected', 'upstream'].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', null, ...rows))))

@@ -19,8 +19,11 @@ export interface Pacer {
   stop: () => void
 }
 
+/** The least time between two reads: asks within it are coalesced into one. */
+const GAP_MS = 300
+
 /** Paces `load`; it runs once at once, then on asks, and every `everyMs` while `fallback()` holds. */
-export function pace (load: () => Promise<void>, everyMs = 0, fallback = (): boolean => true, gapMs = 300): Pacer {
+export function pace (load: () => Promise<void>, everyMs = 0, fallback = (): boolean => true): Pacer {
   let running = false
   let queued = false
   let stopped = false
@@ -43,12 +46,12 @@ export function pace (load: () => Promise<void>, everyMs = 0, fallback = (): boo
     running = false
     if (queued && !stopped) {
       queued = false
-      setTimeout(() => { void run() }, gapMs)
+      setTimeout(() => { void run() }, GAP_MS)
     }
   }
   const now = (): void => {
     if (timer !== undefined || stopped) return
-    timer = setTimeout(() => { timer = undefined; void run() }, gapMs)
+    timer = setTimeout(() => { timer = undefined; void run() }, GAP_MS)
   }
   const interval = everyMs > 0
     ? setInterval(() => {

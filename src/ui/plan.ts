@@ -22,7 +22,7 @@ analysis:
   successRate: { min: 99 }`
 
 /** The body and its content type: JSON when it parses as JSON, YAML otherwise (the server tells which key is wrong). */
-export function planBody (text: string): { text: string, type: string } {
+function planBody (text: string): { text: string, type: string } {
   try {
     JSON.parse(text)
     return { text, type: 'application/json' }

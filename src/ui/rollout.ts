@@ -9,7 +9,7 @@ import { call, routePath } from './api.js'
 import { clearError, showError } from './banner.js'
 import { confirmAction } from './dialogs.js'
 import { fill, h, pct, when } from './dom.js'
-import { planStep } from './format.js'
+import { planStep, stepOf } from './format.js'
 import type { RolloutView } from './types.js'
 
 type Action = 'pause' | 'resume' | 'promote' | 'abort'
@@ -105,7 +105,7 @@ export class RolloutPanel {
       ...fact('Canary / stable', `${v.canary} / ${v.stable}`),
       ...fact('Strategy', v.strategy),
       ...fact('Phase', v.phase),
-      ...fact('Step', `${v.state === 'promoted' ? steps.length : v.step}/${steps.length}: ${steps.join(' → ')}`),
+      ...fact('Step', `${stepOf(v.state, v.step, v.steps.length)}: ${steps.join(' → ')}`),
       ...fact('Canary weight', pct(v.weight)),
       ...fact('Segment weights', seg),
       ...fact('Failed checks', max === undefined ? String(v.failedChecks) : `${v.failedChecks} (rolls back at ${max})`),

@@ -8,7 +8,7 @@ import { fill, h, num, pct, table, when, type Child } from './dom.js'
 import type { Check, CheckFigures, HistoryEntry, RolloutView } from './types.js'
 
 /** A verdict as a coloured word (colour plus text: never colour alone). */
-export function verdictBadge (verdict: string): HTMLSpanElement {
+function verdictBadge (verdict: string): HTMLSpanElement {
   return h('span', { class: `badge v-${verdict}` }, verdict)
 }
 

@@ -7,7 +7,7 @@
 import { call, routePath } from './api.js'
 import { clearError, showError } from './banner.js'
 import { confirmAction } from './dialogs.js'
-import { h, pct, weightChange } from './dom.js'
+import { h, pct, weightChange, weightNum } from './dom.js'
 import { PAUSABLE } from './rollout.js'
 import type { RouteView } from './types.js'
 
@@ -118,7 +118,7 @@ export class WeightsPanel {
     for (const [n, i] of this.#inputs) {
       const w = this.#draft[n] ?? 0
       i.slider.value = String(w)
-      if (!(n === typing && document.activeElement === i.box)) i.box.value = String(Number(w.toFixed(4)))
+      if (!(n === typing && document.activeElement === i.box)) i.box.value = weightNum(w)
     }
     const dirty = this.#dirty()
     this.#apply.disabled = !dirty

@@ -52,8 +52,6 @@ interface Stream {
   /** The body of a refused request (a JSON error). */
   body: string
   events: SseEvent[]
-  /** `:` comment lines (keepalives). */
-  comments: string[]
   readonly ended: boolean
   /** Resolves when the server ends the body or the connection closes. */
   end: Promise<void>
@@ -73,7 +71,6 @@ async function openStream (t: Test, p: TestProxy, path = '/api/v1/events', heade
     const req = httpRequest(`${p.adminUrl}${path}`, { headers, agent: false }, (res: IncomingMessage) => {
       let ended = false
       const events: SseEvent[] = []
-      const comments: string[] = []
       let body = ''
       let buf = ''
       const end = new Promise<void>((resolve) => {
@@ -96,24 +93,21 @@ async function openStream (t: Test, p: TestProxy, path = '/api/v1/events', heade
           let kind = 'message'
           const data: string[] = []
           for (const line of block.split('\n')) {
-            if (line.startsWith(':')) comments.push(line)
-            else if (line.startsWith('event:')) kind = line.slice(6).trim()
+            // `:` lines are comments (keepalives): nothing to read
+            if (line.startsWith(':')) continue
+            if (line.startsWith('event:')) kind = line.slice(6).trim()
             else if (line.startsWith('data:')) data.push(line.slice(5).trimStart())
           }
           if (data.length > 0) events.push({ event: kind, data: JSON.parse(data.join('\n')) as unknown, at: performance.now() })
         }
-        // a comment alone (no blank line after it) is still a keepalive
-        if (buf.startsWith(':') && buf.includes('\n') && !buf.includes('\n\n')) {
-          comments.push(buf.slice(0, buf.indexOf('\n')))
-          buf = buf.slice(buf.indexOf('\n') + 1)
-        }
+        // a comment alone (no blank line after it) is a keepalive: dropped
+        if (buf.startsWith(':') && buf.includes('\n') && !buf.includes('\n\n')) buf = buf.slice(buf.indexOf('\n') + 1)
       })
       const s: Stream = {
         status: res.statusCode ?? 0,
         headers: res.headers,
         get body () { return body },
         events,
-        comments,
         get ended () { return ended },
         end,
         hello: () => events.find((e) => e.event === 'hello')!.data as Hello,
@@ -175,8 +169,8 @@ async function setup (t: Test, opts: { weights?: [number, number]; extra?: Recor
   return p
 }
 
-async function putWeights (p: TestProxy, route: string, weights: Record<string, number>, reason?: string): Promise<number> {
-  const r = await send(`${p.adminUrl}/api/v1/routes/${route}/weights`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ weights, ...(reason === undefined ? {} : { reason }) }) })
+async function putWeights (p: TestProxy, route: string, weights: Record<string, number>, reason: string): Promise<number> {
+  const r = await send(`${p.adminUrl}/api/v1/routes/${route}/weights`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ weights, reason }) })
   return r.status
 }
 

@@ -11,7 +11,6 @@
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
-import { onPath } from './service.js'
 
 /** The browser binary (Debian package `chromium`). */
 export const CHROMIUM = 'chromium'
@@ -53,10 +52,8 @@ function executable (path: string): boolean {
 
 /** The Chromium executable: the first `chromium` on PATH, else Debian's; undefined when neither runs. */
 export function chromiumPath (): string | undefined {
-  if (onPath(CHROMIUM)) {
-    for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-      if (dir !== '' && executable(join(dir, CHROMIUM))) return join(dir, CHROMIUM)
-    }
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir !== '' && executable(join(dir, CHROMIUM))) return join(dir, CHROMIUM)
   }
   return executable(DEBIAN_CHROMIUM) ? DEBIAN_CHROMIUM : undefined
 }

@@ -5,9 +5,10 @@
  * What the UI did is checked through the admin API, as a user would with
  * curl. Skipped, saying why, where Chromium is not installed.
  */
-import t from 'tap'
-import type { Browser } from 'playwright-core'
-import { chromiumMissing, launchBrowser, openPage } from '../helpers/browser.js'
+import t, { type Test } from 'tap'
+import type { Browser, Page } from 'playwright-core'
+import { chromiumMissing, launchBrowser, openPage, type WatchedPage } from '../helpers/browser.js'
+import type { TestProxy } from '../helpers/proxy.js'
 import { sleep, until } from '../helpers/until.js'
 import { dialogText, rolloutState, textOf, tid, traffic, unexpectedErrors, waitForText, webProxy, weightsOf } from './lib.js'
 
@@ -18,12 +19,17 @@ if (missing !== undefined) t.comment(`skipping the dashboard browser tests: ${mi
 let browser: Browser | undefined
 const getBrowser = async (): Promise<Browser> => (browser ??= await launchBrowser(t))
 
-t.test('setting weights with the slider changes GET /api/v1/routes; Cancel changes nothing', { skip }, async (t) => {
-  const p = await webProxy(t, [90, 10])
+/** canaryd at `weights` with users on it, and a page open on the web route's page. */
+async function routePage (t: Test, weights: [number, number]): Promise<{ p: TestProxy, w: WatchedPage, page: Page }> {
+  const p = await webProxy(t, weights)
   traffic(t, p)
   const w = await openPage(t, await getBrowser())
-  const { page } = w
-  await page.goto(`${p.adminUrl}/ui/#/routes/web`)
+  await w.page.goto(`${p.adminUrl}/ui/#/routes/web`)
+  return { p, w, page: w.page }
+}
+
+t.test('setting weights with the slider changes GET /api/v1/routes; Cancel changes nothing', { skip }, async (t) => {
+  const { p, w, page } = await routePage(t, [90, 10])
   const slider = page.locator(tid('weight-slider-canary'))
   await slider.waitFor({ state: 'visible' })
   t.equal(await slider.inputValue(), '10', 'the canary slider starts at the route\'s weight')
@@ -84,11 +90,7 @@ t.test('setting weights with the slider changes GET /api/v1/routes; Cancel chang
 const PLAN = { canary: 'canary', steps: [10, 50], intervalMs: 60000, analysis: { minRequests: 20 }, promotion: 'manual' }
 
 t.test('a rollout from a pasted plan: validated, started, paused and aborted from the UI', { skip }, async (t) => {
-  const p = await webProxy(t, [100, 0])
-  traffic(t, p)
-  const w = await openPage(t, await getBrowser())
-  const { page } = w
-  await page.goto(`${p.adminUrl}/ui/#/routes/web`)
+  const { p, w, page } = await routePage(t, [100, 0])
   const planText = page.locator(tid('plan-text'))
   const result = page.locator(tid('plan-result'))
   await planText.waitFor({ state: 'visible' })

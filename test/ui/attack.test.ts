@@ -12,7 +12,6 @@
  * not installed.
  */
 import { createServer, type Server } from 'node:http'
-import { connect, type Socket } from 'node:net'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import type { Browser, Page } from 'playwright-core'
@@ -24,7 +23,8 @@ import { configDir, postReload, rawConfig, routeFile, writeConfig } from '../hel
 import type { TestProxy } from '../helpers/proxy.js'
 import { startUpstreams } from '../helpers/upstream.js'
 import { sleep, until } from '../helpers/until.js'
-import { api, tid, traffic, unexpectedErrors, webProxy, weightsOf } from './lib.js'
+import { freeSlots } from '../helpers/feed.js'
+import { api, rolloutState, tid, traffic, unexpectedErrors, webProxy, weightsOf } from './lib.js'
 
 const missing = chromiumMissing()
 const skip = missing ?? false
@@ -209,7 +209,7 @@ go()
     t.equal(results['cors-put'], 'error', `${origin}: a PUT fails its preflight`)
     t.match(String(results.eventsource), /^error/, `${origin}: EventSource gets nothing`)
     t.same(w.page.frames().filter((f) => f.url().startsWith(`${admin}/ui`)).map((f) => f.url()), [], `${origin}: the dashboard is not framed (frame-ancestors 'none', X-Frame-Options DENY)`)
-    t.equal(await rolloutStateOf(p), 'progressing', `${origin}: the rollout was not aborted or paused`)
+    t.equal(await rolloutState(p), 'progressing', `${origin}: the rollout was not aborted or paused`)
     t.same(await weightsOf(p), before, `${origin}: the weights did not change`)
     const refused = w.requests.filter((r) => r.method === 'POST' && r.url.startsWith(admin))
     t.ok(refused.length >= 3, `${origin}: its POSTs were sent (${refused.length}) and refused`)
@@ -223,40 +223,6 @@ go()
     await w.context.close()
   }
 })
-
-async function rolloutStateOf (p: TestProxy): Promise<string> {
-  const r = await api(p, 'GET', '/api/v1/routes/web/rollout')
-  return String(r.json.state)
-}
-
-/** How many more event streams the instance accepts now (at most 40; each probe closed again). */
-async function freeSlots (t: Test, port: number, headers = ''): Promise<number> {
-  const open: Socket[] = []
-  let n = 0
-  try {
-    for (let i = 0; i < 40; i++) {
-      const status = await new Promise<number>((resolve) => {
-        const s = connect(port, '127.0.0.1')
-        open.push(s)
-        t.teardown(() => { s.destroy() })
-        let data = ''
-        const timer = setTimeout(() => { resolve(0) }, 5000)
-        s.on('error', () => { clearTimeout(timer); resolve(0) })
-        s.on('data', (c: Buffer) => {
-          data += c.toString('latin1')
-          const m = /^HTTP\/1\.1 (\d{3})/.exec(data)
-          if (m !== null) { clearTimeout(timer); s.pause(); resolve(Number(m[1])) }
-        })
-        s.write(`GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${headers}\r\n`)
-      })
-      if (status !== 200) break
-      n++
-    }
-  } finally {
-    for (const s of open) s.destroy()
-  }
-  return n
-}
 
 t.test('the token: never in a URL, a Referer, localStorage, a cookie, the DOM or the debug log; sign-out forgets it; a second tab has none', { skip }, async (t) => {
   const TOKEN = 'tok3n-under-attack'
