@@ -76,8 +76,35 @@ export async function startUpstreams (t: { teardown: (fn: () => Promise<void>) =
   return out
 }
 
-/** A loopback port nothing listens on now (bound on 0, then closed). */
+/**
+ * Ports `freePort` picks from: below Linux's ephemeral range (32768-60999 by
+ * default), which the kernel hands to port-0 listeners and to the local end
+ * of every outgoing connection. A port taken from that range and closed
+ * again can be reused by another test's connection before the test listens
+ * on it (seen in CI: EADDRINUSE on a redirect port); one from below it is
+ * taken only by another pick.
+ */
+const PICK_FROM = 20_000
+const PICK_TO = 32_000
+
+/** Whether a loopback listener can take `port` now (it is closed again at once). */
+async function canListen (port: number): Promise<boolean> {
+  const s = createNetServer()
+  const ok = await new Promise<boolean>((resolve) => {
+    s.once('error', () => { resolve(false) })
+    s.listen(port, '127.0.0.1', () => { resolve(true) })
+  })
+  if (ok) await new Promise<void>((resolve) => s.close(() => resolve()))
+  return ok
+}
+
+/** A loopback port nothing listens on now, for a test to listen on next (see PICK_FROM). */
 export async function freePort (): Promise<number> {
+  // bounded: 50 random tries, then a port the kernel picks (the old way)
+  for (let i = 0; i < 50; i++) {
+    const port = PICK_FROM + Math.floor(Math.random() * (PICK_TO - PICK_FROM))
+    if (await canListen(port)) return port
+  }
   const s = createNetServer()
   await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
   const port = (s.address() as AddressInfo).port
